@@ -1,0 +1,3 @@
+from atlasops.cli import main
+
+main()

@@ -1,0 +1,101 @@
+"""What every command shares: --home, --json, the actor, and error translation."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from ..errors import AtlasError, StorageError
+from ..ledger import Ledger
+from ..ledger.store import storage_error
+from ..workspace import Workspace
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_HOME = Path("atlas-data")
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", envvar="ATLAS_HOME", show_envvar=True,
+                 help="The workspace directory (default: $ATLAS_HOME, else ./atlas-data)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def resolve_home(home: Path | None) -> Path:
+    return home if home is not None else DEFAULT_HOME
+
+
+def actor() -> str:
+    """Who is acting: ``$ATLAS_ACTOR``, else the local user (until tokens exist)."""
+    return os.environ.get("ATLAS_ACTOR") or f"cli:{getpass.getuser()}"
+
+
+def open_workspace(home: Path | None) -> Workspace:
+    return Workspace.open(resolve_home(home))
+
+
+@contextmanager
+def open_ledger(home: Path | None) -> Iterator[tuple[Workspace, Ledger]]:
+    ws = open_workspace(home)
+    with Ledger.for_workspace(ws) as ledger:
+        if ledger.report.caught_up:
+            err.print(f"[yellow]applied {ledger.report.caught_up} journaled event(s) the "
+                      "ledger was missing[/yellow]")
+        for path in ledger.report.set_aside:
+            err.print(f"[yellow]a torn journal tail was set aside in {path}[/yellow]")
+        yield ws, ledger
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def report_error(exc: AtlasError, as_json: bool) -> None:
+    if as_json:
+        print_json(exc.to_dict())
+    err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
+    if exc.hint:
+        err.print(f"[dim]next:[/dim] {exc.hint}", highlight=False)
+
+
+def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Map Atlas errors (and stray sqlite/OS errors) to a message and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = bool(kwargs.get("as_json", False))
+        try:
+            return fn(*args, **kwargs)
+        except AtlasError as exc:
+            report_error(exc, as_json)
+            raise typer.Exit(exc.exit_code) from exc
+        except sqlite3.Error as exc:
+            wrapped = storage_error(exc, Path("leads.db"))
+            report_error(wrapped, as_json)
+            raise typer.Exit(wrapped.exit_code) from exc
+        except OSError as exc:
+            wrapped = StorageError(f"{exc.strerror or exc}: {exc.filename or ''}".strip(": "))
+            report_error(wrapped, as_json)
+            raise typer.Exit(wrapped.exit_code) from exc
+
+    return wrapper
+
+
+__all__ = ["HomeOpt", "JsonOpt", "actor", "err", "handles_errors", "open_ledger",
+           "open_workspace", "out", "print_json", "resolve_home"]

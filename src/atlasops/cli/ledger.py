@@ -1,0 +1,68 @@
+"""``atlas ledger verify|rebuild``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..integrity import verify_workspace
+from ..ledger import Journal
+from ..ledger import rebuild as rebuild_ledger
+from .common import HomeOpt, JsonOpt, actor, err, handles_errors, open_workspace, out, print_json
+
+app = typer.Typer(help="The ledger itself: verify it against the journal, rebuild it.",
+                  no_args_is_help=True)
+
+
+@app.command("verify")
+@handles_errors
+def verify(
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+    no_receipt: Annotated[bool, typer.Option("--no-receipt", help="Do not record a receipt "
+                                             "of this check.")] = False,
+) -> None:
+    """Check both hash chains and that the ledger holds exactly the journal's events.
+
+    Reads the files as they are (nothing is repaired first). Exit 1 with the first
+    discrepancy when they differ.
+    """
+    ws = open_workspace(home)
+    result = verify_workspace(ws, actor(), record_receipt=not no_receipt)
+    report = result.report
+    if as_json:
+        print_json(result.to_dict())
+    elif report.ok:
+        out.print(f"[green]ok[/green]: {report.journal_records} journal records == "
+                  f"{report.ledger_events} ledger events, hash chains intact "
+                  f"(last id {report.last_id}).")
+    else:
+        err.print(f"[bold red]MISMATCH[/bold red]: {report.discrepancies[0].describe()}")
+        for d in report.discrepancies[1:10]:
+            err.print(f"  also: {d.describe()}")
+        if len(report.discrepancies) > 10:
+            err.print(f"  ... {len(report.discrepancies) - 10} more (see --json)")
+    if result.receipt_error and not as_json:
+        err.print(f"[yellow]receipt not recorded:[/yellow] {result.receipt_error}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("rebuild")
+@handles_errors
+def rebuild(
+    into: Annotated[Path, typer.Option("--into", help="Path of the NEW database to write "
+                                       "(must not exist).")],
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay the whole journal into a fresh database at --into. Never overwrites."""
+    ws = open_workspace(home)
+    result = rebuild_ledger(Journal(ws.journal_dir, ws.config.journal.segment_bytes), into)
+    if as_json:
+        print_json(result.__dict__)
+        return
+    out.print(f"Replayed {result.events} events into [bold]{result.path}[/bold] "
+              f"(last id {result.last_id}).")

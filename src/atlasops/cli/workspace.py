@@ -1,0 +1,121 @@
+"""``atlas init``, ``atlas status``, ``atlas demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import businesses
+from ..demo import run_demo
+from ..errors import InputError
+from ..ledger import Ledger
+from ..status import status as workspace_status
+from ..workspace import Workspace
+from .common import (
+    HomeOpt,
+    JsonOpt,
+    actor,
+    handles_errors,
+    open_ledger,
+    out,
+    print_json,
+    resolve_home,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("status")(status)
+    app.command("demo")(demo)
+
+
+@handles_errors
+def init(
+    home: HomeOpt = None,
+    owner: Annotated[str | None, typer.Option(
+        "--owner", help="The owner's email: the one person who approves and opens lanes.")] = None,
+    name: Annotated[str, typer.Option("--name", help="The owner's name.")] = "",
+) -> None:
+    """Create a workspace (atlas.toml, the ledger, the journal, backup dirs), private to you.
+
+    Safe to run again: it only adds what is missing and never overwrites atlas.toml.
+    """
+    path = resolve_home(home)
+    if owner is None and not (path / "atlas.toml").exists():
+        raise InputError("--owner EMAIL is required to create a new workspace",
+                         hint="atlas init --owner you@yourbusiness.com")
+    ws = Workspace.init(path, owner or "", name)
+    with Ledger.for_workspace(ws) as ledger:
+        businesses.sync(ledger, ws.config, actor())
+    out.print(f"Workspace ready at [bold]{ws.home}[/bold] (owner {ws.config.owner.email}).")
+    out.print("Next: add businesses to atlas.toml, then `atlas leads import FILE.csv`.")
+
+
+@handles_errors
+def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Counts, the last event, journal health and the latest backup."""
+    with open_ledger(home) as (ws, ledger):
+        data = workspace_status(ws, ledger)
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title=f"Atlas workspace {data['home']}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("owner", data["owner"])
+    for key, value in data["counts"].items():
+        table.add_row(key, str(value))
+    last = data["last_event"]
+    table.add_row("last event", "none" if last is None else
+                  f"#{last['id']} {last['kind']} at {last['ts']} by {last['actor']}")
+    j = data["journal"]
+    health = "[green]ok[/green]" if j["ok"] else "[red]" + "; ".join(j["problems"]) + "[/red]"
+    table.add_row("journal", f"{health} ({j['segments']} segment(s), {j['bytes']} bytes, "
+                  f"last id {j['last_id']})")
+    b = data["latest_backup"]
+    table.add_row("latest backup", "none yet" if b is None else
+                  f"{b['name']} ({'validated' if b['validated'] else 'NOT validated'})")
+    out.print(table)
+
+
+@handles_errors
+def demo(
+    home: Annotated[Path, typer.Option(
+        "--home", help="Where to build the demo workspace.")] = Path("atlas-demo"),
+    reset: Annotated[bool, typer.Option(
+        "--reset", help="Delete a previous demo workspace at --home first "
+        "(refuses to delete anything that is not a demo workspace).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a small realistic portfolio workspace and show what Atlas records."""
+    result = run_demo(home, actor=actor(), reset=reset)
+    with Ledger.for_workspace(result.workspace) as ledger:
+        data = workspace_status(result.workspace, ledger)
+        from ..receipts import get_receipt
+
+        receipts = [get_receipt(ledger, rid) for rid in result.receipts]
+    if as_json:
+        print_json({"status": data, "receipts": receipts,
+                    "imported": result.imported.to_dict()})
+        return
+    out.rule("[bold]Atlas demo[/bold]")
+    out.print(f"Workspace: [bold]{result.workspace.home}[/bold]  owner "
+              f"{result.workspace.config.owner.email}")
+    out.print(f"Businesses: {', '.join(sorted(result.workspace.config.businesses))}")
+    imp = result.imported
+    out.print(f"Leads import: {imp.created} new, {imp.updated} updated, "
+              f"{imp.unchanged} unchanged from {Path(imp.file).name}")
+    table = Table(title="Receipts written by this demo")
+    for col in ("id", "kind", "outcome", "summary"):
+        table.add_column(col)
+    for r in receipts:
+        table.add_row(str(r["id"]), r["kind"], r["outcome"], r["summary"])
+    out.print(table)
+    j = data["journal"]
+    out.print(f"Ledger: {data['counts']['events']} events, journal "
+              f"{'ok' if j['ok'] else 'NOT ok'} ({j['segments']} segment(s)).")
+    out.print(f"Try: atlas --help; atlas status --home {result.workspace.home}; "
+              f"atlas events list --home {result.workspace.home} --limit 5")

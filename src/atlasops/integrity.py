@@ -1,0 +1,85 @@
+"""Workspace-level integrity checks that leave receipts: verify and replay."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import AtlasError
+from .ledger import Journal, Ledger, VerifyReport, dump_tables, rebuild, utc_now, verify
+from .receipts import Check, Receipt, record
+from .workspace import Workspace
+
+
+@dataclass
+class Verified:
+    report: VerifyReport
+    receipt_id: int | None
+    receipt_error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.report.to_dict()
+        out["receipt_id"] = self.receipt_id
+        if self.receipt_error:
+            out["receipt_error"] = self.receipt_error
+        return out
+
+
+def _journal(ws: Workspace) -> Journal:
+    return Journal(ws.journal_dir, ws.config.journal.segment_bytes)
+
+
+def verify_workspace(ws: Workspace, actor: str, *, record_receipt: bool = True) -> Verified:
+    """Verify the files as they are (nothing is healed first), then record a receipt."""
+    started, t0 = utc_now(), time.perf_counter()
+    report = verify(ws.db_path, _journal(ws))
+    ms = (time.perf_counter() - t0) * 1000
+    if not record_receipt:
+        return Verified(report, None, None)
+    first = report.discrepancies[0].describe() if report.discrepancies else ""
+    receipt = Receipt(
+        kind="ledger.verify", subject="ledger", actor=actor, started_at=started,
+        finished_at=utc_now(), outcome="ok" if report.ok else "failed",
+        summary=(f"The ledger and the journal hold the same {report.last_id} events and both "
+                 "hash chains verify." if report.ok else
+                 f"The ledger does not match the journal: {first}"),
+        symptom=None if report.ok else {"first_discrepancy": first,
+                                        "count": len(report.discrepancies)},
+        checks=[Check(name="ledger == journal, hash chains", passed=report.ok,
+                      detail=first or f"{report.journal_records} records compared", ms=ms)],
+        evidence={"journal_records": report.journal_records,
+                  "ledger_events": report.ledger_events, "last_id": report.last_id},
+    )
+    try:
+        with Ledger.for_workspace(ws) as ledger:
+            event = record(ledger, receipt)
+        return Verified(report, event.id, None)
+    except AtlasError as exc:
+        return Verified(report, None, exc.message)
+
+
+def replay_check(ws: Workspace, ledger: Ledger, actor: str) -> int:
+    """Replay the journal into a scratch database and compare every table; record a receipt."""
+    started, t0 = utc_now(), time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="atlas-replay-") as tmp:
+        target = Path(tmp) / "replay.db"
+        result = rebuild(_journal(ws), target)
+        same = dump_tables(target) == dump_tables(ws.db_path)
+    ms = (time.perf_counter() - t0) * 1000
+    receipt = Receipt(
+        kind="ledger.replay_check", subject="ledger", actor=actor, started_at=started,
+        finished_at=utc_now(), outcome="ok" if same else "failed",
+        summary=(f"Replaying the journal's {result.events} events into an empty database "
+                 "reproduces every table of the ledger." if same else
+                 "Replaying the journal does NOT reproduce the ledger's tables."),
+        checks=[Check(name="replay reproduces tables", passed=same,
+                      detail=f"{result.events} events replayed", ms=ms)],
+        evidence={"events": result.events, "last_hash": result.last_hash},
+    )
+    return record(ledger, receipt).id
+
+
+__all__ = ["Verified", "replay_check", "verify_workspace"]

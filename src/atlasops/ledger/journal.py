@@ -1,0 +1,314 @@
+"""The journal: append-only, plain-text, the write-ahead truth of the ledger.
+
+One record per line::
+
+    <crc32 of the JSON, 8 hex digits> <the event as canonical JSON>\\n
+
+Segments are files named after the id of their first event
+(``000000000001.journal``) and rotated when they pass ``segment_bytes``.
+A person can read them with ``less`` and search them with ``grep``.
+
+The journal never rewrites a record. The only change it makes to bytes
+already on disk is :meth:`Journal.set_aside_tail`, which copies an invalid
+tail (a write torn by a crash) into ``torn/`` *before* truncating it, so
+nothing is ever silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import StorageError
+from .events import Event, canonical_json
+
+SUFFIX = ".journal"
+FILE_MODE = 0o600
+_TAIL_CHUNK = 64 * 1024
+
+
+def encode_record(event: Event) -> bytes:
+    body = canonical_json(event.to_dict()).encode("utf-8")
+    return b"%08x " % zlib.crc32(body) + body + b"\n"
+
+
+class RecordError(ValueError):
+    """A line that is not a valid record."""
+
+
+def decode_record(line: bytes) -> Event:
+    """Parse one line (without its newline); raise :class:`RecordError` if invalid."""
+    if len(line) < 10 or line[8:9] != b" ":
+        raise RecordError("line is too short or has no checksum prefix")
+    try:
+        expected = int(line[:8], 16)
+    except ValueError as exc:
+        raise RecordError("checksum prefix is not hexadecimal") from exc
+    body = line[9:]
+    actual = zlib.crc32(body)
+    if actual != expected:
+        raise RecordError(f"checksum mismatch (stored {expected:08x}, computed {actual:08x})")
+    try:
+        return Event.from_dict(json.loads(body))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RecordError(f"checksum matches but the record does not parse: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A place in the journal that is not a valid record."""
+
+    segment: str
+    offset: int
+    line: int
+    reason: str
+    torn: bool = False  # an unterminated final line: a write that never completed
+
+    def describe(self) -> str:
+        return f"{self.segment} line {self.line} (byte {self.offset}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class Tail:
+    """Where the journal ends: the last valid record, and any invalid bytes after it."""
+
+    last_id: int
+    last_hash: str | None
+    segment: Path | None
+    valid_size: int  # size of ``segment`` up to the end of its last valid record
+    size: int  # actual size of ``segment``
+    problem: Problem | None = None
+
+    @property
+    def clean(self) -> bool:
+        return self.problem is None and self.valid_size == self.size
+
+
+@dataclass(frozen=True)
+class Located:
+    event: Event
+    segment: str
+    offset: int
+    line: int
+
+
+class Journal:
+    def __init__(self, directory: Path, segment_bytes: int) -> None:
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+
+    # -- layout ------------------------------------------------------------
+
+    def segments(self) -> list[Path]:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError as exc:
+            raise StorageError(f"the journal directory {self.directory} is missing") from exc
+        return sorted(self.directory / n for n in names if n.endswith(SUFFIX))
+
+    @staticmethod
+    def segment_name(first_id: int) -> str:
+        return f"{first_id:012d}{SUFFIX}"
+
+    @staticmethod
+    def first_id_of(segment: Path) -> int:
+        return int(segment.name[: -len(SUFFIX)])
+
+    # -- reading -----------------------------------------------------------
+
+    def tail(self) -> Tail:
+        """Find the last valid record by reading the newest segment from its end.
+
+        Invalid bytes *after* the last valid record are the tail problem (a torn
+        write); damage earlier in the journal is left to :func:`verify` to report.
+        """
+        segments = self.segments()
+        # Walk back over empty segments (a rotation that crashed before its first write).
+        while len(segments) > 1 and segments[-1].stat().st_size == 0:
+            segments.pop()
+        if not segments:
+            return Tail(0, None, None, 0, 0)
+        seg = segments[-1]
+        size = seg.stat().st_size
+        chunk = _TAIL_CHUNK
+        with open(seg, "rb") as fh:
+            while True:
+                start = max(0, size - chunk)
+                fh.seek(start)
+                data = fh.read(size - start)
+                if start > 0:
+                    cut = data.find(b"\n")
+                    data = data[cut + 1:] if cut != -1 else b""
+                    start = size - len(data)
+                found = _last_valid(data, start)
+                if found is not None or start == 0:
+                    break
+                chunk *= 4
+        if found is None:
+            problem = None
+            if size:
+                problem = Problem(seg.name, 0, -1, _first_reason(data), not data.endswith(b"\n"))
+            if len(segments) > 1:
+                prev = self._last_record_of(segments[-2])
+                return Tail(prev.id, prev.hash, seg, 0, size, problem)
+            return Tail(0, None, seg, 0, size, problem)
+        last, valid_end = found
+        problem = None
+        if valid_end < size:
+            rest = data[valid_end - start:]
+            problem = Problem(seg.name, valid_end, -1, _first_reason(rest),
+                              not rest.endswith(b"\n"))
+        return Tail(last.id, last.hash, seg, valid_end, size, problem)
+
+    def _last_record_of(self, seg: Path) -> Event:
+        size = seg.stat().st_size
+        with open(seg, "rb") as fh:
+            data = _read_back_lines(fh, size)
+        lines = [ln for ln in data.split(b"\n") if ln]
+        try:
+            return decode_record(lines[-1])
+        except (RecordError, IndexError) as exc:
+            raise StorageError(f"the last record of {seg} is damaged: {exc}") from exc
+
+    def scan(self, after_id: int = 0) -> Iterator[Located | Problem]:
+        """Every record with ``id > after_id`` in order, and every problem met on the way."""
+        segments = self.segments()
+        if after_id > 0:
+            firsts = [self.first_id_of(s) for s in segments]
+            keep = [i for i, f in enumerate(firsts) if f <= after_id + 1]
+            if keep:
+                segments = segments[keep[-1]:]
+        for seg in segments:
+            yield from self._scan_segment(seg, after_id)
+
+    def _scan_segment(self, seg: Path, after_id: int) -> Iterator[Located | Problem]:
+        offset = 0
+        with open(seg, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                if not raw.endswith(b"\n"):
+                    yield Problem(seg.name, offset, number, "unterminated final line (torn write)",
+                                  True)
+                    return
+                try:
+                    event = decode_record(raw[:-1])
+                except RecordError as exc:
+                    yield Problem(seg.name, offset, number, str(exc))
+                else:
+                    if event.id > after_id:
+                        yield Located(event, seg.name, offset, number)
+                offset += len(raw)
+
+    # -- writing -----------------------------------------------------------
+
+    def append(self, events: list[Event], tail: Tail) -> Tail:
+        """Write ``events`` after ``tail`` with one write and one fdatasync."""
+        if not events:
+            return tail
+        payload = b"".join(encode_record(e) for e in events)
+        seg = tail.segment
+        new_segment = seg is None or tail.size >= self.segment_bytes
+        if new_segment:
+            seg = self.directory / self.segment_name(events[0].id)
+        assert seg is not None
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            fd = os.open(seg, flags, FILE_MODE)
+            try:
+                os.write(fd, payload)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if new_segment:
+                _fsync_dir(self.directory)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write the journal at {seg}: {exc.strerror or exc}",
+                hint="Free disk space or fix permissions on data/journal/; nothing was recorded.",
+            ) from exc
+        base = 0 if new_segment else tail.size
+        end = base + len(payload)
+        return Tail(events[-1].id, events[-1].hash, seg, end, end)
+
+    def set_aside_tail(self, tail: Tail) -> Path | None:
+        """Copy the invalid bytes after the last valid record to ``torn/``, then truncate."""
+        if tail.segment is None or tail.clean:
+            return None
+        torn_dir = self.directory / "torn"
+        torn_dir.mkdir(mode=0o700, exist_ok=True)
+        target = torn_dir / f"{tail.segment.name}.{tail.valid_size}.torn"
+        with open(tail.segment, "rb") as src:
+            src.seek(tail.valid_size)
+            data = src.read()
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(torn_dir)
+        with open(tail.segment, "r+b") as fh:
+            fh.truncate(tail.valid_size)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return target
+
+
+def _last_valid(data: bytes, start: int) -> tuple[Event, int] | None:
+    """The last valid record in ``data`` (which begins at a line boundary at file
+    offset ``start``) and the file offset just after it."""
+    end = len(data)
+    while end > 0:
+        nl = data.rfind(b"\n", 0, end)
+        if nl == -1:
+            return None
+        begin = data.rfind(b"\n", 0, nl) + 1
+        try:
+            event = decode_record(data[begin:nl])
+        except RecordError:
+            end = begin
+            continue
+        return event, start + nl + 1
+    return None
+
+
+def _first_reason(rest: bytes) -> str:
+    nl = rest.find(b"\n")
+    if nl == -1:
+        return "unterminated final line (torn write)"
+    try:
+        decode_record(rest[:nl])
+    except RecordError as exc:
+        return str(exc)
+    return "invalid bytes after the last valid record"
+
+
+def _read_back_lines(fh: BinaryIO, size: int) -> bytes:
+    """Read enough of the end of a file to hold its last complete line."""
+    chunk = _TAIL_CHUNK
+    while True:
+        start = max(0, size - chunk)
+        fh.seek(start)
+        data = fh.read(size - start)
+        if start == 0:
+            return data
+        cut = data.find(b"\n")
+        if cut != -1 and data.count(b"\n", cut + 1) >= 1:
+            return data[cut + 1:]
+        chunk *= 4
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["Journal", "Located", "Problem", "RecordError", "Tail", "decode_record",
+           "encode_record"]

@@ -1,0 +1,137 @@
+"""Numbered schema migrations, each recorded in ``schema_migrations`` when applied.
+
+A migration is a function registered with :func:`migration`; :func:`migrate`
+applies the pending ones in order, each in its own transaction. Never edit a
+migration that has shipped: add the next number.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .events import utc_now
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+MIGRATIONS: list[Migration] = []
+
+
+def migration(version: int, name: str) -> Callable[[Callable[[sqlite3.Connection], None]],
+                                                   Callable[[sqlite3.Connection], None]]:
+    def register(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+        if any(m.version == version for m in MIGRATIONS):
+            raise ValueError(f"migration {version} is registered twice")
+        MIGRATIONS.append(Migration(version, name, fn))
+        MIGRATIONS.sort(key=lambda m: m.version)
+        return fn
+
+    return register
+
+
+def _exec_script(conn: sqlite3.Connection, sql: str) -> None:
+    for statement in sql.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+@migration(1, "events, businesses, leads, receipts")
+def _m1(conn: sqlite3.Connection) -> None:
+    _exec_script(conn, """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            subject TEXT,
+            payload TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX events_kind ON events(kind, id);
+        CREATE INDEX events_ts ON events(ts);
+        CREATE TABLE businesses (
+            slug TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            sites TEXT NOT NULL,
+            updated_event INTEGER NOT NULL REFERENCES events(id)
+        );
+        CREATE TABLE leads (
+            id INTEGER PRIMARY KEY REFERENCES events(id),
+            email TEXT NOT NULL,
+            email_key TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL DEFAULT '',
+            company TEXT NOT NULL DEFAULT '',
+            segment TEXT NOT NULL DEFAULT '',
+            business TEXT REFERENCES businesses(slug),
+            source TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT 'new',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            updated_event INTEGER NOT NULL REFERENCES events(id)
+        );
+        CREATE INDEX leads_segment ON leads(segment);
+        CREATE INDEX leads_business ON leads(business);
+        CREATE TABLE receipts (
+            id INTEGER PRIMARY KEY REFERENCES events(id),
+            kind TEXT NOT NULL,
+            subject TEXT,
+            actor TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            body TEXT NOT NULL
+        );
+        CREATE INDEX receipts_kind ON receipts(kind, id);
+    """)
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
+    ).fetchone()
+    if row is None:
+        return 0
+    value = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    return int(value or 0)
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply pending migrations; return the versions applied. ``conn`` is in autocommit."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    done = current_version(conn)
+    applied: list[int] = []
+    for m in MIGRATIONS:
+        if m.version <= done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            m.apply(conn)
+            conn.execute(
+                "INSERT INTO schema_migrations(version, name, applied_at) VALUES (?,?,?)",
+                (m.version, m.name, utc_now()),
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        applied.append(m.version)
+    return applied
+
+
+def latest_version() -> int:
+    return MIGRATIONS[-1].version if MIGRATIONS else 0
+
+
+__all__ = ["MIGRATIONS", "Migration", "current_version", "latest_version", "migrate", "migration"]

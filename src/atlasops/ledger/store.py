@@ -1,0 +1,375 @@
+"""The ledger: the journal-first write path and the SQLite projection.
+
+Every append, from any process, follows one order under one file lock::
+
+    lock -> bring the ledger level with the journal -> BEGIN IMMEDIATE
+         -> assign ids, seal the hash chain -> insert + project (uncommitted)
+         -> append to the journal, fdatasync -> COMMIT -> unlock
+
+The rows are applied *before* the journal write so that an event a projection
+would reject never reaches the journal; they are committed only *after* the
+journal is on disk, so a committed row always has its journal record. A crash
+between the fsync and the commit leaves an event in the journal only; the next
+open applies it. SQLite therefore runs with ``synchronous=NORMAL``: durability
+comes from the journal, and the ledger is caught up from it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from ..errors import Conflict, DatabaseCorrupt, InputError, JournalCorrupt, StorageError
+from . import projections
+from .events import GENESIS_HASH, Event, NewEvent, utc_now
+from .journal import Journal, Located, Tail
+from .migrations import migrate
+
+KIND_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+CORRUPT_MARKERS = ("malformed", "not a database", "file is encrypted", "corrupt")
+SYSTEM_ACTOR = "atlas"
+CATCH_UP_CHUNK = 5000
+
+
+def is_corruption(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and any(m in text for m in CORRUPT_MARKERS)
+
+
+def storage_error(exc: sqlite3.Error, path: Path) -> StorageError:
+    """Translate a sqlite3 error into Atlas's tree, with the next step."""
+    if is_corruption(exc):
+        return DatabaseCorrupt(f"the ledger database {path} is damaged: {exc}", path=str(path))
+    return StorageError(
+        f"the ledger database {path} cannot be used: {exc}",
+        hint="Check free disk space and the permissions of data/db/.",
+    )
+
+
+def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open a ledger database with Atlas's settings (WAL, foreign keys, autocommit)."""
+    if not create and not path.exists():
+        raise StorageError(f"no ledger database at {path}")
+    try:
+        if create and not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        raise storage_error(exc, path) from exc
+    except OSError as exc:
+        raise StorageError(f"cannot open the ledger database {path}: {exc}") from exc
+    return conn
+
+
+@dataclass
+class OpenReport:
+    """What opening the ledger had to do to bring it level with the journal."""
+
+    caught_up: int = 0
+    set_aside: list[str] = field(default_factory=list)
+    migrations_applied: list[int] = field(default_factory=list)
+
+
+class Ledger:
+    """One workspace's ledger. Safe to share between processes; one per thread."""
+
+    def __init__(self, db_path: Path, journal_dir: Path, lock_path: Path,
+                 segment_bytes: int, *, lock_timeout: float = 60.0) -> None:
+        self.db_path = Path(db_path)
+        self.journal = Journal(journal_dir, segment_bytes)
+        self._lock = FileLock(str(lock_path), timeout=lock_timeout, mode=0o600)
+        self._conn: sqlite3.Connection | None = None
+        self._tail: Tail | None = None
+        self._notices: list[NewEvent] = []
+        self.report = OpenReport()
+
+    @classmethod
+    def for_workspace(cls, ws: Any) -> Ledger:
+        return cls(ws.db_path, ws.journal_dir, ws.lock_path, ws.config.journal.segment_bytes)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def open(self) -> Ledger:
+        """Open the database (creating it from the journal if it is missing) and catch up."""
+        self._conn = connect(self.db_path)
+        with self._locked():
+            try:
+                self.report.migrations_applied = migrate(self._conn)
+            except sqlite3.Error as exc:
+                raise storage_error(exc, self.db_path) from exc
+            self._sync()
+            if self._notices:
+                self._append_locked(lambda _c: [])
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Ledger:
+        return self.open() if self._conn is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError("the ledger is not open")
+        return self._conn
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self._lock.acquire()
+        except Timeout as exc:
+            raise Conflict(
+                "another Atlas process holds the writer lock",
+                hint=f"Wait for it to finish; the lock is {self._lock.lock_file}.",
+            ) from exc
+        except OSError as exc:
+            raise StorageError(
+                f"cannot take the writer lock {self._lock.lock_file}: {exc}") from exc
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    # -- writing -----------------------------------------------------------
+
+    def append(self, kind: str, actor: str, payload: dict[str, Any] | None = None,
+               subject: str | None = None) -> Event:
+        return self.append_many([NewEvent(kind, actor, payload or {}, subject)])[0]
+
+    def append_many(self, news: list[NewEvent]) -> list[Event]:
+        """Append a batch: one lock, one fsync, one transaction."""
+        return self.transact(lambda _conn: news)
+
+    def transact(self, build: Callable[[sqlite3.Connection], list[NewEvent]]) -> list[Event]:
+        """Run ``build`` under the writer lock, inside the write transaction, and append
+        the events it returns. ``build`` reads the current state through the connection
+        it is given, so decisions (is this lead new?) cannot race another writer."""
+        with self._locked():
+            self._sync()
+            return self._append_locked(build)
+
+    def _append_locked(self, build: Callable[[sqlite3.Connection], list[NewEvent]]
+                       ) -> list[Event]:
+        conn = self.conn
+        assert self._tail is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.db_path) from exc
+        try:
+            news = self._notices + build(conn)
+            for new in news:
+                _validate(new)
+            prev = self._tail.last_hash or GENESIS_HASH
+            next_id = self._tail.last_id + 1
+            ts = utc_now()
+            events: list[Event] = []
+            for offset, new in enumerate(news):
+                event = Event.seal(new, next_id + offset, ts, prev)
+                projections.apply(conn, event)
+                events.append(event)
+                prev = event.hash
+            if events:
+                self._tail = self.journal.append(events, self._tail)
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
+            raise Conflict(f"the change conflicts with the ledger and was not recorded: {exc}",
+                           hint="Nothing was written; check the input against the current "
+                           "state.") from exc
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise storage_error(exc, self.db_path) from exc
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._tail = None  # re-read on the next append, which will catch up
+            raise StorageError(
+                f"the events are safe in the journal but the ledger could not commit: {exc}",
+                hint="The next Atlas command applies them from the journal.",
+            ) from exc
+        self._notices = []
+        return events
+
+    # -- keeping the ledger level with the journal ---------------------------
+
+    def _journal_unchanged(self) -> bool:
+        tail = self._tail
+        if tail is None or tail.segment is None:
+            return False
+        try:
+            size = tail.segment.stat().st_size
+        except FileNotFoundError:
+            return False
+        rotated = (self.journal.directory / self.journal.segment_name(tail.last_id + 1)).exists()
+        return size == tail.size and not rotated
+
+    def _ledger_head(self) -> tuple[int, str | None]:
+        try:
+            row = self.conn.execute(
+                "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.db_path) from exc
+        return (0, None) if row is None else (int(row[0]), str(row[1]))
+
+    def _sync(self) -> None:
+        """Under the lock: make sure the ledger holds exactly what the journal holds."""
+        if self._journal_unchanged():
+            return
+        tail = self.journal.tail()
+        head_id, head_hash = self._ledger_head()
+        if tail.problem is not None:
+            if head_id > tail.last_id:
+                raise JournalCorrupt(
+                    f"the journal is damaged after event {tail.last_id} "
+                    f"({tail.problem.describe()}) but the ledger holds events up to {head_id}",
+                )
+            saved = self.journal.set_aside_tail(tail)
+            self.report.set_aside.append(str(saved))
+            self._notices.append(NewEvent(
+                "journal.tail_set_aside", SYSTEM_ACTOR,
+                {"segment": tail.problem.segment, "offset": tail.valid_size,
+                 "bytes": tail.size - tail.valid_size, "reason": tail.problem.reason,
+                 "saved_to": str(saved)},
+            ))
+            tail = self.journal.tail()
+        if head_id > tail.last_id:
+            raise JournalCorrupt(
+                f"the ledger holds events up to {head_id} but the journal ends at "
+                f"{tail.last_id}: journal records are missing",
+            )
+        if head_id < tail.last_id:
+            self._catch_up(head_id, head_hash)
+        else:
+            if head_hash is not None and head_hash != tail.last_hash:
+                raise JournalCorrupt(
+                    f"event {head_id} differs between the ledger and the journal")
+        self._tail = tail
+
+    def _catch_up(self, head_id: int, head_hash: str | None) -> None:
+        conn = self.conn
+        prev = head_hash or GENESIS_HASH
+        expected = head_id + 1
+        batch: list[Event] = []
+
+        def flush() -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for event in batch:
+                    projections.apply(conn, event)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            self.report.caught_up += len(batch)
+            batch.clear()
+
+        try:
+            for item in self.journal.scan(after_id=head_id):
+                if not isinstance(item, Located):
+                    raise JournalCorrupt(f"cannot replay the journal: {item.describe()}")
+                event = item.event
+                if event.id != expected or event.prev_hash != prev or not event.hash_ok():
+                    raise JournalCorrupt(
+                        f"journal record for event {event.id} at {item.segment} line "
+                        f"{item.line} does not continue the hash chain (expected id {expected})")
+                batch.append(event)
+                prev = event.hash
+                expected += 1
+                if len(batch) >= CATCH_UP_CHUNK:
+                    flush()
+            if batch:
+                flush()
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.db_path) from exc
+
+    # -- reading -----------------------------------------------------------
+
+    def last_event(self) -> Event | None:
+        row = self._query_one("SELECT * FROM events ORDER BY id DESC LIMIT 1")
+        return None if row is None else event_from_row(row)
+
+    def events(self, *, after: int = 0, kind: str | None = None,
+               limit: int | None = None, newest: bool = False) -> list[Event]:
+        sql = "SELECT * FROM events WHERE id > ?"
+        args: list[Any] = [after]
+        if kind:
+            if kind.endswith(".*"):
+                sql += " AND kind LIKE ?"
+                args.append(kind[:-1] + "%")
+            else:
+                sql += " AND kind = ?"
+                args.append(kind)
+        sql += " ORDER BY id DESC" if newest else " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._query(sql, args)
+        out = [event_from_row(r) for r in rows]
+        return list(reversed(out)) if newest else out
+
+    def _query(self, sql: str, args: Any = ()) -> list[sqlite3.Row]:
+        try:
+            cur = self.conn.execute(sql, args)
+            cur.row_factory = sqlite3.Row
+            return list(cur.fetchall())
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.db_path) from exc
+
+    def _query_one(self, sql: str, args: Any = ()) -> sqlite3.Row | None:
+        rows = self._query(sql, args)
+        return rows[0] if rows else None
+
+    def query(self, sql: str, args: Any = ()) -> list[sqlite3.Row]:
+        """Run a read query against the ledger (library use; faces call named functions)."""
+        return self._query(sql, args)
+
+    def count(self, table: str) -> int:
+        if table not in projections.PROJECTED_TABLES:
+            raise InputError(f"unknown table {table!r}")
+        row = self._query_one(f"SELECT count(*) AS n FROM {table}")
+        return int(row["n"]) if row is not None else 0
+
+
+def event_from_row(row: sqlite3.Row) -> Event:
+    import json
+
+    return Event(
+        id=row["id"], ts=row["ts"], kind=row["kind"], actor=row["actor"],
+        subject=row["subject"], payload=json.loads(row["payload"]),
+        prev_hash=row["prev_hash"], hash=row["hash"],
+    )
+
+
+def _validate(new: NewEvent) -> None:
+    if not KIND_RE.match(new.kind):
+        raise InputError(f"event kind {new.kind!r} must look like 'noun.verb'")
+    if not new.actor:
+        raise InputError("every event needs an actor")
+    if not isinstance(new.payload, dict):
+        raise InputError("an event payload must be a JSON object")
+
+
+__all__ = ["Ledger", "OpenReport", "connect", "event_from_row", "is_corruption",
+           "storage_error"]

@@ -1,0 +1,189 @@
+"""Verify the ledger against the journal, and rebuild a ledger from the journal."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import Conflict, JournalCorrupt
+from . import projections
+from .events import GENESIS_HASH, Event
+from .journal import Journal, Problem
+from .migrations import migrate
+from .store import connect, event_from_row, storage_error
+
+
+@dataclass
+class Discrepancy:
+    where: str  # "journal" | "ledger" | "both"
+    event_id: int | None
+    problem: str
+
+    def describe(self) -> str:
+        at = f"event {self.event_id}" if self.event_id is not None else "-"
+        return f"[{self.where}] {at}: {self.problem}"
+
+
+@dataclass
+class VerifyReport:
+    journal_records: int = 0
+    ledger_events: int = 0
+    journal_segments: int = 0
+    last_id: int = 0
+    discrepancies: list[Discrepancy] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.discrepancies
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        out["first_discrepancy"] = (
+            self.discrepancies[0].describe() if self.discrepancies else None)
+        return out
+
+
+def _ledger_events(conn: sqlite3.Connection) -> Iterator[Event]:
+    cur = conn.execute("SELECT * FROM events ORDER BY id")
+    cur.row_factory = sqlite3.Row
+    for row in cur:
+        yield event_from_row(row)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Chain:
+    """Checks one side's ids and hash links as its events stream past."""
+
+    def __init__(self, side: str, report: VerifyReport, limit: int) -> None:
+        self.side, self.report, self.limit = side, report, limit
+        self.prev, self.expected = GENESIS_HASH, 1
+
+    def add(self, where: str, event_id: int | None, problem: str) -> None:
+        self.report.discrepancies.append(Discrepancy(where, event_id, problem))
+        if len(self.report.discrepancies) >= self.limit:
+            raise _Stop
+
+    def check(self, e: Event, where: str = "") -> None:
+        if e.id != self.expected:
+            self.add(self.side, e.id, f"expected event {self.expected}{where}, found {e.id}")
+        if not e.hash_ok():
+            self.add(self.side, e.id, f"hash does not match the contents{where}")
+        elif e.prev_hash != self.prev:
+            self.add(self.side, e.id, f"prev_hash does not match the previous event{where}")
+        self.prev, self.expected = e.hash, e.id + 1
+
+
+def verify(db_path: Path, journal: Journal, *, limit: int = 50) -> VerifyReport:
+    """Check the hash chain of both, and that they hold exactly the same events.
+
+    A merge-join by id over two streams, so memory stays flat on a large ledger.
+    Stops collecting after ``limit`` discrepancies."""
+    report = VerifyReport(journal_segments=len(journal.segments()))
+    jchain, lchain = _Chain("journal", report, limit), _Chain("ledger", report, limit)
+    conn = connect(db_path, create=False)
+
+    def journal_events() -> Iterator[tuple[Event, str]]:
+        for item in journal.scan():
+            if isinstance(item, Problem):
+                jchain.add("journal", None, item.describe())
+            else:
+                yield item.event, f" at {item.segment} line {item.line}"
+
+    try:
+        jit, lit = journal_events(), _ledger_events(conn)
+        j, led = next(jit, None), next(lit, None)
+        while j is not None or led is not None:
+            if led is None or (j is not None and j[0].id < led.id):
+                assert j is not None
+                report.journal_records += 1
+                jchain.check(*j)
+                jchain.add("ledger", j[0].id, "in the journal but missing from the ledger")
+                j = next(jit, None)
+            elif j is None or led.id < j[0].id:
+                report.ledger_events += 1
+                lchain.check(led)
+                lchain.add("journal", led.id, "in the ledger but missing from the journal")
+                led = next(lit, None)
+            else:
+                report.journal_records += 1
+                report.ledger_events += 1
+                jchain.check(*j)
+                lchain.check(led)
+                if led != j[0]:
+                    lchain.add("both", led.id, "the ledger row differs from the journal record")
+                report.last_id = led.id
+                j, led = next(jit, None), next(lit, None)
+    except _Stop:
+        pass
+    except sqlite3.Error as exc:
+        raise storage_error(exc, db_path) from exc
+    finally:
+        conn.close()
+    return report
+
+
+@dataclass
+class RebuildReport:
+    path: str
+    events: int
+    last_id: int
+    last_hash: str | None
+
+
+def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None) -> RebuildReport:
+    """Replay the whole journal into a new database at ``into`` (which must not exist)."""
+    into = Path(into)
+    if into.exists():
+        raise Conflict(f"{into} already exists; Atlas never overwrites a database",
+                       hint="Choose a new path, or move the existing file away first.")
+    conn = connect(into)
+    count = 0
+    prev = GENESIS_HASH
+    last: Event | None = None
+    try:
+        migrate(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        for item in journal.scan():
+            if isinstance(item, Problem):
+                conn.execute("ROLLBACK")
+                raise JournalCorrupt(f"cannot replay the journal: {item.describe()}")
+            event = item.event
+            if event.id != count + 1 or event.prev_hash != prev or not event.hash_ok():
+                conn.execute("ROLLBACK")
+                raise JournalCorrupt(
+                    f"journal record for event {event.id} at {item.segment} line {item.line} "
+                    "breaks the hash chain")
+            projections.apply(conn, event)
+            prev = event.hash
+            last = event
+            count += 1
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(into) + suffix).unlink(missing_ok=True)
+        raise
+    conn.close()
+    return RebuildReport(str(into), count, last.id if last else 0, last.hash if last else None)
+
+
+def dump_tables(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every projected table, in primary-key order (for comparing two ledgers)."""
+    conn = connect(db_path, create=False)
+    try:
+        return {
+            t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
+            for t in projections.PROJECTED_TABLES
+        }
+    finally:
+        conn.close()
+
+
+__all__ = ["Discrepancy", "RebuildReport", "VerifyReport", "dump_tables", "rebuild", "verify"]

@@ -1,0 +1,71 @@
+"""``atlas status``: what is in the ledger and how healthy its journal is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import StorageError
+from .ledger import Ledger
+from .workspace import Workspace
+
+
+def journal_health(ledger: Ledger) -> dict[str, Any]:
+    """Cheap health: segments, size, the tail record, and whether it matches the ledger."""
+    journal = ledger.journal
+    segments = journal.segments()
+    tail = journal.tail()
+    head = ledger.last_event()
+    problems: list[str] = []
+    if tail.problem is not None:
+        problems.append(tail.problem.describe())
+    head_id = head.id if head else 0
+    if head_id != tail.last_id:
+        problems.append(f"ledger ends at event {head_id}, journal at {tail.last_id}")
+    elif head is not None and head.hash != tail.last_hash:
+        problems.append(f"event {head_id} differs between ledger and journal")
+    return {
+        "ok": not problems,
+        "segments": len(segments),
+        "bytes": sum(s.stat().st_size for s in segments),
+        "last_id": tail.last_id,
+        "problems": problems,
+    }
+
+
+def latest_backup(ws: Workspace) -> dict[str, Any] | None:
+    """The newest backup directory with a readable manifest, if any."""
+    best: dict[str, Any] | None = None
+    for manifest in sorted(Path(ws.backups_dir).glob("*/manifest.json")):
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        entry = {"name": manifest.parent.name, "created_at": data.get("created_at"),
+                 "validated": bool(data.get("validated")),
+                 "hwm_event_id": data.get("hwm_event_id")}
+        if best is None or str(entry["created_at"]) > str(best["created_at"]):
+            best = entry
+    return best
+
+
+def status(ws: Workspace, ledger: Ledger) -> dict[str, Any]:
+    last = ledger.last_event()
+    try:
+        counts = {t: ledger.count(t) for t in ("events", "businesses", "leads", "receipts")}
+    except StorageError:
+        raise
+    return {
+        "home": str(ws.home),
+        "owner": ws.config.owner.email,
+        "counts": counts,
+        "last_event": None if last is None else {
+            "id": last.id, "ts": last.ts, "kind": last.kind, "actor": last.actor},
+        "journal": journal_health(ledger),
+        "latest_backup": latest_backup(ws),
+        "opened": {"caught_up": ledger.report.caught_up, "set_aside": ledger.report.set_aside},
+    }
+
+
+__all__ = ["journal_health", "latest_backup", "status"]

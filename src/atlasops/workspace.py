@@ -1,0 +1,147 @@
+"""The workspace: one private directory that holds everything Atlas knows.
+
+::
+
+    atlas.toml                      owner, businesses, later lanes/routes/jobs
+    data/db/leads.db                the live ledger (SQLite, WAL)
+    data/journal/                   append-only journal segments
+    data/db/backups/                validated backups
+    data/db/quarantine/             damaged files moved aside, never deleted
+    data/chronicle/                 daily chronicles
+
+Directories are created 0700 and files 0600: the ledger holds leads' personal
+data and must be private to the user.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Business, Config, load_config, render_config
+from .errors import Conflict, WorkspaceError
+
+CONFIG_NAME = "atlas.toml"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class Workspace:
+    home: Path
+    config: Config
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_NAME
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def db_dir(self) -> Path:
+        return self.data_dir / "db"
+
+    @property
+    def db_path(self) -> Path:
+        return self.db_dir / "leads.db"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.data_dir / "journal"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.db_dir / "backups"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.db_dir / "quarantine"
+
+    @property
+    def chronicle_dir(self) -> Path:
+        return self.data_dir / "chronicle"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "writer.lock"
+
+    def layout(self) -> list[Path]:
+        return [
+            self.data_dir,
+            self.db_dir,
+            self.journal_dir,
+            self.backups_dir,
+            self.quarantine_dir,
+            self.chronicle_dir,
+        ]
+
+    @classmethod
+    def open(cls, home: Path) -> Workspace:
+        """Open an existing workspace, or explain why it cannot be opened."""
+        home = Path(home).expanduser()
+        if not home.exists():
+            raise WorkspaceError(f"no Atlas workspace at {home}: the directory does not exist")
+        if not home.is_dir():
+            raise WorkspaceError(f"{home} is not a directory")
+        if not os.access(home, os.R_OK | os.X_OK):
+            raise WorkspaceError(
+                f"the workspace {home} is not readable by this user",
+                hint="Check its owner and permissions (Atlas creates it 0700).",
+            )
+        config_path = home / CONFIG_NAME
+        if not config_path.exists():
+            raise WorkspaceError(f"{home} is not an Atlas workspace: {CONFIG_NAME} is missing")
+        ws = cls(home=home, config=load_config(config_path))
+        missing = [p for p in ws.layout() if not p.is_dir()]
+        if missing:
+            raise WorkspaceError(
+                f"the workspace {home} is incomplete: {missing[0].relative_to(home)} is missing",
+                hint=f"Run `atlas init --home {home}` again; it only adds what is missing.",
+            )
+        return ws
+
+    @classmethod
+    def init(
+        cls,
+        home: Path,
+        owner_email: str,
+        owner_name: str = "",
+        businesses: dict[str, Business] | None = None,
+        *,
+        demo: bool = False,
+    ) -> Workspace:
+        """Create the layout (idempotent: an existing ``atlas.toml`` is kept as it is)."""
+        home = Path(home).expanduser()
+        if home.exists() and not home.is_dir():
+            raise Conflict(f"{home} exists and is not a directory")
+        try:
+            _mkdir_private(home)
+            config_path = home / CONFIG_NAME
+            if not config_path.exists():
+                text = render_config(owner_email, owner_name, businesses, demo=demo)
+                _write_private(config_path, text)
+            ws = cls(home=home, config=load_config(config_path))
+            for path in ws.layout():
+                _mkdir_private(path)
+        except PermissionError as exc:
+            raise WorkspaceError(f"cannot create the workspace at {home}: {exc}") from exc
+        return ws
+
+
+def _mkdir_private(path: Path) -> None:
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+__all__ = ["CONFIG_NAME", "Workspace"]

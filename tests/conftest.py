@@ -1,0 +1,71 @@
+"""Shared fixtures: real workspaces on disk, a real ledger, the real CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from atlasops.cli import app
+from atlasops.config import Business
+from atlasops.ledger import Ledger
+from atlasops.workspace import Workspace
+
+OWNER = "owner@owner.test-biz.example"
+BUSINESSES = {
+    "wimper": Business(name="WIMPER", sites=["wimper.example"]),
+    "bbh": Business(name="Business Broker Hawaii", sites=["bbh.example"]),
+}
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace.init(tmp_path / "ws", OWNER, "Owner", BUSINESSES)
+
+
+@pytest.fixture
+def ledger(ws: Workspace) -> Iterator[Ledger]:
+    with Ledger.for_workspace(ws) as led:
+        yield led
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def cli(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run `atlas ...` in-process against the test workspace (``--home`` is added)."""
+    monkeypatch.setenv("ATLAS_ACTOR", "test:cli")
+    monkeypatch.delenv("ATLAS_HOME", raising=False)
+    runner = CliRunner()
+
+    def run(*args: str, home: Path | None = ws.home) -> Result:
+        argv = list(args)
+        if home is not None:
+            argv += ["--home", str(home)]
+        r = runner.invoke(app, argv, catch_exceptions=False)
+        return Result(r.exit_code, r.stdout, r.stderr)
+
+    return run
+
+
+def write_csv(path: Path, rows: list[list[str]], header: list[str] | None = None) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header or ["email", "name", "company", "segment", "business"])
+        w.writerows(rows)
+    return path

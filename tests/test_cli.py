@@ -1,0 +1,271 @@
+"""The `atlas` CLI: every command, its JSON, and its error paths and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+
+from atlasops.cli import app
+from atlasops.ledger import Ledger
+from atlasops.workspace import Workspace
+from tests.conftest import write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def all_commands() -> list[list[str]]:
+    group = typer.main.get_command(app)
+    out: list[list[str]] = []
+
+    def walk(cmd: Any, path: list[str]) -> None:
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                walk(sub, [*path, name])
+        else:
+            out.append(path)
+
+    walk(group, [])
+    return out
+
+
+def test_every_command_has_help_and_is_documented(cli: Any) -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = all_commands()
+    assert len(commands) >= 11
+    for path in commands:
+        r = cli(*path, "--help", home=None)
+        assert r.exit_code == 0, path
+        assert "--home" in r.stdout, path
+        assert f"atlas {' '.join(path)}" in readme, f"README does not document {path}"
+
+
+def test_init_requires_owner_for_a_new_workspace(cli: Any, tmp_path: Path) -> None:
+    r = cli("init", home=tmp_path / "new")
+    assert r.exit_code == 2
+    assert "--owner" in r.stderr
+    r = cli("init", "--owner", "me@mine.example", home=tmp_path / "new")
+    assert r.exit_code == 0, r.stderr
+    assert Workspace.open(tmp_path / "new").config.owner.email == "me@mine.example"
+
+
+def test_init_rejects_a_bad_owner(cli: Any, tmp_path: Path) -> None:
+    r = cli("init", "--owner", "nope", home=tmp_path / "bad")
+    assert r.exit_code == 4
+    assert "owner.email" in r.stderr
+
+
+def test_missing_workspace_is_exit_4_with_next_step(cli: Any, tmp_path: Path) -> None:
+    for cmd in (["status"], ["leads", "list"], ["events", "list"], ["ledger", "verify"]):
+        r = cli(*cmd, home=tmp_path / "nowhere")
+        assert r.exit_code == 4, cmd
+        assert "does not exist" in r.stderr and "atlas init" in r.stderr
+
+
+def test_home_from_environment(cli: Any, ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATLAS_HOME", str(ws.home))
+    r = cli("status", "--json", home=None)
+    assert r.exit_code == 0
+    assert r.json()["home"] == str(ws.home)
+
+
+def test_invalid_config_is_exit_4_naming_the_key(cli: Any, ws: Workspace) -> None:
+    ws.config_path.write_text("[owner]\nemail = 'x@y.example'\n[businesses.a]\nsites = 3\n")
+    r = cli("status")
+    assert r.exit_code == 4
+    assert "businesses.a" in r.stderr
+
+
+def test_status_json(cli: Any, tmp_path: Path) -> None:
+    cli("leads", "import", str(write_csv(tmp_path / "l.csv", [["a@b.example", "A", "", "", ""]])))
+    r = cli("status", "--json")
+    assert r.exit_code == 0
+    data = r.json()
+    assert data["counts"]["leads"] == 1
+    assert data["counts"]["businesses"] == 2
+    assert data["last_event"]["kind"] == "receipt.recorded"
+    assert data["journal"]["ok"] is True
+    assert data["latest_backup"] is None
+    r = cli("status")
+    assert "journal" in r.stdout and "ok" in r.stdout
+
+
+def test_leads_import_and_list(cli: Any, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "l.csv", [["a@b.example", "A", "Co", "cpa", ""],
+                                          ["c@d.example", "C", "", "broker", ""]])
+    r = cli("leads", "import", str(path), "--business", "wimper", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json()["created"] == 2
+    r = cli("leads", "import", str(path))
+    assert r.exit_code == 0 and "0 created" in r.stdout and "2 unchanged" in r.stdout
+    r = cli("leads", "list", "--segment", "cpa", "--json")
+    assert [x["email"] for x in r.json()] == ["a@b.example"]
+    r = cli("leads", "list")
+    assert "c@d.example" in r.stdout
+
+
+def test_leads_import_bad_rows_exit_2_and_nothing_written(cli: Any, tmp_path: Path,
+                                                         ws: Workspace) -> None:
+    path = write_csv(tmp_path / "l.csv", [["a@b.example", "A", "", "", ""],
+                                          ["broken", "B", "", "", ""]])
+    r = cli("leads", "import", str(path))
+    assert r.exit_code == 2
+    assert "Rejected rows" in r.stderr and "broken" in r.stderr
+    assert "--skip-invalid" in r.stderr
+    r = cli("leads", "import", str(path), "--json")
+    assert r.exit_code == 2
+    assert r.json()["details"]["errors"][0]["row"] == 3
+    assert cli("leads", "list", "--json").json() == []
+    r = cli("leads", "import", str(path), "--skip-invalid")
+    assert r.exit_code == 0
+    assert "1 created" in r.stdout and "Skipped rows" in r.stderr
+
+
+def test_leads_import_missing_file(cli: Any, tmp_path: Path) -> None:
+    r = cli("leads", "import", str(tmp_path / "none.csv"))
+    assert r.exit_code == 2
+    assert "no such file" in r.stderr
+
+
+def test_events_list_json_fields_and_filters(cli: Any, tmp_path: Path) -> None:
+    cli("leads", "import", str(write_csv(tmp_path / "l.csv", [["a@b.example", "A", "", "", ""]])))
+    events = cli("events", "list", "--json").json()
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    for e in events:
+        assert {"id", "ts", "kind", "actor", "subject", "payload", "hash"} <= set(e)
+    leads = cli("events", "list", "--kind", "lead.created", "--json").json()
+    assert [e["kind"] for e in leads] == ["lead.created"]
+    assert leads[0]["actor"] == "test:cli"
+    after = cli("events", "list", "--after", "2", "--limit", "1", "--json").json()
+    assert [e["id"] for e in after] == [3]
+    prefix = cli("events", "list", "--kind", "business.*", "--json").json()
+    assert len(prefix) == 2
+    assert "lead.created" in cli("events", "list").stdout
+
+
+def test_events_tail(cli: Any, ledger: Ledger) -> None:
+    for i in range(15):
+        ledger.append("note.added", "t", {"i": i})
+    r = cli("events", "tail", "-n", "3", "--json")
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [e["id"] for e in lines] == [13, 14, 15]
+    assert "#15" in cli("events", "tail").stdout
+
+
+def test_events_tail_follow_sees_new_events(ws: Workspace) -> None:
+    env = {**os.environ, "ATLAS_HOME": str(ws.home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atlasops", "events", "tail", "--follow", "--json",
+         "--interval", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        text=True)
+    try:
+        time.sleep(0.5)
+        with Ledger.for_workspace(ws) as led:
+            led.append("note.added", "follower", {"hello": 1})
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        event = json.loads(line)
+        assert event["kind"] == "note.added" and event["actor"] == "follower"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_receipts_list_and_show(cli: Any, tmp_path: Path) -> None:
+    cli("leads", "import", str(write_csv(tmp_path / "l.csv", [["a@b.example", "A", "", "", ""]])))
+    rows = cli("receipts", "list", "--json").json()
+    assert rows[0]["kind"] == "leads.import"
+    rid = rows[0]["id"]
+    r = cli("receipts", "show", str(rid), "--json")
+    body = r.json()
+    assert body["effects"] == {"emails_sent": 0, "public_posts": 0, "cta_changes": 0,
+                               "spend_cents": 0}
+    assert {"kind", "actor", "started_at", "finished_at", "outcome", "summary"} <= set(body)
+    r = cli("receipts", "show", str(rid))
+    assert "emails_sent=0" in r.stdout
+    assert "leads.import" in cli("receipts", "list").stdout
+    r = cli("receipts", "show", "999")
+    assert r.exit_code == 6 and "no receipt with id 999" in r.stderr
+
+
+def test_ledger_verify_ok_then_tampered(cli: Any, ledger: Ledger) -> None:
+    for i in range(3):
+        ledger.append("note.added", "t", {"i": i})
+    r = cli("ledger", "verify", "--json")
+    assert r.exit_code == 0
+    assert r.json()["ok"] is True and r.json()["receipt_id"] == 4
+    ledger.conn.execute("UPDATE events SET actor='mallory' WHERE id=2")
+    r = cli("ledger", "verify")
+    assert r.exit_code == 1
+    assert "event 2" in r.stderr
+    r = cli("ledger", "verify", "--json", "--no-receipt")
+    assert r.exit_code == 1
+    assert r.json()["first_discrepancy"].startswith("[ledger] event 2")
+
+
+def test_ledger_rebuild(cli: Any, ledger: Ledger, tmp_path: Path) -> None:
+    ledger.append("note.added", "t", {})
+    target = tmp_path / "rebuilt.db"
+    r = cli("ledger", "rebuild", "--into", str(target), "--json")
+    assert r.exit_code == 0 and r.json()["events"] == 1
+    r = cli("ledger", "rebuild", "--into", str(target))
+    assert r.exit_code == 7 and "never overwrites" in r.stderr
+
+
+def test_corrupt_database_is_exit_5_with_next_step_not_a_traceback(cli: Any, ws: Workspace,
+                                                                   ledger: Ledger) -> None:
+    ledger.append("note.added", "t", {})
+    ledger.close()
+    for suffix in ("-wal", "-shm"):
+        Path(str(ws.db_path) + suffix).unlink(missing_ok=True)
+    with open(ws.db_path, "r+b") as fh:
+        fh.write(b"garbage" * 20)
+    r = cli("status")
+    assert r.exit_code == 5
+    assert "damaged" in r.stderr and "atlas ledger rebuild" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_unwritable_journal_is_a_clear_error(cli: Any, ws: Workspace, tmp_path: Path) -> None:
+    # A journal directory replaced by a file cannot be written by anyone, root included.
+    ws.journal_dir.rmdir()
+    ws.journal_dir.write_text("")
+    r = cli("leads", "import", str(write_csv(tmp_path / "l.csv", [["a@b.example", "A", "", "",
+                                                                   ""]])))
+    assert r.exit_code in (4, 5)
+    assert "Traceback" not in r.stderr
+
+
+def test_demo_builds_and_resets_only_demo_workspaces(cli: Any, tmp_path: Path) -> None:
+    home = tmp_path / "demo"
+    r = cli("demo", "--json", home=home)
+    assert r.exit_code == 0, r.stderr
+    data = r.json()
+    assert data["status"]["counts"]["leads"] == 300
+    assert data["status"]["counts"]["businesses"] == 4
+    assert {x["kind"] for x in data["receipts"]} == {"leads.import", "ledger.replay_check",
+                                                      "ledger.verify"}
+    assert all(x["outcome"] == "ok" for x in data["receipts"])
+    r = cli("demo", "--reset", home=home)
+    assert r.exit_code == 0 and "Atlas demo" in r.stdout
+    real = tmp_path / "real"
+    cli("init", "--owner", "o@o.example", home=real)
+    r = cli("demo", "--reset", home=real)
+    assert r.exit_code == 7 and "not a demo workspace" in r.stderr
+    assert (real / "atlas.toml").exists()
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "atlas"
+    r = subprocess.run([str(exe), "status", "--home", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4
+    assert "Traceback" not in r.stderr
