@@ -78,8 +78,8 @@ class StorageError(AtlasError):
 
 class DatabaseCorrupt(StorageError):
     default_hint = (
-        "The ledger database is damaged. The journal still holds every committed event: "
-        "run `atlas ledger rebuild --into NEW.db` to replay it into a fresh database."
+        "The ledger database is damaged; the journal still holds every committed event. "
+        "Run `atlas recover --dry-run` to see the plan, then `atlas recover`."
     )
 
 

@@ -216,21 +216,36 @@ class Journal:
             seg = self.directory / self.segment_name(events[0].id)
         assert seg is not None
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        base = 0 if new_segment else tail.size
         try:
             fd = os.open(seg, flags, FILE_MODE)
-            try:
-                os.write(fd, payload)
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            if new_segment:
-                _fsync_dir(self.directory)
         except OSError as exc:
+            raise StorageError(
+                f"cannot open the journal segment {seg}: {exc.strerror or exc}",
+                hint="Free disk space or fix permissions on data/journal/; nothing was recorded.",
+            ) from exc
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fdatasync(fd)
+        except OSError as exc:
+            # Take back whatever part of the batch reached the file: the caller is told
+            # that nothing was recorded, so nothing may stay behind to be replayed later.
+            try:
+                os.ftruncate(fd, base)
+                os.fsync(fd)
+            except OSError:
+                pass
             raise StorageError(
                 f"cannot write the journal at {seg}: {exc.strerror or exc}",
                 hint="Free disk space or fix permissions on data/journal/; nothing was recorded.",
             ) from exc
-        base = 0 if new_segment else tail.size
+        finally:
+            os.close(fd)
+        if new_segment:
+            _fsync_dir(self.directory)
         end = base + len(payload)
         return Tail(events[-1].id, events[-1].hash, seg, end, end)
 

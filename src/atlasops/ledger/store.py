@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from ..errors import Conflict, DatabaseCorrupt, InputError, JournalCorrupt, StorageError
 from . import projections
+from .chain import Chain, read_gaps
 from .events import GENESIS_HASH, Event, NewEvent, utc_now
 from .journal import Journal, Located, Tail
+from .lock import WriterLock
 from .migrations import migrate
 
 KIND_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -74,6 +74,19 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     return conn
 
 
+def connect_ro(path: Path) -> sqlite3.Connection:
+    """A read-only connection that leaves no trace: no -wal/-shm files are created
+    when there is no WAL to read (the file is then opened as immutable)."""
+    if not path.exists():
+        raise StorageError(f"no ledger database at {path}")
+    immutable = not Path(str(path) + "-wal").exists()
+    uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+    try:
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise storage_error(exc, path) from exc
+
+
 @dataclass
 class OpenReport:
     """What opening the ledger had to do to bring it level with the journal."""
@@ -90,10 +103,11 @@ class Ledger:
                  segment_bytes: int, *, lock_timeout: float = 60.0) -> None:
         self.db_path = Path(db_path)
         self.journal = Journal(journal_dir, segment_bytes)
-        self._lock = FileLock(str(lock_path), timeout=lock_timeout, mode=0o600)
+        self._lock = WriterLock(lock_path, timeout=lock_timeout)
         self._conn: sqlite3.Connection | None = None
         self._tail: Tail | None = None
         self._notices: list[NewEvent] = []
+        self._next_id = 1
         self.report = OpenReport()
 
     @classmethod
@@ -134,20 +148,8 @@ class Ledger:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            self._lock.acquire()
-        except Timeout as exc:
-            raise Conflict(
-                "another Atlas process holds the writer lock",
-                hint=f"Wait for it to finish; the lock is {self._lock.lock_file}.",
-            ) from exc
-        except OSError as exc:
-            raise StorageError(
-                f"cannot take the writer lock {self._lock.lock_file}: {exc}") from exc
-        try:
+        with self._lock:
             yield
-        finally:
-            self._lock.release()
 
     # -- writing -----------------------------------------------------------
 
@@ -180,7 +182,7 @@ class Ledger:
             for new in news:
                 _validate(new)
             prev = self._tail.last_hash or GENESIS_HASH
-            next_id = self._tail.last_id + 1
+            next_id = self._next_id
             ts = utc_now()
             events: list[Event] = []
             for offset, new in enumerate(news):
@@ -190,6 +192,8 @@ class Ledger:
                 prev = event.hash
             if events:
                 self._tail = self.journal.append(events, self._tail)
+                self._next_id = events[-1].id + 1
+            self._notices = []
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK")
             raise Conflict(f"the change conflicts with the ledger and was not recorded: {exc}",
@@ -209,7 +213,6 @@ class Ledger:
                 f"the events are safe in the journal but the ledger could not commit: {exc}",
                 hint="The next Atlas command applies them from the journal.",
             ) from exc
-        self._notices = []
         return events
 
     # -- keeping the ledger level with the journal ---------------------------
@@ -266,11 +269,13 @@ class Ledger:
                 raise JournalCorrupt(
                     f"event {head_id} differs between the ledger and the journal")
         self._tail = tail
+        chain = Chain(read_gaps(self.journal.directory)).start_after(tail.last_id,
+                                                                      tail.last_hash)
+        self._next_id = chain.next_id
 
     def _catch_up(self, head_id: int, head_hash: str | None) -> None:
         conn = self.conn
-        prev = head_hash or GENESIS_HASH
-        expected = head_id + 1
+        chain = Chain(read_gaps(self.journal.directory)).start_after(head_id, head_hash)
         batch: list[Event] = []
 
         def flush() -> None:
@@ -290,13 +295,12 @@ class Ledger:
                 if not isinstance(item, Located):
                     raise JournalCorrupt(f"cannot replay the journal: {item.describe()}")
                 event = item.event
-                if event.id != expected or event.prev_hash != prev or not event.hash_ok():
+                problem = chain.accept(event)
+                if problem is not None:
                     raise JournalCorrupt(
                         f"journal record for event {event.id} at {item.segment} line "
-                        f"{item.line} does not continue the hash chain (expected id {expected})")
+                        f"{item.line} does not continue the hash chain: {problem}")
                 batch.append(event)
-                prev = event.hash
-                expected += 1
                 if len(batch) >= CATCH_UP_CHUNK:
                     flush()
             if batch:
@@ -371,5 +375,5 @@ def _validate(new: NewEvent) -> None:
         raise InputError("an event payload must be a JSON object")
 
 
-__all__ = ["Ledger", "OpenReport", "connect", "event_from_row", "is_corruption",
+__all__ = ["Ledger", "OpenReport", "connect", "connect_ro", "event_from_row", "is_corruption",
            "storage_error"]

@@ -10,10 +10,11 @@ from typing import Any
 
 from ..errors import Conflict, JournalCorrupt
 from . import projections
-from .events import GENESIS_HASH, Event
+from .chain import Chain, Gap, read_gaps
+from .events import Event
 from .journal import Journal, Problem
 from .migrations import migrate
-from .store import connect, event_from_row, storage_error
+from .store import connect, connect_ro, event_from_row, storage_error
 
 
 @dataclass
@@ -58,12 +59,12 @@ class _Stop(Exception):
     pass
 
 
-class _Chain:
-    """Checks one side's ids and hash links as its events stream past."""
+class _Side:
+    """One side's chain, reporting problems into the shared report."""
 
-    def __init__(self, side: str, report: VerifyReport, limit: int) -> None:
+    def __init__(self, side: str, report: VerifyReport, limit: int, gaps: list[Gap]) -> None:
         self.side, self.report, self.limit = side, report, limit
-        self.prev, self.expected = GENESIS_HASH, 1
+        self.chain = Chain(gaps)
 
     def add(self, where: str, event_id: int | None, problem: str) -> None:
         self.report.discrepancies.append(Discrepancy(where, event_id, problem))
@@ -71,13 +72,9 @@ class _Chain:
             raise _Stop
 
     def check(self, e: Event, where: str = "") -> None:
-        if e.id != self.expected:
-            self.add(self.side, e.id, f"expected event {self.expected}{where}, found {e.id}")
-        if not e.hash_ok():
-            self.add(self.side, e.id, f"hash does not match the contents{where}")
-        elif e.prev_hash != self.prev:
-            self.add(self.side, e.id, f"prev_hash does not match the previous event{where}")
-        self.prev, self.expected = e.hash, e.id + 1
+        problem = self.chain.accept(e)
+        if problem is not None:
+            self.add(self.side, e.id, problem + where)
 
 
 def verify(db_path: Path, journal: Journal, *, limit: int = 50) -> VerifyReport:
@@ -86,8 +83,9 @@ def verify(db_path: Path, journal: Journal, *, limit: int = 50) -> VerifyReport:
     A merge-join by id over two streams, so memory stays flat on a large ledger.
     Stops collecting after ``limit`` discrepancies."""
     report = VerifyReport(journal_segments=len(journal.segments()))
-    jchain, lchain = _Chain("journal", report, limit), _Chain("ledger", report, limit)
-    conn = connect(db_path, create=False)
+    gaps = read_gaps(journal.directory)
+    jchain, lchain = _Side("journal", report, limit, gaps), _Side("ledger", report, limit, gaps)
+    conn = connect_ro(db_path)
 
     def journal_events() -> Iterator[tuple[Event, str]]:
         for item in journal.scan():
@@ -145,7 +143,7 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None) -> Re
                        hint="Choose a new path, or move the existing file away first.")
     conn = connect(into)
     count = 0
-    prev = GENESIS_HASH
+    chain = Chain(read_gaps(journal.directory))
     last: Event | None = None
     try:
         migrate(conn)
@@ -155,13 +153,13 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None) -> Re
                 conn.execute("ROLLBACK")
                 raise JournalCorrupt(f"cannot replay the journal: {item.describe()}")
             event = item.event
-            if event.id != count + 1 or event.prev_hash != prev or not event.hash_ok():
+            problem = chain.accept(event)
+            if problem is not None:
                 conn.execute("ROLLBACK")
                 raise JournalCorrupt(
                     f"journal record for event {event.id} at {item.segment} line {item.line} "
-                    "breaks the hash chain")
+                    f"breaks the hash chain: {problem}")
             projections.apply(conn, event)
-            prev = event.hash
             last = event
             count += 1
         conn.execute("COMMIT")
@@ -176,7 +174,7 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None) -> Re
 
 def dump_tables(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every projected table, in primary-key order (for comparing two ledgers)."""
-    conn = connect(db_path, create=False)
+    conn = connect_ro(db_path)
     try:
         return {
             t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
