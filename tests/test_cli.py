@@ -230,7 +230,7 @@ def test_corrupt_database_is_exit_5_with_next_step_not_a_traceback(cli: Any, ws:
         fh.write(b"garbage" * 20)
     r = cli("status")
     assert r.exit_code == 5
-    assert "damaged" in r.stderr and "atlas ledger rebuild" in r.stderr
+    assert "damaged" in r.stderr and "atlas recover" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
 
 

@@ -97,7 +97,7 @@ def test_malformed_database_says_what_to_do(ws: Workspace) -> None:
     ws.db_path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(DatabaseCorrupt) as info:
         Ledger.for_workspace(ws).open()
-    assert "atlas ledger rebuild" in info.value.hint
+    assert "atlas recover" in info.value.hint
 
 
 def test_read_only_database_gives_storage_error(ws: Workspace) -> None:

@@ -48,10 +48,20 @@ class JournalSettings(_Strict):
     segment_bytes: int = Field(default=DEFAULT_SEGMENT_BYTES, ge=4096)
 
 
+class BackupSettings(_Strict):
+    """Retention for `atlas backups prune`: keep the newest backup of each of the last
+    N hours, days and ISO weeks. The newest validated backup is always kept."""
+
+    keep_hourly: int = Field(default=24, ge=0)
+    keep_daily: int = Field(default=7, ge=0)
+    keep_weekly: int = Field(default=4, ge=0)
+
+
 class Config(_Strict):
     owner: Owner
     demo: bool = False
     journal: JournalSettings = Field(default_factory=JournalSettings)
+    backups: BackupSettings = Field(default_factory=BackupSettings)
     businesses: dict[str, Business] = Field(default_factory=dict)
 
     @field_validator("businesses")
@@ -118,6 +128,8 @@ def render_config(
     if owner_name:
         lines.append(f"name = {_toml_str(owner_name)}")
     lines += ["", "[journal]", f"segment_bytes = {DEFAULT_SEGMENT_BYTES}", ""]
+    lines += ["[backups]  # retention for `atlas backups prune`",
+              "keep_hourly = 24", "keep_daily = 7", "keep_weekly = 4", ""]
     for slug, biz in (businesses or {}).items():
         sites = ", ".join(_toml_str(s) for s in biz.sites)
         lines += [f"[businesses.{slug}]", f"name = {_toml_str(biz.name)}", f"sites = [{sites}]", ""]
@@ -127,6 +139,7 @@ def render_config(
 
 
 __all__ = [
+    "BackupSettings",
     "Business",
     "Config",
     "JournalSettings",

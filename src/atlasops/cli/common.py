@@ -16,7 +16,8 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from ..errors import AtlasError, StorageError
+from ..durability.detect import record_detection
+from ..errors import AtlasError, DatabaseCorrupt, StorageError
 from ..ledger import Ledger
 from ..ledger.store import storage_error
 from ..workspace import Workspace
@@ -53,13 +54,21 @@ def open_workspace(home: Path | None) -> Workspace:
 @contextmanager
 def open_ledger(home: Path | None) -> Iterator[tuple[Workspace, Ledger]]:
     ws = open_workspace(home)
-    with Ledger.for_workspace(ws) as ledger:
-        if ledger.report.caught_up:
-            err.print(f"[yellow]applied {ledger.report.caught_up} journaled event(s) the "
-                      "ledger was missing[/yellow]")
-        for path in ledger.report.set_aside:
-            err.print(f"[yellow]a torn journal tail was set aside in {path}[/yellow]")
-        yield ws, ledger
+    try:
+        with Ledger.for_workspace(ws) as ledger:
+            if ledger.report.caught_up:
+                err.print(f"[yellow]applied {ledger.report.caught_up} journaled event(s) the "
+                          "ledger was missing[/yellow]")
+            for path in ledger.report.set_aside:
+                err.print(f"[yellow]a torn journal tail was set aside in {path}[/yellow]")
+            yield ws, ledger
+    except DatabaseCorrupt as exc:
+        # Detection: the symptom goes to the journal even though the database is unusable.
+        event, _why = record_detection(ws, {"summary": exc.message,
+                                            "detected_by": "reading the ledger"})
+        if event is not None:
+            exc.message += f" (recorded as event {event.id}, {event.kind})"
+        raise
 
 
 def print_json(data: Any) -> None:

@@ -1,0 +1,360 @@
+"""Validated backups: an online snapshot, checked on the copy, described by a manifest.
+
+A backup is written into ``backups/.tmp-<name>/``, validated there, and only
+then renamed to ``backups/<name>/``: a backup killed half-way is never
+mistaken for a finished one. "Validated" means every check in the manifest
+passed; a backup that failed a check keeps its directory, marked failed, and
+is never used by ``atlas recover``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ..config import BackupSettings
+from ..errors import InputError, NotFound, StorageError
+from ..ledger import Ledger, utc_now
+from ..ledger.chain import read_gaps
+from ..receipts import Action, Check, Receipt, record
+from ..workspace import Workspace
+from . import checks as ck
+
+LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+MANIFEST = "manifest.json"
+DB_NAME = "leads.db"
+TMP_PREFIX = ".tmp-"
+STAMP = "%Y%m%dT%H%M%SZ"
+
+
+@dataclass
+class BackupInfo:
+    name: str
+    path: Path
+    status: str  # validated | failed | incomplete
+    created_at: str | None = None
+    hwm_event_id: int | None = None
+    hwm_ts: str | None = None
+    hwm_hash: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+    @property
+    def validated(self) -> bool:
+        return self.status == "validated"
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / DB_NAME
+
+    def created(self) -> datetime | None:
+        if not self.created_at:
+            return None
+        return datetime.strptime(self.created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+    def to_dict(self) -> dict[str, Any]:
+        created = self.created()
+        age = None if created is None else (datetime.now(UTC) - created).total_seconds()
+        return {"name": self.name, "path": str(self.path), "status": self.status,
+                "validated": self.validated, "created_at": self.created_at,
+                "age_seconds": None if age is None else round(age),
+                "hwm_event_id": self.hwm_event_id, "hwm_ts": self.hwm_ts,
+                "sha256": self.sha256, "size": self.size, "problem": self.problem}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_durably(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def validate_copy(db: Path, journal_dir: Path) -> tuple[list[Check], ck.Facts | None, str | None]:
+    """Run every check on a database copy, in parallel. Returns (checks, facts, sha256)."""
+    gaps = read_gaps(journal_dir)
+    outcomes = ck.run_parallel([
+        lambda: ck.sqlite_check(db, "quick_check", immutable=True),
+        lambda: ck.sqlite_check(db, "integrity_check", immutable=True),
+        lambda: ck.foreign_key_check(db, immutable=True),
+        lambda: ck.sha256_check(db),
+        lambda: ck.facts_check(db, immutable=True),
+        lambda: ck.chain_check(db, gaps, immutable=True),
+    ])
+    facts = outcomes[4].value if outcomes[4].check.passed else None
+    digest = outcomes[3].value if outcomes[3].check.passed else None
+    return [o.check for o in outcomes], facts, digest
+
+
+def _snapshot(src_path: Path, dst_path: Path) -> None:
+    """SQLite's online backup API: a consistent copy while writers keep working (WAL)."""
+    src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True)
+    dst = sqlite3.connect(dst_path)
+    try:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        dst.close()
+        src.close()
+    os.chmod(dst_path, 0o600)
+    _fsync_file(dst_path)
+
+
+def take_backup(ws: Workspace, ledger: Ledger, *, actor: str, label: str = "manual"
+                ) -> tuple[BackupInfo, int]:
+    """Snapshot the live ledger, validate the copy, write the manifest, leave a receipt."""
+    if not LABEL_RE.match(label):
+        raise InputError(f"backup label {label!r} must be lowercase letters, digits, - or _")
+    started = utc_now()
+    t0 = time.perf_counter()
+    now = datetime.now(UTC)
+    name = f"{label}-{now.strftime(STAMP)}"
+    n = 2
+    while (ws.backups_dir / name).exists() or (ws.backups_dir / (TMP_PREFIX + name)).exists():
+        name = f"{label}-{now.strftime(STAMP)}-{n}"
+        n += 1
+    tmp = ws.backups_dir / (TMP_PREFIX + name)
+    tmp.mkdir(mode=0o700)
+    copy = tmp / DB_NAME
+    t_snap = time.perf_counter()
+    try:
+        _snapshot(ws.db_path, copy)
+        snap = Check(name="online_backup", passed=True, detail=f"SQLite backup API -> {copy.name}",
+                     ms=round((time.perf_counter() - t_snap) * 1000, 3))
+        checks, facts, digest = validate_copy(copy, ws.journal_dir)
+    except sqlite3.Error as exc:
+        snap = Check(name="online_backup", passed=False, detail=f"{exc}",
+                     ms=round((time.perf_counter() - t_snap) * 1000, 3))
+        checks, facts, digest = [], None, None
+    checks = [snap, *checks]
+    validated = all(c.passed for c in checks)
+    created_at = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    manifest: dict[str, Any] = {
+        "name": name, "label": label, "created_at": created_at, "source": str(ws.db_path),
+        "file": DB_NAME, "validated": validated,
+        "status": "validated" if validated else "failed",
+        "sha256": digest, "size": copy.stat().st_size if copy.exists() else 0,
+        "checks": [c.model_dump() for c in checks],
+    }
+    if facts is not None:
+        manifest.update({
+            "page_size": facts.page_size, "page_count": facts.page_count,
+            "schema_version": facts.schema_version, "row_counts": facts.row_counts,
+            "hwm_event_id": facts.hwm_event_id, "hwm_ts": facts.hwm_ts,
+            "hwm_hash": facts.hwm_hash,
+        })
+    write_json_durably(tmp / MANIFEST, manifest)
+    final = ws.backups_dir / name
+    os.rename(tmp, final)
+    _fsync_dir(ws.backups_dir)
+    info = read_backup(final)
+    failed = [c for c in checks if not c.passed]
+    summary = (
+        f"Validated backup {name} holds events 1..{info.hwm_event_id} (to {info.hwm_ts}); "
+        "`atlas recover` can restore from it." if validated else
+        f"Backup {name} FAILED validation ({failed[0].name}: {failed[0].detail}); "
+        "it is marked failed and will never be used for recovery."
+    )
+    receipt = Receipt(
+        kind="backup", subject=name, actor=actor, started_at=started, finished_at=utc_now(),
+        outcome="ok" if validated else "failed", summary=summary, checks=checks,
+        actions=[Action(name="snapshot", result="ok" if snap.passed else "failed",
+                        ms=snap.ms, command="sqlite3 backup API")],
+        evidence={"path": str(final), "sha256": digest, "size": manifest["size"],
+                  "hwm_event_id": info.hwm_event_id,
+                  "total_ms": round((time.perf_counter() - t0) * 1000, 3)},
+    )
+    event = record(ledger, receipt)
+    return info, event.id
+
+
+def read_backup(path: Path) -> BackupInfo:
+    name = path.name
+    if name.startswith(TMP_PREFIX):
+        return BackupInfo(name=name, path=path, status="incomplete",
+                          problem="the backup never finished (killed or crashed mid-way)")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return BackupInfo(name=name, path=path, status="incomplete", problem="no manifest.json")
+    except (OSError, ValueError) as exc:
+        return BackupInfo(name=name, path=path, status="incomplete",
+                          problem=f"manifest.json unreadable: {exc}")
+    all_passed = bool(manifest.get("checks")) and all(
+        c.get("passed") for c in manifest.get("checks", []))
+    status = "validated" if manifest.get("validated") is True and all_passed else "failed"
+    return BackupInfo(
+        name=name, path=path, status=status, created_at=manifest.get("created_at"),
+        hwm_event_id=manifest.get("hwm_event_id"), hwm_ts=manifest.get("hwm_ts"),
+        hwm_hash=manifest.get("hwm_hash"), sha256=manifest.get("sha256"),
+        size=manifest.get("size"), manifest=manifest,
+        problem=None if status == "validated" else "manifest says validation failed",
+    )
+
+
+def list_backups(ws: Workspace) -> list[BackupInfo]:
+    """Every backup directory, newest first (incomplete ones included, flagged)."""
+    if not ws.backups_dir.is_dir():
+        return []
+    infos = [read_backup(p) for p in ws.backups_dir.iterdir() if p.is_dir()]
+    return sorted(infos, key=lambda b: (b.created_at or "", b.name), reverse=True)
+
+
+def find_backup(ws: Workspace, name: str) -> BackupInfo:
+    path = ws.backups_dir / name
+    if "/" in name or not path.is_dir():
+        raise NotFound(f"no backup named {name!r}", hint="`atlas backups list` shows them.")
+    return read_backup(path)
+
+
+@dataclass
+class BackupVerification:
+    name: str
+    ok: bool
+    checks: list[Check]
+    drift: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "drift": self.drift,
+                "checks": [c.model_dump() for c in self.checks]}
+
+
+def verify_backup(info: BackupInfo, journal_dir: Path) -> BackupVerification:
+    """Recompute the hash and every check; compare with the manifest."""
+    if info.status == "incomplete":
+        return BackupVerification(info.name, False, [], [info.problem or "incomplete"])
+    if not info.db_path.exists():
+        return BackupVerification(info.name, False, [], [f"{DB_NAME} is missing"])
+    checks, facts, digest = validate_copy(info.db_path, journal_dir)
+    drift: list[str] = []
+    if not info.validated:
+        drift.append("the manifest marks this backup as failed")
+    if digest != info.sha256:
+        drift.append(f"sha256 drift: manifest {info.sha256}, file {digest}")
+    for c in checks:
+        if not c.passed:
+            drift.append(f"{c.name} fails: {c.detail}")
+    if facts is not None:
+        m = info.manifest
+        if facts.hwm_event_id != m.get("hwm_event_id") or facts.hwm_hash != m.get("hwm_hash"):
+            drift.append(f"high-water mark drift: manifest {m.get('hwm_event_id')}, "
+                         f"file {facts.hwm_event_id}")
+        if facts.row_counts != m.get("row_counts"):
+            drift.append("row counts differ from the manifest")
+    return BackupVerification(info.name, not drift, checks, drift)
+
+
+@dataclass
+class PrunePlan:
+    keep: list[tuple[str, str]]
+    delete: list[tuple[str, str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep": [{"name": n, "why": w} for n, w in self.keep],
+                "delete": [{"name": n, "why": w} for n, w in self.delete]}
+
+
+def plan_prune(backups: list[BackupInfo], policy: BackupSettings,
+               now: datetime | None = None) -> PrunePlan:
+    """Grandfather-father-son retention. The newest validated backup is always kept."""
+    now = now or datetime.now(UTC)
+    validated = [b for b in backups if b.validated and b.created() is not None]
+    validated.sort(key=lambda b: b.created() or now, reverse=True)
+    keep: dict[str, str] = {}
+    if validated:
+        keep[validated[0].name] = "newest validated backup"
+    def week(d: datetime) -> str:
+        year, number, _ = d.isocalendar()
+        return f"{year}-W{number:02d}"
+
+    rules: list[tuple[str, int, Callable[[datetime], str]]] = [
+        ("hourly", policy.keep_hourly, lambda d: d.strftime("%Y-%m-%dT%H")),
+        ("daily", policy.keep_daily, lambda d: d.strftime("%Y-%m-%d")),
+        ("weekly", policy.keep_weekly, week),
+    ]
+    for why, count, bucket in rules:
+        seen: list[str] = []
+        for b in validated:
+            created = b.created()
+            assert created is not None
+            key = bucket(created)
+            if key in seen:
+                continue
+            seen.append(key)
+            if len(seen) > count:
+                break
+            keep.setdefault(b.name, f"{why} {key}")
+    delete: list[tuple[str, str]] = []
+    for b in backups:
+        if b.name in keep:
+            continue
+        if b.status == "incomplete":
+            mtime = datetime.fromtimestamp(b.path.stat().st_mtime, UTC)
+            if now - mtime < timedelta(hours=1):
+                continue  # may still be running
+            delete.append((b.name, f"incomplete: {b.problem}"))
+        elif b.status == "failed":
+            delete.append((b.name, "failed validation"))
+        else:
+            delete.append((b.name, "outside the retention policy"))
+    return PrunePlan(sorted(keep.items()), delete)
+
+
+def prune(ws: Workspace, ledger: Ledger | None, *, actor: str, dry_run: bool) -> PrunePlan:
+    plan = plan_prune(list_backups(ws), ws.config.backups)
+    if dry_run or ledger is None:
+        return plan
+    started = utc_now()
+    for name, _why in plan.delete:
+        target = ws.backups_dir / name
+        if target.parent != ws.backups_dir:
+            raise StorageError(f"refusing to delete {target}")
+        shutil.rmtree(target)
+    if plan.delete:
+        _fsync_dir(ws.backups_dir)
+        record(ledger, Receipt(
+            kind="backup.prune", subject="backups", actor=actor, started_at=started,
+            finished_at=utc_now(), outcome="ok",
+            summary=(f"Pruned {len(plan.delete)} backup(s); {len(plan.keep)} kept, "
+                     "including the newest validated one."),
+            actions=[Action(name=f"delete {n}", result=f"deleted ({w})")
+                     for n, w in plan.delete],
+            evidence={"kept": [n for n, _ in plan.keep]},
+        ))
+    return plan
+
+
+__all__ = ["BackupInfo", "BackupVerification", "PrunePlan", "find_backup", "list_backups",
+           "plan_prune", "prune", "read_backup", "take_backup", "validate_copy",
+           "verify_backup", "write_json_durably"]

@@ -1,0 +1,166 @@
+"""SQLite-level checks on a database file, each timed and turned into a receipt check.
+
+Checks open their own read-only connection, so several can run at once on
+separate threads (sqlite3 releases the GIL while it works): a backup's
+``quick_check``, ``integrity_check``, sha256 and row counts run in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..ledger.chain import Chain, Gap
+from ..ledger.projections import PROJECTED_TABLES
+from ..ledger.store import event_from_row
+from ..receipts import Check
+
+HASH_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass
+class Outcome:
+    check: Check
+    value: Any = None
+
+
+def open_ro(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
+    """A read-only connection that never changes ``path``; immutable (no -wal/-shm
+    created) when asked, or when there is no WAL beside the file to read."""
+    immutable = immutable or not Path(str(path) + "-wal").exists()
+    uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    return conn
+
+
+def timed(name: str, fn: Callable[[], tuple[bool, str, Any]]) -> Outcome:
+    t0 = time.perf_counter()
+    try:
+        passed, detail, value = fn()
+    except sqlite3.Error as exc:
+        passed, detail, value = False, f"{type(exc).__name__}: {exc}", None
+    except OSError as exc:
+        passed, detail, value = False, f"cannot read: {exc.strerror or exc}", None
+    ms = round((time.perf_counter() - t0) * 1000, 3)
+    return Outcome(Check(name=name, passed=passed, detail=detail, ms=ms), value)
+
+
+def _pragma_rows(path: Path, pragma: str, immutable: bool) -> list[str]:
+    conn = open_ro(path, immutable=immutable)
+    try:
+        return [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}")]
+    finally:
+        conn.close()
+
+
+def sqlite_check(path: Path, pragma: str, *, immutable: bool = False,
+                 max_errors: int = 100) -> Outcome:
+    """``quick_check`` or ``integrity_check``: passes only on a single 'ok'."""
+    def run() -> tuple[bool, str, Any]:
+        rows = _pragma_rows(path, f"{pragma}({max_errors})", immutable)
+        ok = rows == ["ok"]
+        return ok, "ok" if ok else "; ".join(rows[:10]), rows
+    return timed(pragma, run)
+
+
+def foreign_key_check(path: Path, *, immutable: bool = False) -> Outcome:
+    def run() -> tuple[bool, str, Any]:
+        conn = open_ro(path, immutable=immutable)
+        try:
+            rows = conn.execute("PRAGMA foreign_key_check").fetchall()
+        finally:
+            conn.close()
+        detail = "ok" if not rows else "; ".join(
+            f"{r[0]} rowid {r[1]} -> {r[2]}" for r in rows[:10])
+        return not rows, detail, rows
+    return timed("foreign_key_check", run)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_check(path: Path, expected: str | None = None) -> Outcome:
+    def run() -> tuple[bool, str, Any]:
+        digest = sha256_file(path)
+        if expected is None:
+            return True, digest, digest
+        ok = digest == expected
+        return ok, digest if ok else f"drift: manifest {expected}, file {digest}", digest
+    return timed("sha256", run)
+
+
+@dataclass
+class Facts:
+    """What a database file says about itself."""
+
+    size: int = 0
+    page_size: int = 0
+    page_count: int = 0
+    schema_version: int = 0
+    row_counts: dict[str, int] = field(default_factory=dict)
+    hwm_event_id: int = 0
+    hwm_ts: str | None = None
+    hwm_hash: str | None = None
+
+
+def facts_check(path: Path, *, immutable: bool = False) -> Outcome:
+    """Page size and count, schema version, row counts, and the high-water mark."""
+    def run() -> tuple[bool, str, Any]:
+        conn = open_ro(path, immutable=immutable)
+        try:
+            f = Facts(size=path.stat().st_size)
+            f.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            f.page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            f.schema_version = int(row[0] or 0)
+            for t in PROJECTED_TABLES:
+                f.row_counts[t] = int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+            last = conn.execute("SELECT id, ts, hash FROM events ORDER BY id DESC LIMIT 1"
+                                ).fetchone()
+            if last is not None:
+                f.hwm_event_id, f.hwm_ts, f.hwm_hash = int(last[0]), str(last[1]), str(last[2])
+        finally:
+            conn.close()
+        return True, f"high-water mark: event {f.hwm_event_id} at {f.hwm_ts}", f
+    return timed("facts", run)
+
+
+def chain_check(path: Path, gaps: list[Gap], *, immutable: bool = False) -> Outcome:
+    """Every event's hash, and the links between them (declared gaps allowed)."""
+    def run() -> tuple[bool, str, Any]:
+        conn = open_ro(path, immutable=immutable)
+        chain = Chain(gaps)
+        try:
+            cur = conn.execute("SELECT * FROM events ORDER BY id")
+            cur.row_factory = sqlite3.Row
+            n = 0
+            for row in cur:
+                e = event_from_row(row)
+                problem = chain.accept(e)
+                if problem is not None:
+                    return False, f"event {e.id}: {problem}", e.id
+                n += 1
+        finally:
+            conn.close()
+        return True, f"{n} events chain", n
+    return timed("hash_chain", run)
+
+
+def run_parallel(tasks: list[Callable[[], Outcome]]) -> list[Outcome]:
+    with ThreadPoolExecutor(max_workers=max(1, len(tasks))) as pool:
+        return [f.result() for f in [pool.submit(t) for t in tasks]]
+
+
+__all__ = ["Facts", "Outcome", "chain_check", "facts_check", "foreign_key_check", "open_ro",
+           "run_parallel", "sha256_check", "sha256_file", "sqlite_check", "timed"]

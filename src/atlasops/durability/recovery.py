@@ -1,0 +1,637 @@
+"""``atlas recover``: restore, replay, salvage, verify, swap — and say exactly what was lost.
+
+Plan, execute, verify; never restore in place. Every step is a line of the
+receipt. The work happens in ``data/db/.recovering-<UTC>/`` (a scratch
+directory outside the workspace for ``--dry-run``); the live file is only
+replaced, atomically, after every verification passed. The damaged files are
+hard-linked into ``data/db/quarantine/<UTC>/`` first, so they outlive the swap
+and are never deleted.
+
+Sources, in order of trust: a validated backup (re-verified now), the
+journal (CRC per record, hash chain), and salvage from the damaged file
+(merged only where the hash chain verifies it). What none of them holds is the
+loss, stated as exact id ranges; when the journal itself cannot prove where
+history ends, ``unknown_after`` says from where nothing can be known.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import AtlasError, NotFound
+from ..ledger import Event, Journal, Ledger, projections, utc_now, verify
+from ..ledger.chain import Chain, Gap, read_gaps, write_gaps
+from ..ledger.events import GENESIS_HASH
+from ..ledger.journal import Located
+from ..ledger.lock import WriterLock
+from ..ledger.migrations import migrate
+from ..ledger.store import connect, event_from_row
+from ..receipts import Action, Check, Outcome, Receipt
+from ..workspace import Workspace
+from . import checks as ck
+from .backup import BackupInfo, list_backups, read_backup, verify_backup, write_json_durably
+from .salvage import Salvage, salvage_events
+
+PENDING = "recovery-pending.json"
+EXIT_OK, EXIT_CANNOT, EXIT_LOSS = 0, 2, 3
+
+
+class RecoveryFailed(AtlasError):
+    """Recovery could not produce a verified ledger; nothing was changed."""
+
+    exit_code = EXIT_CANNOT
+
+
+@dataclass
+class RecoveryResult:
+    outcome: str  # recovered | recovered_with_loss | not_broken | failed | planned
+    exit_code: int
+    receipt: dict[str, Any]
+    receipt_id: int | None = None
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "exit_code": self.exit_code, "dry_run": self.dry_run,
+                "receipt_id": self.receipt_id, **self.receipt}
+
+
+@dataclass
+class _Steps:
+    actions: list[Action] = field(default_factory=list)
+
+    def run(self, name: str, fn: Callable[[], str], command: str | None = None) -> None:
+        t0 = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as exc:
+            self.actions.append(Action(name=name, result=f"failed: {exc}", command=command,
+                                       ms=_ms(t0)))
+            raise
+        self.actions.append(Action(name=name, result=result, command=command, ms=_ms(t0)))
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- detection ---------------------------------------------------------------
+
+def diagnose(ws: Workspace) -> dict[str, Any] | None:
+    """What is wrong with the live ledger, or None when it is healthy."""
+    journal = Journal(ws.journal_dir, ws.config.journal.segment_bytes)
+    problems: list[str] = []
+    detail: dict[str, Any] = {"db_exists": ws.db_path.exists()}
+    if not ws.db_path.exists():
+        problems.append(f"{ws.db_path.name} is missing")
+    else:
+        qc = ck.sqlite_check(ws.db_path, "quick_check")
+        detail["quick_check"] = qc.check.detail
+        if not qc.check.passed:
+            problems.append(f"quick_check: {qc.check.detail}")
+    if not problems:
+        try:
+            report = verify(ws.db_path, journal, limit=20)
+            detail["ledger_vs_journal"] = [d.describe() for d in report.discrepancies]
+            if not report.ok:
+                problems.append(f"ledger != journal: {report.discrepancies[0].describe()}")
+        except AtlasError as exc:
+            problems.append(f"ledger cannot be read: {exc.message}")
+    else:
+        scan_problems = [p.describe() for p in journal.scan() if not isinstance(p, Located)]
+        if scan_problems:
+            detail["journal_problems"] = scan_problems[:20]
+    if not problems:
+        return None
+    return {"summary": "; ".join(problems), "detected_by": "atlas recover (quick_check, "
+            "ledger == journal)", **detail}
+
+
+# -- choosing the backup ------------------------------------------------------
+
+def choose_backup(ws: Workspace, forced: str | None
+                  ) -> tuple[BackupInfo | None, list[dict[str, str]], list[Check]]:
+    """The newest backup whose manifest, recomputed hash and checks all pass."""
+    skipped: list[dict[str, str]] = []
+    candidates = list_backups(ws)
+    if forced is not None:
+        path = ws.backups_dir / forced
+        if "/" in forced or not path.is_dir():
+            raise NotFound(f"no backup named {forced!r}", hint="`atlas backups list`.")
+        candidates = [read_backup(path)]
+    for info in candidates:
+        if info.status != "validated":
+            skipped.append({"name": info.name, "why": info.problem or info.status})
+            continue
+        result = verify_backup(info, ws.journal_dir)
+        if not result.ok:
+            skipped.append({"name": info.name, "why": "; ".join(result.drift)})
+            continue
+        return info, skipped, result.checks
+    return None, skipped, []
+
+
+# -- the work ----------------------------------------------------------------
+
+@dataclass
+class _Journal:
+    events: dict[int, Event]
+    problems: list[str]
+    first_id: int | None
+    last_id: int
+    missing_segments: list[str]
+    tail_clean: bool
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems and not self.missing_segments and self.tail_clean
+
+
+def _read_journal(journal: Journal, after: int) -> _Journal:
+    events: dict[int, Event] = {}
+    problems: list[str] = []
+    first: int | None = None
+    last = 0
+    prev_last = 0
+    missing: list[str] = []
+    for seg in journal.segments():
+        start = Journal.first_id_of(seg)
+        if prev_last and start != prev_last + 1:
+            missing.append(f"events {prev_last + 1}..{start - 1} (no segment holds them)")
+        seg_last = prev_last
+        for item in journal._scan_segment(seg, 0):
+            if isinstance(item, Located):
+                e = item.event
+                first = e.id if first is None else min(first, e.id)
+                last = max(last, e.id)
+                seg_last = max(seg_last, e.id)
+                if e.id > after:
+                    if e.hash_ok():
+                        events[e.id] = e
+                    else:
+                        problems.append(f"event {e.id} at {item.segment} line {item.line}: "
+                                        "hash does not match its contents")
+            else:
+                problems.append(item.describe())
+        prev_last = seg_last
+    tail = journal.tail()
+    return _Journal(events, problems, first, last, missing, tail.problem is None)
+
+
+@dataclass
+class _Built:
+    db: Path
+    last_id: int
+    last_ts: str | None
+    replayed: int
+    merged_from_salvage: list[int]
+    gaps: list[Gap]
+    unmerged: list[dict[str, Any]]
+    max_known: int
+    unknown_after: dict[str, Any] | None
+    journal_needs_rewrite: bool
+    salvage_notes: list[str]
+
+
+def _build(ws: Workspace, backup: BackupInfo | None, work: Path, steps: _Steps,
+           jr: _Journal, salvage_source: Path | None) -> _Built:
+    target = work / "leads.db"
+    hwm = backup.hwm_event_id or 0 if backup is not None else 0
+    hwm_hash = (backup.hwm_hash if backup is not None else None) or GENESIS_HASH
+
+    def restore() -> str:
+        if backup is None:
+            conn = connect(target)
+            migrate(conn)
+            conn.close()
+            return "no usable backup: started from an empty ledger (journal from event 1)"
+        shutil.copyfile(backup.db_path, target)
+        os.chmod(target, 0o600)
+        return f"copied {backup.name}/leads.db to a temporary path"
+
+    steps.run("restore", restore, command=f"cp {backup.db_path} {target}" if backup else None)
+    conn = connect(target)
+    try:
+        steps.run("reindex", lambda: (conn.execute("REINDEX"), "rebuilt every index")[1],
+                  command="REINDEX")
+        migrate(conn)
+        existing_gaps = [g for g in read_gaps(ws.journal_dir) if g.last <= hwm]
+
+        # What the journal holds after the backup, and what it lacks.
+        need_salvage = not jr.intact or any(
+            i not in jr.events for i in range(hwm + 1, jr.last_id + 1))
+        salvage = Salvage()
+        ranges: list[tuple[int, int | None]] = []
+        if salvage_source is not None:
+            missing = [i for i in range(hwm + 1, jr.last_id + 1) if i not in jr.events]
+            ranges = _as_ranges(missing) + [(max(hwm, jr.last_id) + 1, None)]
+
+            def do_salvage() -> str:
+                nonlocal salvage
+                donor = backup.db_path if backup is not None else None
+                salvage = salvage_events(salvage_source, work, ranges, header_donor=donor)
+                return (f"read {len(salvage.events)} verifiable events from the damaged file "
+                        f"({len(salvage.bad_rows)} rows failed their hash, "
+                        f"{sum(b - a + 1 for a, b in salvage.unreadable)} ids unreadable)"
+                        + ("" if need_salvage else "; the journal already covered the window"))
+            steps.run("salvage", do_salvage, command="python rowid-range salvage")
+
+        # Merge, in id order, under the hash chain.
+        chain = Chain(existing_gaps).start_after(hwm, hwm_hash)
+        max_known = max(hwm, jr.last_id, salvage.max_id_seen,
+                        max((e.id for e in salvage.events.values()), default=0))
+        gaps: list[Gap] = []
+        merged: list[int] = []
+        replayed = 0
+        accepted: list[Event] = []
+        candidates = sorted(set(jr.events) | set(salvage.events))
+        lost_start: int | None = None
+        for i in candidates:
+            if i <= hwm:
+                continue
+            options = [e for e in (jr.events.get(i), salvage.events.get(i)) if e is not None]
+            pick = None
+            if i == chain.expected:
+                pick = next((e for e in options if e.prev_hash == chain.prev), None)
+            else:
+                # a jump: acceptable only as a declared loss, and only if the rest of the
+                # history after it is consistent on its own (its own hash verifies)
+                pick = next((e for e in options if e.id > chain.expected), None)
+                if pick is not None:
+                    lost_start = chain.expected
+            if pick is None:
+                continue
+            if pick.id != chain.expected:
+                assert lost_start is not None
+                gaps.append(Gap(lost_start, pick.id - 1, chain.prev, pick.prev_hash,
+                                "lost in recovery: in no backup, journal record or readable row"))
+            chain.advance(pick)
+            accepted.append(pick)
+            if pick is jr.events.get(i):
+                replayed += 1
+            else:
+                merged.append(i)
+        if max_known >= chain.expected:
+            gaps.append(Gap(chain.expected, max_known, chain.prev, chain.prev,
+                            "lost in recovery: the newest events could not be recovered"))
+        accepted_ids = {e.id for e in accepted}
+        unmerged = [{"id": e.id, "reason": "does not link into the hash chain",
+                     "event": e.to_dict()} for i, e in salvage.events.items()
+                    if i > hwm and i not in accepted_ids and jr.events.get(i) != e]
+        unmerged += [{**r, "event": r.get("row")} for r in salvage.bad_rows if r["id"] > hwm]
+
+        def replay() -> str:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for e in accepted:
+                    projections.apply(conn, e)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            first = accepted[0].id if accepted else None
+            return (f"applied {len(accepted)} events after the backup's high-water mark {hwm}"
+                    + (f" ({first}..{accepted[-1].id}; {replayed} from the journal, "
+                       f"{len(merged)} salvaged)" if accepted else ""))
+
+        steps.run("replay", replay)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode=DELETE")
+        last = conn.execute("SELECT id, ts FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    unknown_after = None
+    evidence_beyond = salvage.max_id_seen > jr.last_id
+    salvage_complete = salvage.readable and not salvage.unreadable
+    if evidence_beyond or (not jr.tail_clean and not salvage_complete):
+        ts = str(last[1]) if last is not None and int(last[0]) == max_known else None
+        unknown_after = {"id": max_known, "ts": ts, "why": _why_unknown(jr, evidence_beyond)}
+    rewrite = bool(gaps) or bool(merged) or not jr.intact
+    return _Built(target, int(last[0]) if last else 0, str(last[1]) if last else None,
+                  replayed, merged, existing_gaps + gaps, unmerged, max_known, unknown_after,
+                  rewrite, salvage.notes)
+
+
+def _why_unknown(jr: _Journal, evidence_beyond: bool) -> str:
+    reasons = list(jr.missing_segments)
+    if jr.problems:
+        reasons.append(f"{len(jr.problems)} damaged journal record(s)")
+    if not jr.tail_clean:
+        reasons.append("the journal's tail is damaged")
+    if evidence_beyond:
+        reasons.append("the damaged database holds events beyond the journal's end "
+                       "(a journal segment is missing)")
+    return "; ".join(reasons) or "the journal cannot prove where history ends"
+
+
+def _as_ranges(ids: list[int]) -> list[tuple[int, int | None]]:
+    out: list[tuple[int, int | None]] = []
+    for i in ids:
+        if out and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return out
+
+
+def _write_journal(db: Path, target: Path, segment_bytes: int, gaps: list[Gap]) -> int:
+    """Write a fresh journal for the recovered ledger (the old one goes to quarantine)."""
+    target.mkdir(mode=0o700)
+    journal = Journal(target, segment_bytes)
+    tail = journal.tail()
+    conn = connect(db, create=False)
+    count = 0
+    try:
+        cur = conn.execute("SELECT * FROM events ORDER BY id")
+        cur.row_factory = sqlite3.Row
+        batch: list[Event] = []
+        for row in cur:
+            batch.append(event_from_row(row))
+            if len(batch) >= 1000:
+                tail = journal.append(batch, tail)
+                count += len(batch)
+                batch = []
+        if batch:
+            tail = journal.append(batch, tail)
+            count += len(batch)
+    finally:
+        conn.close()
+    if gaps:
+        write_gaps(target, gaps)
+    return count
+
+
+def _verify_result(db: Path, journal_dir: Path, segment_bytes: int) -> list[Check]:
+    outcomes = ck.run_parallel([
+        lambda: ck.sqlite_check(db, "quick_check"),
+        lambda: ck.sqlite_check(db, "integrity_check"),
+        lambda: ck.foreign_key_check(db),
+    ])
+    t0 = time.perf_counter()
+    report = verify(db, Journal(journal_dir, segment_bytes))
+    first = report.discrepancies[0].describe() if report.discrepancies else ""
+    lj = Check(name="ledger == journal", passed=report.ok,
+               detail=first or f"{report.last_id} events, journal and ledger identical",
+               ms=_ms(t0))
+    chain = ck.chain_check(db, read_gaps(journal_dir))
+    chain.check.name = "hash_chain"
+    return [*(o.check for o in outcomes), lj, chain.check]
+
+
+def _statement(loss: dict[str, Any], backup: BackupInfo | None, built: _Built) -> str:
+    base = (f"backup {backup.name} (events 1..{backup.hwm_event_id})" if backup else
+            "the journal alone (no usable backup)")
+    if loss["none"]:
+        return (f"Nothing was lost: restored from {base}, replayed the journal to event "
+                f"{built.last_id}, and verified ledger == journal.")
+    parts = []
+    if loss["lost_event_ranges"]:
+        spans = ", ".join(f"{a}..{b}" for a, b in loss["lost_event_ranges"])
+        parts.append(f"events {spans} could not be recovered")
+    if loss["unknown_after"]:
+        u = loss["unknown_after"]
+        parts.append(f"nothing after event {u['id']} can be known ({u['why']})")
+    if loss["salvaged_unmerged"]["count"]:
+        s = loss["salvaged_unmerged"]
+        parts.append(f"{s['count']} salvaged row(s) could not be verified and wait for review "
+                     f"in {s['path']}")
+    return (f"Restored from {base} up to event {built.last_id}; " + "; ".join(parts) + ".")
+
+
+def _write_review(path: Path, rows: list[dict[str, Any]]) -> None:
+    import json
+
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE salvaged_events (id INTEGER, reason TEXT, event TEXT)")
+        conn.executemany("INSERT INTO salvaged_events VALUES (?,?,?)",
+                         [(r["id"], r["reason"], json.dumps(r.get("event"), default=str))
+                          for r in rows])
+        conn.commit()
+    finally:
+        conn.close()
+    os.chmod(path, 0o600)
+
+
+def _quarantine(ws: Workspace, stamp: str) -> tuple[Path, dict[str, Any]]:
+    """Hard-link the damaged files into quarantine (the live names stay until the swap)."""
+    qdir = ws.quarantine_dir / stamp
+    qdir.mkdir(mode=0o700, parents=True)
+    files: dict[str, Any] = {}
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(ws.db_path) + suffix)
+        if not src.exists():
+            continue
+        dst = qdir / src.name
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+        files[src.name] = {"path": str(dst), "sha256": ck.sha256_file(dst),
+                           "size": dst.stat().st_size}
+    _fsync_dir(qdir)
+    return qdir, files
+
+
+def recover(ws: Workspace, *, actor: str, dry_run: bool = False,
+            backup_name: str | None = None) -> RecoveryResult:
+    lock = WriterLock(ws.lock_path, timeout=120)
+    with lock:
+        pending = ws.db_dir / PENDING
+        if pending.exists() and not dry_run:
+            return _finish_pending(ws, pending, actor)
+        return _recover_locked(ws, actor=actor, dry_run=dry_run, backup_name=backup_name)
+
+
+def _recover_locked(ws: Workspace, *, actor: str, dry_run: bool,
+                    backup_name: str | None) -> RecoveryResult:
+    started = utc_now()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    steps = _Steps()
+    symptom = diagnose(ws)
+    if symptom is None and backup_name is None:
+        healthy = {"kind": "recovery", "outcome": "not_broken",
+                   "summary": "The ledger is healthy (quick_check ok, ledger == journal); "
+                              "nothing was changed."}
+        return RecoveryResult("not_broken", EXIT_OK, healthy, dry_run=dry_run)
+    symptom = symptom or {"summary": "no damage found; recovery forced with --backup"}
+
+    backup, skipped, backup_checks = choose_backup(ws, backup_name)
+    steps.actions.append(Action(
+        name="choose backup",
+        result=(f"chose {backup.name} (high-water mark {backup.hwm_event_id})" if backup
+                else "no usable backup") + (f"; skipped {len(skipped)}" if skipped else "")))
+    journal = Journal(ws.journal_dir, ws.config.journal.segment_bytes)
+    hwm = backup.hwm_event_id or 0 if backup else 0
+    jr = _read_journal(journal, hwm)
+    if backup is None and not (jr.first_id == 1 and jr.intact):
+        raise RecoveryFailed(
+            "no validated backup passes its checks and the journal is not complete from "
+            "event 1; nothing was changed",
+            hint="Inspect `atlas backups list` and `atlas ledger verify`; the live file is "
+                 "as it was found.", skipped=skipped, symptom=symptom)
+    work_parent = Path(tempfile.mkdtemp(prefix="atlas-recover-")) if dry_run else ws.db_dir
+    work = work_parent / f".recovering-{stamp}" if not dry_run else work_parent
+    if not dry_run:
+        _clear_stale_work(ws)
+        work.mkdir(mode=0o700)
+    qdir: Path | None = None
+    quarantined: dict[str, Any] = {}
+    try:
+        salvage_source: Path | None = None
+        if ws.db_path.exists():
+            if dry_run:
+                salvage_source = ws.db_path
+            else:
+                def quarantine() -> str:
+                    nonlocal qdir, quarantined
+                    qdir, quarantined = _quarantine(ws, stamp)
+                    return f"hard-linked {', '.join(quarantined)} into {qdir} with sha256"
+                steps.run("quarantine", quarantine)
+                assert qdir is not None
+                salvage_source = qdir / ws.db_path.name
+        built = _build(ws, backup, work, steps, jr, salvage_source)
+        new_journal = work / "journal" if built.journal_needs_rewrite else ws.journal_dir
+        if built.journal_needs_rewrite:
+            steps.run("rewrite journal", lambda: (
+                f"wrote {_write_journal(built.db, new_journal, ws.config.journal.segment_bytes, built.gaps)} "  # noqa: E501
+                "records for the recovered ledger (the damaged journal goes to quarantine)"))
+        checks = _verify_result(built.db, new_journal, ws.config.journal.segment_bytes)
+        lost = [[g.first, g.last] for g in built.gaps if g.first > hwm or g.last > hwm]
+        review_path = (qdir or work) / "salvage-review.db"
+        loss: dict[str, Any] = {
+            "lost_event_ranges": lost,
+            "unknown_after": built.unknown_after,
+            "salvaged_unmerged": {"count": len(built.unmerged),
+                                  "path": str(review_path) if built.unmerged else None},
+            "recovery_point": {"event_id": built.last_id, "ts": built.last_ts},
+        }
+        loss["none"] = not lost and built.unknown_after is None and not built.unmerged
+        loss["statement"] = _statement(loss, backup, built)
+        ok = all(c.passed for c in checks)
+        outcome: Outcome = (("recovered" if loss["none"] else "recovered_with_loss")
+                            if ok else "failed")
+        receipt: dict[str, Any] = Receipt(
+            kind="recovery", subject="ledger", actor=actor, started_at=started,
+            finished_at=utc_now(), outcome=outcome,
+            summary=(loss["statement"] if ok else
+                     "Recovery could not verify the rebuilt ledger; nothing was changed."),
+            symptom=symptom, actions=steps.actions, checks=checks,
+            evidence={"quarantine": {"path": str(qdir) if qdir else None,
+                                     "files": quarantined},
+                      "salvage_notes": built.salvage_notes,
+                      "replayed_from_journal": built.replayed,
+                      "merged_from_salvage": built.merged_from_salvage},
+        ).body()
+        receipt["backup"] = None if backup is None else {
+            "name": backup.name, "created_at": backup.created_at,
+            "hwm_event_id": backup.hwm_event_id, "hwm_ts": backup.hwm_ts,
+            "sha256": backup.sha256, "checks": [c.model_dump() for c in backup_checks]}
+        receipt["skipped_backups"] = skipped
+        receipt["loss"] = loss
+        if dry_run:
+            receipt["plan"] = {"backup": backup.name if backup else None,
+                               "events_to_replay": built.replayed,
+                               "events_from_salvage": len(built.merged_from_salvage),
+                               "expected_loss": loss["statement"]}
+            return RecoveryResult("planned", EXIT_OK if loss["none"] else EXIT_LOSS,
+                                  receipt, dry_run=True)
+        if not ok:
+            failing = [c for c in checks if not c.passed]
+            raise RecoveryFailed(
+                f"the rebuilt ledger failed {failing[0].name}: {failing[0].detail}; "
+                "nothing was changed", receipt=receipt)
+        if built.unmerged:
+            _write_review(review_path, built.unmerged)
+        state = {"stamp": stamp, "work": str(work), "db": str(built.db),
+                 "new_journal": str(new_journal) if built.journal_needs_rewrite else None,
+                 "quarantine": str(qdir) if qdir else str(ws.quarantine_dir / stamp),
+                 "receipt": receipt, "phase": "swap"}
+        write_json_durably(ws.db_dir / PENDING, state)
+        return _finish_pending(ws, ws.db_dir / PENDING, actor)
+    except BaseException:
+        if dry_run:
+            shutil.rmtree(work_parent, ignore_errors=True)
+        elif work.exists() and not (ws.db_dir / PENDING).exists():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        if dry_run:
+            shutil.rmtree(work_parent, ignore_errors=True)
+
+
+def _clear_stale_work(ws: Workspace) -> None:
+    """Scratch directories of a recovery that was killed before its swap (Atlas's own)."""
+    for p in ws.db_dir.glob(".recovering-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _finish_pending(ws: Workspace, pending: Path, actor: str) -> RecoveryResult:
+    """Swap the verified ledger (and journal) into place, then record the receipt.
+
+    Every step can be repeated: a recovery killed here is finished by the next run."""
+    import json
+
+    state = json.loads(pending.read_text(encoding="utf-8"))
+    receipt: dict[str, Any] = state["receipt"]
+    qdir = Path(state["quarantine"])
+    qdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db = Path(state["db"])
+    t0 = time.perf_counter()
+    if db.exists():
+        for suffix in ("-wal", "-shm"):
+            live = Path(str(ws.db_path) + suffix)
+            if live.exists():
+                keep = qdir / live.name
+                if not keep.exists():
+                    os.link(live, keep)
+                live.unlink()
+        fd = os.open(db, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(db, ws.db_path)
+        _fsync_dir(ws.db_dir)
+    new_journal = state.get("new_journal")
+    if new_journal and Path(new_journal).exists():
+        old = qdir / "journal"
+        if ws.journal_dir.exists() and not old.exists():
+            os.rename(ws.journal_dir, old)
+        os.rename(new_journal, ws.journal_dir)
+        _fsync_dir(ws.data_dir)
+    receipt["actions"].append({"name": "atomic swap", "result": "replaced data/db/leads.db"
+                               + (" and data/journal/" if new_journal else "")
+                               + " (fsynced file and directory)",
+                               "ms": _ms(t0)})
+    shutil.rmtree(state["work"], ignore_errors=True)
+    with Ledger.for_workspace(ws) as ledger:
+        from ..ledger import NewEvent
+
+        event = ledger.append_many([NewEvent("receipt.recorded", actor, receipt,
+                                             subject="recovery")])[0]
+    pending.unlink()
+    _fsync_dir(ws.db_dir)
+    loss = receipt["loss"]
+    return RecoveryResult(receipt["outcome"], EXIT_OK if loss["none"] else EXIT_LOSS,
+                          receipt, receipt_id=event.id)
+
+
+__all__ = ["EXIT_CANNOT", "EXIT_LOSS", "EXIT_OK", "RecoveryFailed", "RecoveryResult",
+           "choose_backup", "diagnose", "recover"]
