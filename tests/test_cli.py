@@ -252,8 +252,12 @@ def test_demo_builds_and_resets_only_demo_workspaces(cli: Any, tmp_path: Path) -
     assert data["status"]["counts"]["leads"] == 300
     assert data["status"]["counts"]["businesses"] == 4
     assert {x["kind"] for x in data["receipts"]} == {"leads.import", "ledger.replay_check",
-                                                      "ledger.verify"}
-    assert all(x["outcome"] == "ok" for x in data["receipts"])
+                                                      "ledger.verify", "backup", "recovery"}
+    assert all(x["outcome"] in ("ok", "recovered") for x in data["receipts"])
+    rec = data["recovery"]
+    assert rec["outcome"] == "recovered" and rec["loss"]["none"] is True
+    assert rec["backup"]["name"].startswith("hourly-")
+    assert "malformed" in rec["symptom"]["summary"]
     r = cli("demo", "--reset", home=home)
     assert r.exit_code == 0 and "Atlas demo" in r.stdout
     real = tmp_path / "real"

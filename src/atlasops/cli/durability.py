@@ -226,11 +226,11 @@ def recover(
     if as_json:
         print_json(result.to_dict())
     else:
-        _print_recovery(result.to_dict())
+        print_recovery(result.to_dict())
     raise typer.Exit(result.exit_code)
 
 
-def _print_recovery(r: dict[str, Any]) -> None:
+def print_recovery(r: dict[str, Any]) -> None:
     title = "Recovery plan (dry run: nothing changed)" if r["dry_run"] else "Recovery receipt"
     out.rule(f"[bold]{title}[/bold]")
     if r["outcome"] == "not_broken":

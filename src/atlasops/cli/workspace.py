@@ -24,6 +24,7 @@ from .common import (
     print_json,
     resolve_home,
 )
+from .durability import print_recovery
 
 
 def register(app: typer.Typer) -> None:
@@ -99,7 +100,8 @@ def demo(
         receipts = [get_receipt(ledger, rid) for rid in result.receipts]
     if as_json:
         print_json({"status": data, "receipts": receipts,
-                    "imported": result.imported.to_dict()})
+                    "imported": result.imported.to_dict(),
+                    "recovery": result.recovery.to_dict() if result.recovery else None})
         return
     out.rule("[bold]Atlas demo[/bold]")
     out.print(f"Workspace: [bold]{result.workspace.home}[/bold]  owner "
@@ -117,5 +119,10 @@ def demo(
     j = data["journal"]
     out.print(f"Ledger: {data['counts']['events']} events, journal "
               f"{'ok' if j['ok'] else 'NOT ok'} ({j['segments']} segment(s)).")
+    if result.recovery is not None:
+        out.print("\n[bold]The incident[/bold]: after a validated backup, an agent marked 25 CPA "
+                  "leads contacted; then 8 pages in the middle of leads.db were overwritten. "
+                  "`atlas recover` ran:")
+        print_recovery(result.recovery.to_dict())
     out.print(f"Try: atlas --help; atlas status --home {result.workspace.home}; "
               f"atlas events list --home {result.workspace.home} --limit 5")

@@ -52,10 +52,12 @@ def record_detection(ws: Workspace, symptom: dict[str, Any], actor: str = SYSTEM
         if tail.problem is not None:
             return None, f"the journal's tail is damaged ({tail.problem.describe()})"
         last = _last_journal_event(journal, tail.last_id)
-        if (last is not None and last.kind == DETECTED
-                and last.payload.get("summary") == symptom.get("summary")):
-            return last, None  # the same symptom is already on record
         ledger_max = _ledger_max(ws)
+        if last is not None and last.kind == DETECTED and (
+                ledger_max is None or ledger_max < last.id
+                or last.payload.get("summary") == symptom.get("summary")):
+            return last, None  # this outage is already on record
+
         if ledger_max is not None and ledger_max > tail.last_id:
             return None, (f"the ledger holds events up to {ledger_max} but the journal ends at "
                           f"{tail.last_id}; run `atlas recover`")

@@ -261,10 +261,15 @@ class Journal:
             data = src.read()
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
+        if target.stat().st_size != len(data):
+            raise StorageError(f"could not copy the torn journal tail to {target}; "
+                               "the journal was left as it was")
         _fsync_dir(torn_dir)
         with open(tail.segment, "r+b") as fh:
             fh.truncate(tail.valid_size)

@@ -1,0 +1,184 @@
+"""`atlas backup`, `atlas backups ...`, `atlas db check`, `atlas recover` through the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from atlasops.config import BackupSettings
+from atlasops.durability.backup import BackupInfo, plan_prune
+from atlasops.ledger import Ledger
+from atlasops.workspace import Workspace
+
+
+def fill(ledger: Ledger, n: int = 200) -> None:
+    for i in range(0, n, 50):
+        ledger.append_many([])  # no-op batches are allowed and write nothing
+        from atlasops.ledger import NewEvent
+
+        ledger.append_many([NewEvent("note.added", "t", {"i": j, "pad": "p" * 200})
+                            for j in range(i, i + 50)])
+
+
+def test_backup_list_verify(cli: Any, ledger: Ledger, ws: Workspace) -> None:
+    fill(ledger)
+    r = cli("backup", "--label", "hourly", "--json")
+    assert r.exit_code == 0, r.stderr
+    b = r.json()
+    assert b["validated"] is True and b["hwm_event_id"] == ledger.last_event().id - 1
+    names = {c["name"] for c in b["checks"]}
+    assert {"quick_check", "integrity_check", "foreign_key_check", "sha256", "facts",
+            "hash_chain", "online_backup"} <= names
+    manifest = json.loads((Path(b["path"]) / "manifest.json").read_text())
+    assert manifest["row_counts"]["events"] == b["hwm_event_id"]
+    assert {"page_size", "page_count", "schema_version", "hwm_ts"} <= set(manifest)
+    assert Path(b["path"]).name.startswith("hourly-")
+    listed = cli("backups", "list", "--json").json()
+    assert [x["name"] for x in listed] == [b["name"]]
+    assert "validated" in cli("backups", "list").stdout
+    r = cli("backups", "verify", b["name"], "--json")
+    assert r.exit_code == 0 and r.json()[0]["ok"] is True
+    # drift: damage the copy
+    with open(Path(b["path"]) / "leads.db", "r+b") as fh:
+        fh.seek(8192)
+        fh.write(b"\xff" * 512)
+    r = cli("backups", "verify", "--all")
+    assert r.exit_code == 1 and "sha256 drift" in r.stderr
+    r = cli("backups", "verify", "nope")
+    assert r.exit_code == 6
+    r = cli("backups", "verify")
+    assert r.exit_code == 2
+
+
+def test_backup_rejects_bad_label(cli: Any) -> None:
+    r = cli("backup", "--label", "Bad Label")
+    assert r.exit_code == 2
+
+
+def test_incomplete_backup_is_listed_as_incomplete(cli: Any, ws: Workspace) -> None:
+    (ws.backups_dir / ".tmp-hourly-20260101T000000Z").mkdir()
+    listed = cli("backups", "list", "--json").json()
+    assert listed[0]["status"] == "incomplete" and listed[0]["validated"] is False
+
+
+def test_prune_dry_run_then_prune(cli: Any, ledger: Ledger, ws: Workspace) -> None:
+    fill(ledger, 50)
+    for _ in range(3):
+        assert cli("backup").exit_code == 0
+    failed = ws.backups_dir / "manual-20200101T000000Z"
+    failed.mkdir()
+    (failed / "manifest.json").write_text(json.dumps({"validated": False, "checks": [],
+                                                      "created_at": "2020-01-01T00:00:00.0Z"}))
+    r = cli("backups", "prune", "--dry-run", "--json")
+    plan = r.json()
+    newest = cli("backups", "list", "--json").json()[0]["name"]
+    # three backups in the same hour: one per hourly bucket is kept, plus nothing failed
+    assert [k["name"] for k in plan["keep"]] == [newest]
+    assert failed.name in [d["name"] for d in plan["delete"]]
+    assert len(plan["delete"]) == 3
+    assert failed.exists()
+    r = cli("backups", "prune")
+    assert r.exit_code == 0 and not failed.exists()
+    assert [b["name"] for b in cli("backups", "list", "--json").json()] == [newest]
+    assert cli("receipts", "list", "--kind", "backup.prune", "--json").json()
+
+
+def info(name: str, created: datetime, status: str = "validated") -> BackupInfo:
+    return BackupInfo(name=name, path=Path("/nonexistent") / name, status=status,
+                      created_at=created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def test_retention_plan_keeps_hourly_daily_weekly_and_the_newest() -> None:
+    now = datetime(2026, 6, 27, 12, 0, tzinfo=UTC)
+    backups = [info(f"b{h}", now - timedelta(hours=h)) for h in range(0, 24 * 30, 6)]
+    plan = plan_prune(backups, BackupSettings(keep_hourly=2, keep_daily=3, keep_weekly=2),
+                      now=now)
+    kept = dict(plan.keep)
+    assert "b0" in kept
+    assert kept["b0"] == "newest validated backup"
+    # 2 hourly buckets (b0, b6), 3 daily (b0, b12? no: newest per day), 2 weekly
+    days = {(now - timedelta(hours=int(n[1:]))).date() for n in kept}
+    assert len(days) <= 4
+    assert len(kept) < len(backups)
+    assert {n for n, _ in plan.delete} | set(kept) == {b.name for b in backups}
+    # the newest validated backup survives even when every limit is zero
+    zero = plan_prune(backups, BackupSettings(keep_hourly=0, keep_daily=0, keep_weekly=0),
+                      now=now)
+    assert [n for n, _ in zero.keep] == ["b0"]
+
+
+def test_prune_never_deletes_the_newest_validated_even_if_old() -> None:
+    now = datetime(2026, 6, 27, tzinfo=UTC)
+    backups = [info("old-valid", now - timedelta(days=400)),
+               info("new-failed", now, status="failed")]
+    plan = plan_prune(backups, BackupSettings(keep_hourly=0, keep_daily=0, keep_weekly=0),
+                      now=now)
+    assert [n for n, _ in plan.keep] == ["old-valid"]
+    assert [n for n, _ in plan.delete] == ["new-failed"]
+
+
+def test_db_check_ok_then_corrupt(cli: Any, ledger: Ledger, ws: Workspace) -> None:
+    fill(ledger, 400)
+    r = cli("db", "check", "--full", "--json")
+    assert r.exit_code == 0 and r.json()["ok"] is True
+    ledger.close()
+    for s in ("-wal", "-shm"):
+        Path(str(ws.db_path) + s).unlink(missing_ok=True)
+    with open(ws.db_path, "r+b") as fh:
+        fh.seek(4096 * 5)
+        fh.write(b"\0" * 4096 * 4)
+    r = cli("db", "check", "--json")
+    assert r.exit_code == 1
+    data = r.json()
+    assert data["ok"] is False and data["event_id"] is not None
+    assert "quick_check" in data["symptom"]["summary"]
+    # the symptom is in the journal even though the database cannot be written
+    text = "".join(p.read_text() for p in ws.journal_dir.glob("*.journal"))
+    assert '"kind":"db.corruption.detected"' in text
+    r = cli("db", "check")
+    assert r.exit_code == 1 and "atlas recover" in r.stderr
+    # recover: exit 0, no loss, and the detection event is in the recovered ledger
+    r = cli("recover", "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    rec = r.json()
+    assert rec["loss"]["none"] is True and rec["backup"] is None
+    events = cli("events", "list", "--kind", "db.corruption.detected", "--json").json()
+    assert [e["id"] for e in events] == [data["event_id"]]
+    assert cli("db", "check").exit_code == 0
+    assert cli("ledger", "verify").exit_code == 0
+
+
+def test_recover_cli_human_output_and_exit_codes(cli: Any, ledger: Ledger,
+                                                 ws: Workspace) -> None:
+    fill(ledger, 300)
+    assert cli("backup").exit_code == 0
+    fill(ledger, 100)
+    ledger.close()
+    r = cli("recover")
+    assert r.exit_code == 0 and "healthy" in r.stdout
+    for s in ("-wal", "-shm"):
+        Path(str(ws.db_path) + s).unlink(missing_ok=True)
+    ws.db_path.unlink()
+    r = cli("recover", "--dry-run")
+    assert r.exit_code == 0
+    assert "Recovery plan (dry run" in r.stdout and not ws.db_path.exists()
+    r = cli("recover")
+    assert r.exit_code == 0
+    for part in ("1. Symptom", "2. Backup", "3. Actions", "4. Verification", "5. Loss"):
+        assert part in r.stdout
+    assert "Nothing was lost" in r.stdout
+
+
+def test_recover_exit_2_when_impossible(cli: Any, ledger: Ledger, ws: Workspace) -> None:
+    fill(ledger, 100)
+    ledger.close()
+    ws.db_path.unlink()
+    first = sorted(ws.journal_dir.glob("*.journal"))[0]
+    first.unlink()
+    r = cli("recover")
+    assert r.exit_code == 2
+    assert "nothing was changed" in r.stderr
+    r = cli("recover", "--backup", "nope")
+    assert r.exit_code == 6
