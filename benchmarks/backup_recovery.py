@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -51,8 +52,11 @@ import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from atlasops.durability import backup as backup_module
+from atlasops.durability import recovery as recovery_module
 from atlasops.durability.backup import take_backup
 from atlasops.durability.recovery import recover
 from atlasops.ledger import Ledger, NewEvent
@@ -120,6 +124,51 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+class Phases:
+    """Times named module-level functions of Atlas while a measurement runs.
+
+    The functions are looked up as module globals at call time, so wrapping the
+    module attribute times every call; names that do not exist are skipped."""
+
+    def __init__(self, module: ModuleType, names: Sequence[str]) -> None:
+        self.module, self.names = module, names
+        self.spans: list[tuple[str, float, float]] = []
+        self._saved: dict[str, Any] = {}
+
+    def __enter__(self) -> Phases:
+        for name in self.names:
+            fn = getattr(self.module, name, None)
+            if callable(fn):
+                self._saved[name] = fn
+                setattr(self.module, name, self._wrap(name, fn))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, fn in self._saved.items():
+            setattr(self.module, name, fn)
+
+    def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spans.append((name, t0, time.monotonic()))
+        return timed
+
+    def totals(self) -> list[dict[str, Any]]:
+        out: dict[str, float] = {}
+        for name, t0, t1 in self.spans:
+            out[name] = out.get(name, 0.0) + (t1 - t0)
+        return [{"phase": name, "seconds": round(sec, 3)} for name, sec in out.items()]
+
+
+BACKUP_PHASES = ("_snapshot", "validate_copy", "write_json_durably", "record")
+RECOVERY_PHASES = ("diagnose", "choose_backup", "_read_journal", "_quarantine", "_build",
+                   "_write_journal", "_verify_result", "_finish_pending")
 
 
 # -- building the workspace (setup, not measured) -----------------------------------
@@ -212,20 +261,23 @@ class AtlasBackup:
     def __init__(self, ws: Workspace, ledger: Ledger) -> None:
         self.ws, self.ledger = ws, ledger
         self.checks: list[dict[str, Any]] = []
+        self.phases: list[dict[str, Any]] = []
 
     def __call__(self, _db: Path, _scratch: Path) -> float:
-        t0 = time.perf_counter()
-        info, _receipt = take_backup(self.ws, self.ledger, actor=ACTOR, label="bench")
-        elapsed = time.perf_counter() - t0
+        with Phases(backup_module, BACKUP_PHASES) as phases:
+            t0 = time.perf_counter()
+            info, _receipt = take_backup(self.ws, self.ledger, actor=ACTOR, label="bench")
+            elapsed = time.perf_counter() - t0
         if not info.validated:
             raise RuntimeError(f"take_backup did not validate its copy: {info.manifest}")
         self.checks = [{"name": c["name"], "ms": c["ms"]} for c in info.manifest["checks"]]
+        self.phases = phases.totals()
         shutil.rmtree(info.path)
         return elapsed
 
 
 def run_timings(ws: Workspace, ledger: Ledger, scratch: Path, repeat: int
-                ) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
+                ) -> tuple[dict[str, list[float]], dict[str, Any]]:
     atlas = AtlasBackup(ws, ledger)
     measures: dict[str, Callable[[Path, Path], float]] = {
         "cp": time_cp, "raw_backup": time_raw_backup, "raw_integrity": time_raw_integrity,
@@ -239,7 +291,7 @@ def run_timings(ws: Workspace, ledger: Ledger, scratch: Path, repeat: int
             seconds = measures[name](ws.db_path, scratch)
             runs[name].append(seconds)
             log(f"  run {r + 1}/{repeat}  {LABELS[name]:<28} {seconds:8.2f} s")
-    return runs, atlas.checks
+    return runs, {"checks": atlas.checks, "phases": atlas.phases}
 
 
 # -- a writer in another process -------------------------------------------------------
@@ -311,7 +363,8 @@ def writer_latency(ws: Workspace, ledger: Ledger, idle_seconds: float, interval:
         idle_from = time.monotonic()
         time.sleep(idle_seconds)
         idle_to = backup_from = time.monotonic()
-        info, _receipt = take_backup(ws, ledger, actor=ACTOR, label="bench")
+        with Phases(backup_module, ("_snapshot",)) as phases:
+            info, _receipt = take_backup(ws, ledger, actor=ACTOR, label="bench")
         backup_to = time.monotonic()
         time.sleep(0.2)
         pipe.send("stop")
@@ -324,10 +377,16 @@ def writer_latency(ws: Workspace, ledger: Ledger, idle_seconds: float, interval:
             proc.kill()
     shutil.rmtree(info.path)
     idle = [d for t, d in samples if idle_from <= t < idle_to]
-    during = [d for t, d in samples if backup_from <= t <= backup_to]
+    during = [(t, d) for t, d in samples if backup_from <= t <= backup_to]
+    snaps = [(t0, t1) for _name, t0, t1 in phases.spans]
+    in_snapshot = [d for t, d in during if any(a <= t <= b for a, b in snaps)]
+    in_checks = [d for t, d in during if not any(a <= t <= b for a, b in snaps)]
     return {"interval_ms": interval * 1000, "backup_seconds": round(backup_to - backup_from, 3),
+            "snapshot_seconds": round(sum(b - a for a, b in snaps), 3),
             "backup_validated": info.validated,
-            "idle": latency_stats(idle), "during_backup": latency_stats(during)}
+            "idle": latency_stats(idle), "during_backup": latency_stats([d for _t, d in during]),
+            "during_snapshot": latency_stats(in_snapshot),
+            "during_checks": latency_stats(in_checks)}
 
 
 # -- recovery ------------------------------------------------------------------------
@@ -375,9 +434,10 @@ def measure_recovery(ws: Workspace, extra_events: int) -> dict[str, Any]:
     first = zero_middle(ws.db_path, ZERO_PAGES)
     os.sync()
     log(f"  zeroed pages {first}..{first + ZERO_PAGES - 1} of leads.db; recovering")
-    t0 = time.perf_counter()
-    result = recover(ws, actor=ACTOR)
-    seconds = time.perf_counter() - t0
+    with Phases(recovery_module, RECOVERY_PHASES) as phases:
+        t0 = time.perf_counter()
+        result = recover(ws, actor=ACTOR)
+        seconds = time.perf_counter() - t0
     receipt = result.receipt
     loss = receipt.get("loss", {})
     return {
@@ -387,7 +447,7 @@ def measure_recovery(ws: Workspace, extra_events: int) -> dict[str, Any]:
         "zeroed_pages": [first, first + ZERO_PAGES - 1], "sidecars_removed": leftovers,
         "backup": info.name, "extra_events": extra_events,
         "replayed": receipt.get("evidence", {}).get("replayed_from_journal"),
-        "breakdown": recovery_breakdown(receipt),
+        "phases": phases.totals(), "breakdown": recovery_breakdown(receipt),
     }
 
 
@@ -541,7 +601,7 @@ def machine() -> dict[str, Any]:
 
 
 def build_report(args: argparse.Namespace, built: dict[str, Any],
-                 runs: dict[str, list[float]], backup_checks: list[dict[str, Any]],
+                 runs: dict[str, list[float]], backup_profile: dict[str, Any],
                  writer: dict[str, Any], recovery: dict[str, Any],
                  litestream: dict[str, Any], total: float) -> dict[str, Any]:
     med = {name: statistics.median(values) for name, values in runs.items()}
@@ -575,7 +635,7 @@ def build_report(args: argparse.Namespace, built: dict[str, Any],
         "machine": machine(),
         "build": built,
         "timings": timings,
-        "atlas_backup_checks_ms": backup_checks,
+        "atlas_backup_profile": backup_profile,
         "writer_latency": writer,
         "recovery": recovery,
         "litestream": litestream,
@@ -621,10 +681,12 @@ def print_table(report: dict[str, Any]) -> None:
     w = report["writer_latency"]
     print(f"writer in another process, one small event per append, every "
           f"{w['interval_ms']:.0f} ms (backup took {w['backup_seconds']:.1f} s)")
-    print(f"{'':<16} {'appends':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for key, label in (("idle", "idle"), ("during_backup", "during backup")):
+    print(f"{'':<24} {'appends':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for key, label in (("idle", "idle"), ("during_backup", "during backup"),
+                       ("during_snapshot", "  of which: snapshot"),
+                       ("during_checks", "  of which: checks")):
         s = w[key]
-        print(f"{label:<16} {s['n']:>8} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} "
+        print(f"{label:<24} {s['n']:>8} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} "
               f"{s['max_ms']:>8.2f}")
     print()
     rec = report["recovery"]
@@ -646,13 +708,19 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"  atlas: {a['committed']:,} / {a['restored']:,} / {a['lost']:,}   "
                   f"(leads.db deleted, journal kept; recover exit {a['exit_code']})")
     print()
-    print("where atlas backup's time goes (checks run in parallel threads on the copy):")
-    print("  " + ", ".join(f"{c['name']} {c['ms'] / 1000:.2f} s"
-                           for c in report["atlas_backup_checks_ms"]))
+    prof = report["atlas_backup_profile"]
+    print("where atlas backup's time goes (last run):")
+    print("  phases: " + ", ".join(f"{p['phase']} {p['seconds']:.2f} s"
+                                   for p in prof["phases"]))
+    print("  checks on the copy, in parallel threads: " + ", ".join(
+        f"{c['name']} {c['ms'] / 1000:.2f} s" for c in prof["checks"]))
     print("where atlas recover's time goes:")
+    print("  phases: " + ", ".join(f"{p['phase']} {p['seconds']:.2f} s"
+                                   for p in rec["phases"]))
+    print("  steps and checks from the receipt (checks of one group run in parallel):")
     for step in rec["breakdown"]:
-        if step["ms"] is not None:
-            print(f"  {step['step']:<40} {step['ms'] / 1000:8.2f} s")
+        if step["ms"]:
+            print(f"    {step['step']:<38} {step['ms'] / 1000:8.2f} s")
     print()
     for goal in report["goals"].values():
         verdict = "PASS" if goal["met"] else "MISS"
@@ -716,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("timing copies, checks and atlas backup")
         ledger = Ledger.for_workspace(ws).open()
         try:
-            runs, backup_checks = run_timings(ws, ledger, scratch, args.repeat)
+            runs, backup_profile = run_timings(ws, ledger, scratch, args.repeat)
             idle = min(max(statistics.median(runs["atlas_backup"]), 3.0), 30.0)
             log(f"writer latency: {idle:.1f} s idle, then during a backup")
             writer = writer_latency(ws, ledger, idle, args.writer_ms / 1000)
@@ -742,7 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log("atlas: burst, sudden loss of leads.db, recover")
                 litestream["atlas"] = atlas_sudden_loss(ws, args.burst_seconds)
 
-        report = build_report(args, built, runs, backup_checks, writer, recovery, litestream,
+        report = build_report(args, built, runs, backup_profile, writer, recovery, litestream,
                               time.perf_counter() - started)
     finally:
         if args.keep:

@@ -69,3 +69,48 @@ def write_csv(path: Path, rows: list[list[str]], header: list[str] | None = None
         w.writerow(header or ["email", "name", "company", "segment", "business"])
         w.writerows(rows)
     return path
+
+
+GATE_CONFIG = """
+[channels.zoho]
+type = "smtp"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+from_address = "matt@sender.test-biz.example"
+timeout = 5
+
+[lanes."outbound.prospect"]
+channel = "zoho"
+daily_cap = {cap}
+cooldown_hours = {cooldown}
+footer = "Reply STOP to opt out."
+posture_max_age_days = 30
+"""
+
+
+def gate_workspace(ws: Workspace, port: int, *, cap: int = 1000, cooldown: float = 0,
+                   extra: str = "") -> Workspace:
+    """The test workspace with an SMTP channel on 127.0.0.1:port as the prospect lane's one
+    channel (lane still closed, as by default)."""
+    with open(ws.config_path, "a", encoding="utf-8") as fh:
+        fh.write(GATE_CONFIG.format(port=port, cap=cap, cooldown=cooldown) + extra)
+    return Workspace.open(ws.home)
+
+
+def owner_token(ledger: Ledger) -> str:
+    from atlasops.auth import Principal, create_token
+
+    token, _ = create_token(ledger, Principal("local", "setup"), role="owner", name="owner")
+    return token
+
+
+@pytest.fixture
+def smtp() -> Iterator[Any]:
+    from tests.smtp_servers import Recorder
+
+    server = Recorder().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -11,10 +11,17 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -26,17 +33,92 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _normal_email(value: str) -> str:
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 class Owner(_Strict):
     email: str
     name: str = ""
+    review_addresses: list[str] = Field(default_factory=list)
 
     @field_validator("email")
     @classmethod
     def _valid_email(cls, value: str) -> str:
-        try:
-            return validate_email(value, check_deliverability=False).normalized
-        except EmailNotValidError as exc:
-            raise ValueError(str(exc)) from exc
+        return _normal_email(value)
+
+    @field_validator("review_addresses")
+    @classmethod
+    def _valid_emails(cls, value: list[str]) -> list[str]:
+        return [_normal_email(v) for v in value]
+
+    def addresses(self) -> set[str]:
+        """Every address that counts as the owner's (compared case-insensitively)."""
+        return {a.casefold() for a in [self.email, *self.review_addresses]}
+
+
+LANE_EFFECTS = {
+    "outbound.prospect": "email",
+    "outbound.review": "email",
+    "social.post": "post",
+    "site.cta_change": "cta_change",
+    "spend": "spend",
+}
+
+
+class Lane(_Strict):
+    """One kind of side effect and its policy. Lanes are closed unless opened."""
+
+    open: bool = False
+    channel: str | None = None
+    daily_cap: int = Field(default=50, ge=0)
+    cooldown_hours: float = Field(default=24 * 14, ge=0)
+    needs_approval: bool = True
+    owner_only: bool = False
+    footer: str | None = None
+    requires_tracking: bool = False
+    tracking: str | None = None
+    posture_max_age_days: int | None = Field(default=None, ge=1)
+    max_body_bytes: int = Field(default=100_000, ge=100)
+
+
+class Channel(_Strict):
+    """Where a lane's side effects go: an SMTP server, or a local Maildir folder."""
+
+    type: Literal["smtp", "maildir"]
+    # maildir
+    path: str | None = None
+    # smtp: credentials are *names* of environment variables, never the secrets
+    host: str | None = None
+    port: int = Field(default=587, ge=1, le=65535)
+    tls: Literal["none", "starttls", "ssl"] = "starttls"
+    user_env: str | None = None
+    password_env: str | None = None
+    timeout: float = Field(default=30, gt=0)
+    from_address: str | None = None
+
+    @field_validator("from_address")
+    @classmethod
+    def _valid_from(cls, value: str | None) -> str | None:
+        return None if value is None else _normal_email(value)
+
+
+def default_lanes() -> dict[str, Lane]:
+    return {
+        "outbound.prospect": Lane(footer="Reply STOP to opt out.", posture_max_age_days=30),
+        "outbound.review": Lane(open=True, channel="owner-maildir", needs_approval=False,
+                                owner_only=True, daily_cap=200, cooldown_hours=0),
+        "social.post": Lane(cooldown_hours=0),
+        "site.cta_change": Lane(cooldown_hours=0),
+        "spend": Lane(cooldown_hours=0, daily_cap=0),
+    }
+
+
+def default_channels() -> dict[str, Channel]:
+    return {"owner-maildir": Channel(type="maildir", path="data/maildir/owner")}
 
 
 class Business(_Strict):
@@ -63,6 +145,39 @@ class Config(_Strict):
     journal: JournalSettings = Field(default_factory=JournalSettings)
     backups: BackupSettings = Field(default_factory=BackupSettings)
     businesses: dict[str, Business] = Field(default_factory=dict)
+    lanes: dict[str, Lane] = Field(default_factory=dict)
+    channels: dict[str, Channel] = Field(default_factory=dict)
+
+    @field_validator("lanes")
+    @classmethod
+    def _known_lanes(cls, value: dict[str, Lane]) -> dict[str, Lane]:
+        for name in value:
+            if name not in LANE_EFFECTS:
+                raise ValueError(f"unknown lane {name!r}; lanes are "
+                                 + ", ".join(LANE_EFFECTS))
+        return value
+
+    @model_validator(mode="after")
+    def _channels_exist(self) -> Config:
+        channels = self.all_channels()
+        for name, lane in self.all_lanes().items():
+            if lane.channel is not None and lane.channel not in channels:
+                raise ValueError(f"lanes.{name}.channel names {lane.channel!r}, "
+                                 "which is not a [channels] entry")
+        for name, ch in channels.items():
+            if ch.type == "maildir" and not ch.path:
+                raise ValueError(f"channels.{name}: a maildir channel needs a path")
+            if ch.type == "smtp" and not (ch.host and ch.from_address):
+                raise ValueError(f"channels.{name}: an smtp channel needs host and "
+                                 "from_address")
+        return self
+
+    def all_lanes(self) -> dict[str, Lane]:
+        """The five lanes: atlas.toml's settings over the safe defaults."""
+        return {**default_lanes(), **self.lanes}
+
+    def all_channels(self) -> dict[str, Channel]:
+        return {**default_channels(), **self.channels}
 
     @field_validator("businesses")
     @classmethod
@@ -139,8 +254,13 @@ def render_config(
 
 
 __all__ = [
+    "LANE_EFFECTS",
     "BackupSettings",
     "Business",
+    "Channel",
+    "Lane",
+    "default_channels",
+    "default_lanes",
     "Config",
     "JournalSettings",
     "Owner",

@@ -14,7 +14,8 @@ what to do next; the faces (CLI, HTTP, MCP) only translate them::
     │   ├── DatabaseCorrupt         exit 5   SQLite says malformed / not a db
     │   └── JournalCorrupt          exit 5   a journal record fails its checksum
     ├── NotFound                    exit 6   unknown id or name
-    └── Conflict                    exit 7   the request clashes with the state
+    ├── Conflict                    exit 7   the request clashes with the state
+    └── PermissionDenied            exit 8   the caller's role may not do this
 
 Third-party errors are wrapped where they enter (``raise X from exc``).
 """
@@ -95,7 +96,14 @@ class Conflict(AtlasError):
     exit_code = 7
 
 
+class PermissionDenied(AtlasError):
+    exit_code = 8
+    default_hint = ("Only the owner may do this. Set ATLAS_TOKEN to the owner's token "
+                    "(`atlas token create --role owner` prints one once).")
+
+
 __all__ = [
+    "PermissionDenied",
     "AtlasError",
     "Conflict",
     "ConfigError",

@@ -16,8 +16,10 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
+from ..auth import Principal, authenticate
 from ..durability.detect import record_detection
 from ..errors import AtlasError, DatabaseCorrupt, StorageError
+from ..gates.effects import Capabilities
 from ..ledger import Ledger
 from ..ledger.store import storage_error
 from ..workspace import Workspace
@@ -45,6 +47,16 @@ def resolve_home(home: Path | None) -> Path:
 def actor() -> str:
     """Who is acting: ``$ATLAS_ACTOR``, else the local user (until tokens exist)."""
     return os.environ.get("ATLAS_ACTOR") or f"cli:{getpass.getuser()}"
+
+
+def principal(ws: Workspace, ledger: Ledger) -> Principal:
+    """Who is acting, from ``$ATLAS_TOKEN`` (never from an argument)."""
+    return authenticate(ledger, ws.config, os.environ.get("ATLAS_TOKEN"),
+                        local_name=getpass.getuser())
+
+
+def capabilities() -> Capabilities:
+    return Capabilities.from_env(os.environ)
 
 
 def open_workspace(home: Path | None) -> Workspace:
@@ -106,5 +118,5 @@ def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-__all__ = ["HomeOpt", "JsonOpt", "actor", "err", "handles_errors", "open_ledger",
-           "open_workspace", "out", "print_json", "resolve_home"]
+__all__ = ["HomeOpt", "JsonOpt", "actor", "capabilities", "err", "handles_errors",
+           "open_ledger", "open_workspace", "out", "principal", "print_json", "resolve_home"]

@@ -94,6 +94,91 @@ def _m1(conn: sqlite3.Connection) -> None:
     """)
 
 
+@migration(2, "tokens, lanes, suppressions, drafts, touches, packets")
+def _m2(conn: sqlite3.Connection) -> None:
+    _exec_script(conn, """
+        CREATE TABLE tokens (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            sha256 TEXT NOT NULL UNIQUE,
+            created_event INTEGER NOT NULL REFERENCES events(id),
+            revoked_event INTEGER REFERENCES events(id)
+        );
+        CREATE TABLE lane_state (
+            lane TEXT PRIMARY KEY,
+            open INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            changed_at TEXT NOT NULL,
+            event_id INTEGER NOT NULL REFERENCES events(id)
+        );
+        CREATE TABLE lane_posture (
+            event_id INTEGER PRIMARY KEY REFERENCES events(id),
+            lane TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            detail TEXT NOT NULL
+        );
+        CREATE INDEX lane_posture_lane ON lane_posture(lane, recorded_at);
+        CREATE TABLE suppressions (
+            email_key TEXT PRIMARY KEY,
+            email TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            added_at TEXT NOT NULL,
+            event_id INTEGER NOT NULL REFERENCES events(id)
+        );
+        CREATE TABLE drafts (
+            id INTEGER PRIMARY KEY REFERENCES events(id),
+            lane TEXT NOT NULL,
+            channel TEXT,
+            to_addr TEXT NOT NULL,
+            to_key TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            body TEXT NOT NULL,
+            business TEXT REFERENCES businesses(slug),
+            lead_id INTEGER REFERENCES leads(id),
+            state TEXT NOT NULL,
+            problems TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            approval_hash TEXT,
+            approved_by TEXT,
+            approved_at TEXT,
+            expires_at TEXT,
+            message_id TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            sent_at TEXT,
+            server_reply TEXT,
+            content_sha256 TEXT,
+            reason TEXT
+        );
+        CREATE INDEX drafts_state ON drafts(state, lane);
+        CREATE INDEX drafts_to ON drafts(to_key, sent_at);
+        CREATE TABLE touches (
+            id INTEGER PRIMARY KEY REFERENCES events(id),
+            lead_id INTEGER NOT NULL REFERENCES leads(id),
+            sequence TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            due_at TEXT NOT NULL,
+            lane TEXT NOT NULL,
+            status TEXT NOT NULL,
+            draft_id INTEGER REFERENCES drafts(id)
+        );
+        CREATE INDEX touches_due ON touches(status, due_at);
+        CREATE TABLE packets (
+            name TEXT PRIMARY KEY,
+            business TEXT,
+            segments TEXT NOT NULL,
+            lead_ids TEXT NOT NULL,
+            draft_ids TEXT NOT NULL,
+            created_event INTEGER NOT NULL REFERENCES events(id),
+            review_event INTEGER REFERENCES events(id)
+        )
+    """)
+
+
 def current_version(conn: sqlite3.Connection) -> int:
     row = conn.execute(
         "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'"

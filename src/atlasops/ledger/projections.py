@@ -94,7 +94,181 @@ def _receipt_recorded(conn: sqlite3.Connection, e: Event) -> None:
     )
 
 
-PROJECTED_TABLES = ("events", "businesses", "leads", "receipts")
+@projection("token.created")
+def _token_created(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    conn.execute("INSERT INTO tokens(name, role, sha256, created_event) VALUES (?,?,?,?)",
+                 (p["name"], p["role"], p["sha256"], e.id))
+
+
+@projection("token.revoked")
+def _token_revoked(conn: sqlite3.Connection, e: Event) -> None:
+    conn.execute("UPDATE tokens SET revoked_event=? WHERE name=?", (e.id, e.payload["name"]))
+
+
+def _lane_change(conn: sqlite3.Connection, e: Event, is_open: bool) -> None:
+    conn.execute(
+        "INSERT INTO lane_state(lane, open, reason, actor, changed_at, event_id)"
+        " VALUES (?,?,?,?,?,?) ON CONFLICT(lane) DO UPDATE SET open=excluded.open,"
+        " reason=excluded.reason, actor=excluded.actor, changed_at=excluded.changed_at,"
+        " event_id=excluded.event_id",
+        (e.payload["lane"], int(is_open), e.payload.get("reason", ""), e.actor, e.ts, e.id))
+
+
+@projection("lane.opened")
+def _lane_opened(conn: sqlite3.Connection, e: Event) -> None:
+    _lane_change(conn, e, True)
+
+
+@projection("lane.closed")
+def _lane_closed(conn: sqlite3.Connection, e: Event) -> None:
+    _lane_change(conn, e, False)
+
+
+@projection("lane.posture_recorded")
+def _posture(conn: sqlite3.Connection, e: Event) -> None:
+    conn.execute("INSERT INTO lane_posture(event_id, lane, recorded_at, detail) VALUES (?,?,?,?)",
+                 (e.id, e.payload["lane"], e.ts, canonical_json(e.payload.get("detail", {}))))
+
+
+@projection("suppression.added")
+def _suppressed(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    conn.execute(
+        "INSERT INTO suppressions(email_key, email, reason, added_at, event_id) VALUES (?,?,?,?,?)"
+        " ON CONFLICT(email_key) DO NOTHING",
+        (p["email"].casefold(), p["email"], p.get("reason", ""), e.ts, e.id))
+
+
+@projection("draft.created")
+def _draft_created(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    conn.execute(
+        "INSERT INTO drafts(id, lane, channel, to_addr, to_key, subject, body, business,"
+        " lead_id, state, problems, created_by, created_at, updated_at, version)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+        (e.id, p["lane"], p.get("channel"), p["to"], p["to"].casefold(), p["subject"],
+         p["body"], p.get("business"), p.get("lead_id"), p["state"],
+         canonical_json(p.get("problems", [])), e.actor, e.ts, e.ts))
+
+
+@projection("draft.edited")
+def _draft_edited(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    conn.execute(
+        "UPDATE drafts SET to_addr=?, to_key=?, subject=?, body=?, state=?, problems=?,"
+        " updated_at=?, version=version+1, approval_hash=NULL, approved_by=NULL,"
+        " approved_at=NULL, expires_at=NULL WHERE id=?",
+        (p["to"], p["to"].casefold(), p["subject"], p["body"], p["state"],
+         canonical_json(p.get("problems", [])), e.ts, p["id"]))
+
+
+def _set_state(conn: sqlite3.Connection, e: Event, state: str, **cols: object) -> None:
+    sets = ", ".join(f"{k}=?" for k in cols)
+    conn.execute(f"UPDATE drafts SET state=?, updated_at=?{', ' + sets if sets else ''}"
+                 " WHERE id=?", (state, e.ts, *cols.values(), e.payload["id"]))
+
+
+@projection("draft.withdrawn")
+def _draft_withdrawn(conn: sqlite3.Connection, e: Event) -> None:
+    _set_state(conn, e, "withdrawn", reason=e.payload.get("reason", ""))
+
+
+@projection("draft.rejected")
+def _draft_rejected(conn: sqlite3.Connection, e: Event) -> None:
+    _set_state(conn, e, "rejected", reason=e.payload.get("reason", ""))
+
+
+@projection("draft.approved")
+def _draft_approved(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    _set_state(conn, e, "approved", approval_hash=p["approval_hash"], approved_by=e.actor,
+               approved_at=e.ts, expires_at=p["expires_at"], attempts=0, next_attempt_at=None,
+               reason=None)
+
+
+@projection("draft.approval_voided")
+def _draft_voided(conn: sqlite3.Connection, e: Event) -> None:
+    _set_state(conn, e, e.payload.get("state", "send_ready"), approval_hash=None,
+               approved_by=None, approved_at=None, expires_at=None,
+               reason=e.payload.get("reason", ""))
+
+
+@projection("draft.queued")
+def _draft_queued(conn: sqlite3.Connection, e: Event) -> None:
+    _set_state(conn, e, "queued")
+
+
+@projection("draft.sending")
+def _draft_sending(conn: sqlite3.Connection, e: Event) -> None:
+    _set_state(conn, e, "sending", message_id=e.payload["message_id"],
+               attempts=e.payload["attempt"])
+
+
+@projection("draft.sent")
+def _draft_sent(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    _set_state(conn, e, "sent", sent_at=e.ts, server_reply=p.get("reply", ""),
+               content_sha256=p["content_sha256"], message_id=p["message_id"])
+
+
+@projection("draft.retry")
+def _draft_retry(conn: sqlite3.Connection, e: Event) -> None:
+    _set_state(conn, e, "approved", next_attempt_at=e.payload["next_attempt_at"],
+               reason=e.payload.get("reason", ""))
+
+
+@projection("draft.failed")
+def _draft_failed(conn: sqlite3.Connection, e: Event) -> None:
+    _set_state(conn, e, "failed", reason=e.payload.get("reason", ""))
+
+
+@projection("draft.ambiguous")
+def _draft_ambiguous(conn: sqlite3.Connection, e: Event) -> None:
+    _set_state(conn, e, "ambiguous", reason=e.payload.get("reason", ""))
+
+
+@projection("draft.resolved")
+def _draft_resolved(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    if p["sent"]:
+        _set_state(conn, e, "sent", sent_at=e.ts, reason=p.get("note", ""),
+                   content_sha256=p.get("content_sha256"))
+    else:
+        _set_state(conn, e, "send_ready", approval_hash=None, approved_by=None,
+                   approved_at=None, expires_at=None, reason=p.get("note", ""))
+
+
+@projection("touch.created")
+def _touch_created(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    conn.execute("INSERT INTO touches(id, lead_id, sequence, step, due_at, lane, status)"
+                 " VALUES (?,?,?,?,?,?,'due')",
+                 (e.id, p["lead_id"], p["sequence"], p["step"], p["due_at"], p["lane"]))
+
+
+@projection("touch.done")
+def _touch_done(conn: sqlite3.Connection, e: Event) -> None:
+    conn.execute("UPDATE touches SET status=?, draft_id=? WHERE id=?",
+                 (e.payload.get("status", "done"), e.payload.get("draft_id"), e.payload["id"]))
+
+
+@projection("packet.created")
+def _packet_created(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    conn.execute("INSERT INTO packets(name, business, segments, lead_ids, draft_ids,"
+                 " created_event) VALUES (?,?,?,?,?,?)",
+                 (p["name"], p.get("business"), canonical_json(p["segments"]),
+                  canonical_json(p["lead_ids"]), canonical_json(p["draft_ids"]), e.id))
+
+
+@projection("packet.review_sent")
+def _packet_reviewed(conn: sqlite3.Connection, e: Event) -> None:
+    conn.execute("UPDATE packets SET review_event=? WHERE name=?", (e.id, e.payload["name"]))
+
+
+PROJECTED_TABLES = ("events", "businesses", "leads", "receipts", "tokens", "lane_state",
+                    "lane_posture", "suppressions", "drafts", "touches", "packets")
 
 __all__ = ["LEAD_FIELDS", "PROJECTED_TABLES", "PROJECTIONS", "apply", "insert_event",
            "projection"]

@@ -1,0 +1,110 @@
+"""Who is acting: tokens, roles, principals.
+
+The owner approves, opens lanes and recovers; agents (scoped tokens) record,
+draft and request, and can never approve. Identity comes from a token (the
+CLI reads ``$ATLAS_TOKEN``), never from an argument. Only the sha256 of a
+token is stored; it is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Literal
+
+from .config import Config
+from .errors import Conflict, InputError, NotFound, PermissionDenied
+from .ledger import Ledger, NewEvent
+
+Role = Literal["owner", "agent", "local"]
+TOKEN_PREFIX = "atl_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: Role
+    name: str
+
+    @property
+    def actor(self) -> str:
+        return f"{self.role}:{self.name}"
+
+    @property
+    def is_owner(self) -> bool:
+        return self.role == "owner"
+
+    def require_owner(self, what: str) -> None:
+        if not self.is_owner:
+            raise PermissionDenied(f"only the owner may {what}; you are {self.actor}")
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def authenticate(ledger: Ledger, config: Config, token: str | None,
+                 local_name: str = "local") -> Principal:
+    """The principal a token belongs to; without a token, an unprivileged local user."""
+    if not token:
+        return Principal("local", local_name)
+    presented = digest(token)
+    match: tuple[str, str] | None = None
+    for row in ledger.query("SELECT name, role, sha256 FROM tokens WHERE revoked_event IS NULL"):
+        # compare against every token, in constant time, without stopping early
+        if hmac.compare_digest(str(row["sha256"]), presented):
+            match = (str(row["name"]), str(row["role"]))
+    if match is None:
+        raise PermissionDenied("ATLAS_TOKEN is not a valid token for this workspace",
+                               hint="Check the token, or ask the owner for a new one.")
+    name, role = match
+    if role == "owner":
+        return Principal("owner", config.owner.email)
+    return Principal("agent", name)
+
+
+def create_token(ledger: Ledger, principal: Principal, *, role: Role, name: str
+                 ) -> tuple[str, int]:
+    """Create a token and return it (shown once) with its event id.
+
+    The first owner token may be created by anyone who can write the workspace
+    (bootstrap); after that only the owner creates tokens."""
+    if role not in ("owner", "agent"):
+        raise InputError("a token's role is owner or agent")
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+        raise InputError("a token name is 1-64 letters, digits, '-' or '_'")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+    def build(conn: sqlite3.Connection) -> list[NewEvent]:
+        rows = ledger.query("SELECT name, role FROM tokens WHERE revoked_event IS NULL")
+        owners = [r for r in rows if r["role"] == "owner"]
+        if owners and not principal.is_owner:
+            raise PermissionDenied("only the owner may create tokens once an owner token exists")
+        if any(r["name"] == name for r in ledger.query("SELECT name FROM tokens")):
+            raise Conflict(f"a token named {name!r} exists already")
+        return [NewEvent("token.created", principal.actor,
+                         {"name": name, "role": role, "sha256": digest(token)},
+                         subject=f"token:{name}")]
+
+    event = ledger.transact(build)[0]
+    return token, event.id
+
+
+def revoke_token(ledger: Ledger, principal: Principal, name: str) -> int:
+    principal.require_owner("revoke tokens")
+    rows = ledger.query("SELECT name FROM tokens WHERE name=? AND revoked_event IS NULL", (name,))
+    if not rows:
+        raise NotFound(f"no active token named {name!r}")
+    return ledger.append("token.revoked", principal.actor, {"name": name},
+                         subject=f"token:{name}").id
+
+
+def list_tokens(ledger: Ledger) -> list[dict[str, object]]:
+    return [dict(r) for r in ledger.query(
+        "SELECT name, role, created_event, revoked_event FROM tokens ORDER BY created_event")]
+
+
+__all__ = ["Principal", "authenticate", "create_token", "digest", "list_tokens",
+           "revoke_token"]

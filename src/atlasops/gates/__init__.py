@@ -1,0 +1,1 @@
+"""Gates: lanes, drafts and the approval ladder, the outbox, effects, packets."""

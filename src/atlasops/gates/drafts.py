@@ -1,0 +1,350 @@
+"""Drafts and the ladder: draft -> send_ready -> approval_ready -> approved -> queued ->
+sent | failed | ambiguous, plus withdrawn and rejected.
+
+*send-ready* is about the content: a valid, unsuppressed recipient, subject and
+body present, no header injection, sizes in bounds, the lane's footer. It is
+decided when the draft is written and stored with it.
+
+*approval-ready* is about the business gate, which changes with time (a lane
+closes, a cap fills): lane open, the lane's one channel, tracking, a recent
+deliverability posture, cap and cooldown. It is evaluated whenever it is asked
+for, so a list or an approval never trusts a stale verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..auth import Principal
+from ..config import LANE_EFFECTS, Config
+from ..errors import Conflict, InputError, NotFound
+from ..ledger import Ledger, NewEvent, canonical_json
+from ..receipts import Receipt
+from .conditions import Condition, describe, failing
+from .lanes import cooldown_ok, get_lane, latest_posture, parse_ts, policy_version, sent_today
+from .suppression import is_suppressed, normalize
+
+MAX_SUBJECT = 300
+STATES = ("draft", "send_ready", "approval_ready", "approved", "queued", "sending", "sent",
+          "failed", "ambiguous", "withdrawn", "rejected")
+EDITABLE = ("draft", "send_ready", "approved", "rejected")
+
+
+def _has_crlf(value: str) -> bool:
+    return "\r" in value or "\n" in value
+
+
+def validate_input(config: Config, lane: str, to: str, subject: str, body: str) -> str:
+    """Reject at the edge what can never become a safe email; returns the normalized address."""
+    lanes = config.all_lanes()
+    if lane not in lanes:
+        raise InputError(f"unknown lane {lane!r}", hint="Lanes: " + ", ".join(lanes))
+    if LANE_EFFECTS[lane] != "email":
+        raise InputError(f"lane {lane} does not send email")
+    if _has_crlf(to) or _has_crlf(subject):
+        raise InputError("CR/LF in the recipient or subject (header injection) is refused")
+    address = normalize(to)
+    if len(subject) > MAX_SUBJECT:
+        raise InputError(f"the subject is longer than {MAX_SUBJECT} characters")
+    limit = lanes[lane].max_body_bytes
+    if len(body.encode("utf-8")) > limit:
+        raise InputError(f"the body is larger than lane {lane}'s limit of {limit} bytes")
+    if "\x00" in body:
+        raise InputError("the body contains a NUL character")
+    return address
+
+
+def send_ready_conditions(ledger: Ledger, config: Config, lane: str, to: str, subject: str,
+                          body: str) -> list[Condition]:
+    settings = config.all_lanes()[lane]
+    conds = [
+        Condition("recipient_valid", True, f"{to} is a valid address"),
+        Condition("not_suppressed", not is_suppressed(ledger, to),
+                  "on the suppression list" if is_suppressed(ledger, to) else "not suppressed"),
+        Condition("subject_present", bool(subject.strip()),
+                  "present" if subject.strip() else "the subject is empty"),
+        Condition("body_present", bool(body.strip()),
+                  "present" if body.strip() else "the body is empty"),
+        Condition("no_header_injection", True, "no CR/LF in headers"),
+        Condition("size_within_bounds", True,
+                  f"{len(body.encode())} of {settings.max_body_bytes} bytes"),
+    ]
+    if settings.footer:
+        ok = settings.footer in body
+        conds.append(Condition("footer_present", ok, "present" if ok else
+                               f"lane {lane} requires the footer {settings.footer!r}"))
+    if settings.owner_only:
+        ok = to.casefold() in config.owner.addresses()
+        conds.append(Condition("recipient_is_owner", ok, "an owner address" if ok else
+                               f"lane {lane} only sends to the owner's addresses"))
+    return conds
+
+
+def gate_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
+                    now: datetime | None = None) -> list[Condition]:
+    """Every business-gate condition for a draft, evaluated now."""
+    now = now or datetime.now(UTC)
+    lane = get_lane(ledger, config, draft["lane"])
+    s = lane.settings
+    channels = config.all_channels()
+    conds = [Condition("lane_open", lane.open, f"lane {lane.name} is "
+                       + ("open" if lane.open else f"closed ({lane.reason})"))]
+    if s.channel is None:
+        conds.append(Condition("channel_is_lanes_one_channel", False,
+                               f"lane {lane.name} has no channel configured"))
+    else:
+        same = draft.get("channel") == s.channel and s.channel in channels
+        conds.append(Condition("channel_is_lanes_one_channel", same,
+                               f"{draft.get('channel')} is lane {lane.name}'s one channel"
+                               if same else f"the draft uses {draft.get('channel')!r}; lane "
+                               f"{lane.name} allows only {s.channel!r}"))
+    if s.requires_tracking:
+        conds.append(Condition("tracking_configured", bool(s.tracking),
+                               f"tracking: {s.tracking}" if s.tracking else
+                               "the lane requires tracking and none is configured"))
+    if s.posture_max_age_days is not None:
+        posture = latest_posture(ledger, lane.name)
+        if posture is None:
+            conds.append(Condition("deliverability_posture_recent", False,
+                                   "no deliverability posture recorded "
+                                   f"(`atlas lane posture {lane.name}`)"))
+        else:
+            age = now - parse_ts(posture["recorded_at"])
+            ok = age <= timedelta(days=s.posture_max_age_days)
+            conds.append(Condition("deliverability_posture_recent", ok,
+                                   f"recorded {posture['recorded_at']}, "
+                                   f"{age.days} day(s) ago (limit {s.posture_max_age_days})"))
+    count = sent_today(ledger, lane.name, now)
+    conds.append(Condition("daily_cap_respected", count < s.daily_cap,
+                           f"{count} of {s.daily_cap} sent today"))
+    ok, why = cooldown_ok(ledger, s, str(draft["to_addr"]).casefold(), now)
+    conds.append(Condition("cooldown_respected", ok, why))
+    return conds
+
+
+def approval_hash(config: Config, draft: dict[str, Any]) -> str:
+    """sha256 of the canonical (recipient, subject, body, channel, lane policy version)."""
+    body = {"to": str(draft["to_addr"]).casefold(), "subject": draft["subject"],
+            "body": draft["body"], "channel": draft["channel"], "lane": draft["lane"],
+            "policy_version": policy_version(config, draft["lane"])}
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+def content_hash(to: str, subject: str, body: str) -> str:
+    return hashlib.sha256(canonical_json({"to": to.casefold(), "subject": subject,
+                                          "body": body}).encode()).hexdigest()
+
+
+def get_draft(ledger: Ledger, draft_id: int) -> dict[str, Any]:
+    rows = ledger.query("SELECT * FROM drafts WHERE id=?", (draft_id,))
+    if not rows:
+        raise NotFound(f"no draft with id {draft_id}", hint="`atlas drafts list` shows them.")
+    d = dict(rows[0])
+    d["problems"] = json.loads(d["problems"])
+    return d
+
+
+def display_state(ledger: Ledger, config: Config, draft: dict[str, Any],
+                  now: datetime | None = None) -> str:
+    if draft["state"] == "send_ready" and not failing(gate_conditions(ledger, config, draft,
+                                                                       now)):
+        return "approval_ready"
+    return str(draft["state"])
+
+
+def create(ledger: Ledger, config: Config, principal: Principal, *, to: str, subject: str,
+           body: str, lane: str = "outbound.prospect", business: str | None = None,
+           lead_id: int | None = None, channel: str | None = None) -> dict[str, Any]:
+    address = validate_input(config, lane, to, subject, body)
+    if business is not None and business not in config.businesses:
+        raise InputError(f"unknown business {business!r}")
+    chosen = channel if channel is not None else config.all_lanes()[lane].channel
+    if chosen is not None and chosen not in config.all_channels():
+        raise InputError(f"unknown channel {chosen!r}")
+
+    def build(conn: sqlite3.Connection) -> list[NewEvent]:
+        if lead_id is not None and not conn.execute("SELECT 1 FROM leads WHERE id=?",
+                                                    (lead_id,)).fetchone():
+            raise NotFound(f"no lead with id {lead_id}")
+        if is_suppressed(ledger, address):
+            raise InputError(f"{address} is on the suppression list; no draft was created")
+        conds = send_ready_conditions(ledger, config, lane, address, subject, body)
+        state = "send_ready" if not failing(conds) else "draft"
+        return [NewEvent("draft.created", principal.actor, {
+            "lane": lane, "channel": chosen, "to": address, "subject": subject, "body": body,
+            "business": business, "lead_id": lead_id, "state": state,
+            "problems": [c.to_dict() for c in failing(conds)]}, subject=f"lead:{lead_id}"
+            if lead_id else f"email:{address}")]
+
+    event = ledger.transact(build)[0]
+    return get_draft(ledger, event.id)
+
+
+def edit(ledger: Ledger, config: Config, principal: Principal, draft_id: int, *,
+         to: str | None = None, subject: str | None = None,
+         body: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Change a draft. Any edit voids an approval (back to send-ready, with a receipt)."""
+    current = get_draft(ledger, draft_id)
+    new_to = current["to_addr"] if to is None else to
+    new_subject = current["subject"] if subject is None else subject
+    new_body = current["body"] if body is None else body
+    address = validate_input(config, current["lane"], new_to, new_subject, new_body)
+
+    def build(conn: sqlite3.Connection) -> list[NewEvent]:
+        d = get_draft(ledger, draft_id)
+        if d["state"] not in EDITABLE:
+            raise Conflict(f"draft {draft_id} is {d['state']} and can no longer be edited")
+        conds = send_ready_conditions(ledger, config, d["lane"], address, new_subject,
+                                      new_body)
+        state = "send_ready" if not failing(conds) else "draft"
+        voided = d["state"] == "approved"
+        events = [NewEvent("draft.edited", principal.actor, {
+            "id": draft_id, "to": address, "subject": new_subject, "body": new_body,
+            "state": state, "problems": [c.to_dict() for c in failing(conds)],
+            "voided_approval": voided}, subject=f"draft:{draft_id}")]
+        if voided:
+            events.append(_void_receipt(principal, draft_id, "the draft was edited after "
+                                        "approval", state))
+        return events
+
+    events = ledger.transact(build)
+    return get_draft(ledger, draft_id), len(events) > 1
+
+
+def _void_receipt(principal: Principal, draft_id: int, why: str, state: str) -> NewEvent:
+    from ..ledger import utc_now
+
+    now = utc_now()
+    return Receipt(kind="approval.voided", subject=f"draft:{draft_id}", actor=principal.actor,
+                   started_at=now, finished_at=now, outcome="ok",
+                   summary=f"Draft {draft_id}'s approval is void ({why}); it is {state} "
+                           "again and needs a fresh approval before it can be sent.",
+                   evidence={"draft": draft_id, "reason": why}).as_event()
+
+
+def withdraw(ledger: Ledger, principal: Principal, draft_id: int, reason: str = "") -> None:
+    def build(conn: sqlite3.Connection) -> list[NewEvent]:
+        d = get_draft(ledger, draft_id)
+        if d["state"] in ("sending", "sent", "ambiguous", "withdrawn"):
+            raise Conflict(f"draft {draft_id} is {d['state']} and cannot be withdrawn")
+        return [NewEvent("draft.withdrawn", principal.actor, {"id": draft_id,
+                                                              "reason": reason},
+                         subject=f"draft:{draft_id}")]
+    ledger.transact(build)
+
+
+def list_drafts(ledger: Ledger, config: Config, *, state: str | None = None,
+                lane: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    if state is not None and state not in STATES:
+        raise InputError(f"unknown state {state!r}; states: {', '.join(STATES)}")
+    sql = "SELECT * FROM drafts WHERE 1=1"
+    args: list[Any] = []
+    if state is not None:
+        sql += " AND state=?"
+        args.append("send_ready" if state == "approval_ready" else state)
+    if lane is not None:
+        sql += " AND lane=?"
+        args.append(lane)
+    sql += " ORDER BY id"
+    now = datetime.now(UTC)
+    out = []
+    for row in ledger.query(sql, args):
+        d = dict(row)
+        d["problems"] = json.loads(d["problems"])
+        d["display_state"] = display_state(ledger, config, d, now)
+        if state is None or d["display_state"] == state:
+            out.append(d)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def explain(ledger: Ledger, config: Config, draft_id: int) -> dict[str, Any]:
+    d = get_draft(ledger, draft_id)
+    send_ready = send_ready_conditions(ledger, config, d["lane"], d["to_addr"], d["subject"],
+                                       d["body"])
+    gate = gate_conditions(ledger, config, d)
+    approval: list[Condition] = []
+    if d["state"] == "approved":
+        ok = d["approval_hash"] == approval_hash(config, d)
+        approval.append(Condition("approval_matches_content", ok,
+                                  "the approved hash matches the content" if ok else
+                                  "the content or lane policy changed since approval"))
+        expired = parse_ts(d["expires_at"]) <= datetime.now(UTC)
+        approval.append(Condition("approval_unexpired", not expired,
+                                  f"expires {d['expires_at']}"))
+    return {"id": draft_id, "state": d["state"],
+            "display_state": display_state(ledger, config, d),
+            "send_ready": [c.to_dict() for c in send_ready],
+            "approval_ready": [c.to_dict() for c in gate],
+            "approval": [c.to_dict() for c in approval],
+            "summary": describe(send_ready + gate + approval)}
+
+
+def approve(ledger: Ledger, config: Config, principal: Principal, ids: list[int], *,
+            expires: timedelta = timedelta(days=7)) -> list[dict[str, Any]]:
+    """Approve drafts (owner only), bound to the hash of their exact content.
+
+    All or nothing: if any draft is not approval-ready, none is approved and the
+    error lists the failing conditions of each."""
+    principal.require_owner("approve drafts")
+    if not ids:
+        raise InputError("name at least one draft id")
+    from ..ledger import utc_now
+
+    def build(conn: sqlite3.Connection) -> list[NewEvent]:
+        now = datetime.now(UTC)
+        refusals: list[str] = []
+        events: list[NewEvent] = []
+        for draft_id in ids:
+            d = get_draft(ledger, draft_id)
+            if d["state"] != "send_ready":
+                refusals.append(f"draft {draft_id} is {d['state']}, not send-ready")
+                continue
+            bad = failing(gate_conditions(ledger, config, d, now))
+            if bad:
+                refusals.append(f"draft {draft_id} is not approval-ready: {describe(bad)}")
+                continue
+            events.append(NewEvent("draft.approved", principal.actor, {
+                "id": draft_id, "approval_hash": approval_hash(config, d),
+                "expires_at": (now + expires).strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
+                subject=f"draft:{draft_id}"))
+        if refusals:
+            raise Conflict("nothing was approved: " + " | ".join(refusals),
+                           hint="`atlas gate explain ID` lists every condition.",
+                           refusals=refusals)
+        stamp = utc_now()
+        events.append(Receipt(
+            kind="approval", subject="drafts", actor=principal.actor, started_at=stamp,
+            finished_at=stamp, outcome="ok",
+            summary=f"{len(ids)} draft(s) approved by {principal.actor}, each bound to the "
+                    f"hash of its exact content, expiring in {expires.days} day(s).",
+            evidence={"drafts": ids}).as_event())
+        return events
+
+    ledger.transact(build)
+    return [get_draft(ledger, i) for i in ids]
+
+
+def reject(ledger: Ledger, principal: Principal, draft_id: int, reason: str) -> None:
+    principal.require_owner("reject drafts")
+    if not reason.strip():
+        raise InputError("--reason is required")
+
+    def build(conn: sqlite3.Connection) -> list[NewEvent]:
+        d = get_draft(ledger, draft_id)
+        if d["state"] in ("sending", "sent", "ambiguous", "withdrawn", "rejected"):
+            raise Conflict(f"draft {draft_id} is {d['state']} and cannot be rejected")
+        return [NewEvent("draft.rejected", principal.actor, {"id": draft_id,
+                                                             "reason": reason},
+                         subject=f"draft:{draft_id}")]
+    ledger.transact(build)
+
+
+__all__ = ["STATES", "approval_hash", "approve", "content_hash", "create", "display_state",
+           "edit", "explain", "gate_conditions", "get_draft", "list_drafts", "reject",
+           "send_ready_conditions", "validate_input", "withdraw"]

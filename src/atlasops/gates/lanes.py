@@ -1,0 +1,144 @@
+"""Lanes: their effective state (config default, then the owner's changes), policy
+versions, caps and cooldowns, and the deliverability posture."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..auth import Principal
+from ..config import LANE_EFFECTS, Config, Lane
+from ..errors import InputError, NotFound
+from ..ledger import Ledger, NewEvent, canonical_json, utc_now
+from ..receipts import Receipt
+
+
+@dataclass(frozen=True)
+class LaneView:
+    name: str
+    settings: Lane
+    open: bool
+    reason: str
+    changed_by: str | None
+    changed_at: str | None
+
+    @property
+    def channel(self) -> str | None:
+        return self.settings.channel
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "open": self.open, "channel": self.channel,
+                "reason": self.reason, "changed_by": self.changed_by,
+                "changed_at": self.changed_at, "effect": LANE_EFFECTS[self.name],
+                "daily_cap": self.settings.daily_cap,
+                "cooldown_hours": self.settings.cooldown_hours,
+                "needs_approval": self.settings.needs_approval,
+                "owner_only": self.settings.owner_only}
+
+
+def get_lane(ledger: Ledger, config: Config, name: str) -> LaneView:
+    lanes = config.all_lanes()
+    if name not in lanes:
+        raise NotFound(f"no lane named {name!r}", hint="Lanes: " + ", ".join(lanes))
+    settings = lanes[name]
+    rows = ledger.query("SELECT open, reason, actor, changed_at FROM lane_state WHERE lane=?",
+                        (name,))
+    if rows:
+        r = rows[0]
+        return LaneView(name, settings, bool(r["open"]), str(r["reason"]), str(r["actor"]),
+                        str(r["changed_at"]))
+    return LaneView(name, settings, settings.open,
+                    "open in atlas.toml" if settings.open else "closed by default", None, None)
+
+
+def all_lanes(ledger: Ledger, config: Config) -> list[LaneView]:
+    return [get_lane(ledger, config, n) for n in config.all_lanes()]
+
+
+def set_lane(ledger: Ledger, config: Config, principal: Principal, name: str, *,
+             open_: bool, reason: str) -> int:
+    """Open or close a lane (owner only); the receipt records who and why."""
+    principal.require_owner(f"{'open' if open_ else 'close'} a lane")
+    if not reason.strip():
+        raise InputError("--reason is required: say why the lane changes")
+    before = get_lane(ledger, config, name)
+    now = utc_now()
+    verb = "opened" if open_ else "closed"
+    receipt = Receipt(
+        kind="lane.change", subject=f"lane:{name}", actor=principal.actor, started_at=now,
+        finished_at=now, outcome="ok",
+        summary=(f"Lane {name} is now {'open' if open_ else 'closed'} "
+                 f"(was {'open' if before.open else 'closed'}): {reason}"),
+        evidence={"lane": name, "was_open": before.open, "reason": reason},
+    )
+    events = ledger.append_many([
+        NewEvent(f"lane.{verb}", principal.actor, {"lane": name, "reason": reason},
+                 subject=f"lane:{name}"),
+        receipt.as_event(),
+    ])
+    return events[-1].id
+
+
+def record_posture(ledger: Ledger, config: Config, principal: Principal, name: str,
+                   detail: dict[str, Any]) -> int:
+    get_lane(ledger, config, name)
+    return ledger.append("lane.posture_recorded", principal.actor,
+                         {"lane": name, "detail": detail}, subject=f"lane:{name}").id
+
+
+def latest_posture(ledger: Ledger, lane: str) -> dict[str, Any] | None:
+    rows = ledger.query("SELECT recorded_at, detail FROM lane_posture WHERE lane=?"
+                        " ORDER BY event_id DESC LIMIT 1", (lane,))
+    if not rows:
+        return None
+    return {"recorded_at": rows[0]["recorded_at"], "detail": json.loads(rows[0]["detail"])}
+
+
+def policy_version(config: Config, name: str) -> str:
+    """A hash of the lane's policy and its channel's settings (not its open state).
+
+    An approval binds to it: a policy change voids approvals at send time."""
+    lane = config.all_lanes()[name]
+    channel = config.all_channels().get(lane.channel or "")
+    body = {"lane": name, "policy": lane.model_dump(exclude={"open"}),
+            "channel": channel.model_dump() if channel else None}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
+
+
+def parse_ts(ts: str) -> datetime:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def fmt_ts(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def sent_today(ledger: Ledger, lane: str, now: datetime) -> int:
+    midnight = fmt_ts(now.replace(hour=0, minute=0, second=0, microsecond=0))
+    rows = ledger.query("SELECT count(*) AS n FROM drafts WHERE lane=? AND sent_at >= ?"
+                        " AND state='sent'", (lane, midnight))
+    return int(rows[0]["n"])
+
+
+def last_sent_to(ledger: Ledger, to_key: str) -> str | None:
+    rows = ledger.query("SELECT max(sent_at) AS t FROM drafts WHERE to_key=? AND state='sent'",
+                        (to_key,))
+    return None if rows[0]["t"] is None else str(rows[0]["t"])
+
+
+def cooldown_ok(ledger: Ledger, lane: Lane, to_key: str, now: datetime) -> tuple[bool, str]:
+    last = last_sent_to(ledger, to_key)
+    if last is None or lane.cooldown_hours == 0:
+        return True, "no earlier send to this recipient" if last is None else "no cooldown"
+    until = parse_ts(last) + timedelta(hours=lane.cooldown_hours)
+    if now >= until:
+        return True, f"last send {last}; cooldown of {lane.cooldown_hours:g} h has passed"
+    return False, f"last send {last}; cooldown runs until {fmt_ts(until)}"
+
+
+__all__ = ["LaneView", "all_lanes", "cooldown_ok", "fmt_ts", "get_lane", "last_sent_to",
+           "latest_posture", "parse_ts", "policy_version", "record_posture", "sent_today",
+           "set_lane"]

@@ -1,0 +1,407 @@
+"""Gates over a real SMTP server on 127.0.0.1 and a real Maildir."""
+
+from __future__ import annotations
+
+import mailbox
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from atlasops.auth import Principal, authenticate, create_token
+from atlasops.errors import Conflict, InputError, PermissionDenied
+from atlasops.gates import drafts, lanes, outbox, packets
+from atlasops.gates.effects import Capabilities, Effect, EffectRefused, perform
+from atlasops.gates.suppression import suppress
+from atlasops.leads import import_csv
+from atlasops.ledger import Ledger
+from atlasops.workspace import Workspace
+from tests.conftest import gate_workspace, owner_token, write_csv
+from tests.smtp_servers import DroppingServer
+
+FOOTER = "\n\nReply STOP to opt out."
+AGENT = Principal("agent", "outreach")
+CAPS = Capabilities()
+
+
+@pytest.fixture
+def gws(ws: Workspace, smtp: Any) -> Workspace:
+    return gate_workspace(ws, smtp.port)
+
+
+@pytest.fixture
+def owner(gws: Workspace) -> Principal:
+    with Ledger.for_workspace(gws) as led:
+        token = owner_token(led)
+        return authenticate(led, gws.config, token)
+
+
+def open_lane(led: Ledger, ws: Workspace, owner: Principal) -> None:
+    lanes.record_posture(led, ws.config, owner, "outbound.prospect",
+                         {"spf": "pass", "dkim": "pass", "dmarc": "pass"})
+    lanes.set_lane(led, ws.config, owner, "outbound.prospect", open_=True, reason="test window")
+
+
+def new_draft(led: Ledger, ws: Workspace, to: str = "cpa@firm.example",
+              body: str = "Hello from WIMPER." + FOOTER, **kw: Any) -> dict[str, Any]:
+    return drafts.create(led, ws.config, AGENT, to=to, subject="Partner intro", body=body, **kw)
+
+
+def run(ws: Workspace, led: Ledger, **kw: Any) -> outbox.OutboxReport:
+    return outbox.run_once(ws, led, actor="agent:outbox", caps=kw.pop("caps", CAPS),
+                           env=kw.pop("env", {}), **kw)
+
+
+def ledger_sent(led: Ledger) -> list[dict[str, Any]]:
+    return [dict(r) for r in led.query("SELECT * FROM drafts WHERE state='sent' ORDER BY id")]
+
+
+def test_lanes_are_closed_by_default_and_send_ready_is_not_approval_ready(
+        gws: Workspace, owner: Principal) -> None:
+    with Ledger.for_workspace(gws) as led:
+        views = {v.name: v for v in lanes.all_lanes(led, gws.config)}
+        assert views["outbound.prospect"].open is False
+        assert views["social.post"].open is False and views["spend"].open is False
+        d = new_draft(led, gws)
+        assert d["state"] == "send_ready"
+        assert drafts.display_state(led, gws.config, d) == "send_ready"
+        ex = drafts.explain(led, gws.config, d["id"])
+        failing = {c["name"] for c in ex["approval_ready"] if not c["passed"]}
+        assert failing == {"lane_open", "deliverability_posture_recent"}
+        with pytest.raises(Conflict) as info:
+            drafts.approve(led, gws.config, owner, [d["id"]])
+        assert "lane_open" in info.value.message
+        assert "deliverability_posture_recent" in info.value.message
+
+
+def test_only_the_owner_approves_and_opens_lanes(gws: Workspace, owner: Principal) -> None:
+    with Ledger.for_workspace(gws) as led:
+        with pytest.raises(PermissionDenied):
+            lanes.set_lane(led, gws.config, AGENT, "outbound.prospect", open_=True, reason="x")
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        with pytest.raises(PermissionDenied):
+            drafts.approve(led, gws.config, AGENT, [d["id"]])
+        with pytest.raises(PermissionDenied):
+            drafts.approve(led, gws.config, Principal("local", "root"), [d["id"]])
+        agent_token, _ = create_token(led, owner, role="agent", name="outreach")
+        as_agent = authenticate(led, gws.config, agent_token)
+        assert as_agent.role == "agent"
+        with pytest.raises(PermissionDenied):
+            drafts.approve(led, gws.config, as_agent, [d["id"]])
+        with pytest.raises(PermissionDenied, match="not a valid token"):
+            authenticate(led, gws.config, agent_token + "x")
+        assert drafts.get_draft(led, d["id"])["state"] == "send_ready"
+        receipts = led.query("SELECT body FROM receipts WHERE kind='lane.change'")
+        assert len(receipts) == 1 and "test window" in receipts[0]["body"]
+
+
+def test_approved_send_matches_what_the_server_received(gws: Workspace, owner: Principal,
+                                                        smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        ids = [new_draft(led, gws, to=f"p{i}@firm{i}.example")["id"] for i in range(4)]
+        drafts.approve(led, gws.config, owner, ids)
+        report = run(gws, led)
+        assert sorted(report.sent) == ids
+        sent = ledger_sent(led)
+        assert len(smtp.messages) == len(sent) == 4
+        assert {m.message_id for m in smtp.messages} == {d["message_id"] for d in sent}
+        assert ({m.content_sha256() for m in smtp.messages}
+                == {d["content_sha256"] for d in sent})
+        # the Message-ID is derived from the approval: deterministic
+        d0 = drafts.get_draft(led, ids[0])
+        assert d0["message_id"] == outbox.message_id(d0, "matt@sender.test-biz.example")
+        run_receipt = led.query("SELECT body FROM receipts WHERE id=?", (report.receipt_id,))
+        assert '"emails_sent":4' in run_receipt[0]["body"]
+        # nothing is sent twice
+        run(gws, led)
+        assert len(smtp.messages) == 4
+
+
+def test_edit_after_approval_voids_it(gws: Workspace, owner: Principal, smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        edited, voided = drafts.edit(led, gws.config, AGENT, d["id"],
+                                     body="A different pitch." + FOOTER)
+        assert voided and edited["state"] == "send_ready" and edited["approval_hash"] is None
+        assert led.query("SELECT count(*) AS n FROM receipts WHERE kind='approval.voided'"
+                         )[0]["n"] == 1
+        run(gws, led)
+        assert smtp.messages == []
+
+
+def test_policy_change_after_approval_voids_it_at_send_time(ws: Workspace, smtp: Any) -> None:
+    gws = gate_workspace(ws, smtp.port)
+    with Ledger.for_workspace(gws) as led:
+        token = owner_token(led)
+        owner = authenticate(led, gws.config, token)
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+    text = gws.config_path.read_text().replace("daily_cap = 1000", "daily_cap = 999")
+    gws.config_path.write_text(text)
+    changed = Workspace.open(gws.home)
+    with Ledger.for_workspace(changed) as led:
+        report = run(changed, led)
+        assert report.voided == [d["id"]] and smtp.messages == []
+
+
+def test_expired_approval_is_not_sent(gws: Workspace, owner: Principal, smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]], expires=timedelta(minutes=1))
+        report = run(gws, led, now=datetime.now(UTC) + timedelta(minutes=2))
+        assert report.voided == [d["id"]]
+        assert drafts.get_draft(led, d["id"])["state"] == "send_ready"
+        assert smtp.messages == []
+
+
+def test_suppressed_after_approval_is_not_sent(gws: Workspace, owner: Principal,
+                                                smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        suppress(led, AGENT, ["CPA@firm.example"], "unsubscribe")
+        report = run(gws, led)
+        assert report.failed == [d["id"]] and smtp.messages == []
+        with pytest.raises(InputError, match="suppression list"):
+            new_draft(led, gws)
+
+
+def test_closed_lane_holds_approved_drafts(gws: Workspace, owner: Principal, smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        ids = [new_draft(led, gws, to=f"h{i}@firm.example")["id"] for i in range(3)]
+        drafts.approve(led, gws.config, owner, ids)
+        lanes.set_lane(led, gws.config, owner, "outbound.prospect", open_=False,
+                       reason="reply drought")
+        report = run(gws, led)
+        assert report.held == {"lane outbound.prospect is closed": ids}
+        assert report.hold_lines() == [
+            "3 approved draft(s) held: lane outbound.prospect is closed"]
+        assert smtp.messages == []
+        body = led.query("SELECT body, outcome FROM receipts WHERE id=?",
+                         (report.receipt_id,))[0]
+        assert body["outcome"] == "held" and '"emails_sent":0' in body["body"]
+        from atlasops.gates.status import gate_status
+
+        status = {ln["name"]: ln for ln in gate_status(led, gws.config)["lanes"]}
+        assert status["outbound.prospect"]["held"] == [
+            "3 approved draft(s) held: lane outbound.prospect is closed"]
+        assert status["outbound.prospect"]["drafts"] == {"approved": 3}
+
+
+def test_cap_and_cooldown(ws: Workspace, smtp: Any) -> None:
+    gws = gate_workspace(ws, smtp.port, cap=2, cooldown=24)
+    with Ledger.for_workspace(gws) as led:
+        owner = authenticate(led, gws.config, owner_token(led))
+        open_lane(led, gws, owner)
+        ids = [new_draft(led, gws, to=f"c{i}@firm.example")["id"] for i in range(3)]
+        drafts.approve(led, gws.config, owner, ids)
+        report = run(gws, led)
+        assert len(report.sent) == 2
+        assert list(report.held) == ["daily_cap_respected: 2 of 2 sent today"]
+        again = new_draft(led, gws, to="c0@firm.example")
+        ex = drafts.explain(led, gws.config, again["id"])
+        cooldown = next(c for c in ex["approval_ready"] if c["name"] == "cooldown_respected")
+        assert cooldown["passed"] is False and "cooldown runs until" in cooldown["why"]
+
+
+def test_channel_that_is_not_the_lanes_is_refused(gws: Workspace, owner: Principal) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws, channel="owner-maildir")
+        with pytest.raises(Conflict, match="channel_is_lanes_one_channel"):
+            drafts.approve(led, gws.config, owner, [d["id"]])
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"to": "not-an-address"}, "not a valid email"),
+    ({"to": "a@b.example\r\nBcc: x@y.example"}, "header injection"),
+    ({"subject": "Hi\nBcc: x@y.example"}, "header injection"),
+    ({"body": "x" * 200_000}, "larger than"),
+    ({"lane": "social.post"}, "does not send email"),
+    ({"lane": "nope"}, "unknown lane"),
+    ({"business": "nope"}, "unknown business"),
+])
+def test_bad_drafts_are_rejected(gws: Workspace, kw: dict[str, str], message: str) -> None:
+    args = {"to": "ok@firm.example", "subject": "S", "body": "B" + FOOTER, **kw}
+    with Ledger.for_workspace(gws) as led, pytest.raises(InputError, match=message):
+        drafts.create(led, gws.config, AGENT, **args)  # type: ignore[arg-type]
+
+
+def test_missing_footer_is_a_draft_not_send_ready(gws: Workspace) -> None:
+    with Ledger.for_workspace(gws) as led:
+        d = new_draft(led, gws, body="No footer here.")
+        assert d["state"] == "draft"
+        assert d["problems"][0]["name"] == "footer_present"
+        fixed, _ = drafts.edit(led, gws.config, AGENT, d["id"], body="Now." + FOOTER)
+        assert fixed["state"] == "send_ready"
+
+
+def test_smtp_refusals(gws: Workspace, owner: Principal, smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        temp = new_draft(led, gws, to="temp@firm.example")["id"]
+        drafts.approve(led, gws.config, owner, [temp])
+        smtp.set_reply("451 4.3.0 try again later")
+        report = run(gws, led)
+        assert report.retrying == [temp]
+        d = drafts.get_draft(led, temp)
+        assert d["state"] == "approved" and d["next_attempt_at"] and "451" in d["reason"]
+        assert run(gws, led).sent == []  # backoff: not due yet
+        smtp.set_reply("550 5.1.1 no such user")
+        report = run(gws, led, now=datetime.now(UTC) + timedelta(hours=1))
+        assert report.failed == [temp]
+        assert "550" in drafts.get_draft(led, temp)["reason"]
+        assert smtp.messages == []
+
+
+def test_connection_dropped_during_data_is_ambiguous_and_never_resent(
+        ws: Workspace) -> None:
+    server = DroppingServer().start()
+    try:
+        gws = gate_workspace(ws, server.port)
+        with Ledger.for_workspace(gws) as led:
+            owner = authenticate(led, gws.config, owner_token(led))
+            open_lane(led, gws, owner)
+            d = new_draft(led, gws)
+            drafts.approve(led, gws.config, owner, [d["id"]])
+            report = run(gws, led)
+            assert report.ambiguous == [d["id"]]
+            assert len(server.messages) == 1  # the server did get it
+            run(gws, led)
+            run(gws, led)
+            assert len(server.messages) == 1
+            assert drafts.get_draft(led, d["id"])["state"] == "ambiguous"
+            with pytest.raises(PermissionDenied):
+                outbox.resolve(led, AGENT, d["id"], sent=True)
+            outbox.resolve(led, owner, d["id"], sent=True, note="seen in the sent folder")
+            assert drafts.get_draft(led, d["id"])["state"] == "sent"
+    finally:
+        server.stop()
+
+
+def test_unreachable_server_is_a_temporary_failure(ws: Workspace) -> None:
+    from tests.smtp_servers import free_port
+
+    gws = gate_workspace(ws, free_port())
+    with Ledger.for_workspace(gws) as led:
+        owner = authenticate(led, gws.config, owner_token(led))
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        assert run(gws, led).retrying == [d["id"]]
+
+
+def test_missing_smtp_credentials_hold_the_drafts(ws: Workspace, smtp: Any) -> None:
+    gws = gate_workspace(ws, smtp.port)
+    text = gws.config_path.read_text().replace(
+        'tls = "none"', 'tls = "none"\nuser_env = "ZOHO_USER"\npassword_env = "ZOHO_PASS"')
+    gws.config_path.write_text(text)
+    gws = Workspace.open(gws.home)
+    with Ledger.for_workspace(gws) as led:
+        owner = authenticate(led, gws.config, owner_token(led))
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        report = run(gws, led, env={"ZOHO_USER": "matt"})
+        (why, held), = report.held.items()
+        assert held == [d["id"]] and "ZOHO_PASS" in why and "matt" not in why
+        assert drafts.get_draft(led, d["id"])["state"] == "approved"
+        assert smtp.messages == []
+
+
+@pytest.mark.parametrize(("kind", "lane"), [("email", "outbound.prospect"),
+                                            ("email", "outbound.review"),
+                                            ("post", "social.post"),
+                                            ("cta_change", "site.cta_change"),
+                                            ("spend", "spend"),
+                                            ("deploy", "social.post")])
+def test_read_only_context_is_refused_every_effect(gws: Workspace, owner: Principal,
+                                                    smtp: Any, kind: str, lane: str) -> None:
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["To"] = gws.config.owner.email
+    msg["From"] = gws.config.owner.email
+    msg.set_content("x")
+    caps = Capabilities(read_only=True, job_run="run-7")
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        before = led.count("receipts")
+        with pytest.raises(EffectRefused):
+            perform(led, gws.config, gws.home, actor="agent:radar", caps=caps,
+                    effect=Effect(kind, lane, f"try {kind}", message=msg,  # type: ignore[arg-type]
+                                  amount_cents=500), env={})
+        rows = led.query("SELECT body, outcome FROM receipts ORDER BY id DESC LIMIT 1")
+        assert led.count("receipts") == before + 1
+        assert rows[0]["outcome"] == "refused"
+        assert '"emails_sent":0' in rows[0]["body"] and '"spend_cents":0' in rows[0]["body"]
+        assert "read-only" in rows[0]["body"] and "run-7" in rows[0]["body"]
+    assert smtp.messages == []
+
+
+def test_capabilities_limit_lanes(gws: Workspace, owner: Principal, smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        report = run(gws, led, caps=Capabilities(lanes=frozenset({"outbound.review"})))
+        assert report.refused == [d["id"]] and smtp.messages == []
+        assert drafts.get_draft(led, d["id"])["state"] == "approved"
+        assert Capabilities.from_env({"ATLAS_CAPABILITIES": "read_only"}).read_only
+        assert Capabilities.from_env({"ATLAS_CAPABILITIES": "social.post, spend"}).lanes == {
+            "social.post", "spend"}
+
+
+def test_packet_review_goes_to_the_owner_while_prospects_stay_closed(
+        gws: Workspace, owner: Principal, smtp: Any, tmp_path: Any) -> None:
+    rows = [[f"c{i}@cpa{i}.example", f"CPA {i}", f"Firm {i}", seg, "wimper"]
+            for i, seg in enumerate(["cpa", "broker", "fractional_cfo", "other"] * 4)]
+    with Ledger.for_workspace(gws) as led:
+        import_csv(led, gws.config, write_csv(tmp_path / "l.csv", rows), actor="t")
+        lead_ids = [int(r["id"]) for r in led.query("SELECT id FROM leads ORDER BY id")]
+        new_draft(led, gws, to="c0@cpa0.example", lead_id=lead_ids[0])
+        p = packets.create_packet(led, gws.config, AGENT, "wimper-partners",
+                                  segments=["cpa", "broker", "fractional_cfo"], limit=10)
+        assert len(p["lead_ids"]) == 10 and len(p["draft_ids"]) == 1
+        result = packets.send_review(gws, led, AGENT, "wimper-partners", caps=CAPS, env={})
+        box = mailbox.Maildir(gws.home / "data/maildir/owner", create=False)
+        msgs = list(box)
+        assert len(msgs) == 1
+        assert msgs[0]["To"] == gws.config.owner.email
+        assert "10 contacts" in msgs[0]["Subject"]
+        assert "c0@cpa0.example" in msgs[0].get_payload()
+        receipt = led.query("SELECT body FROM receipts WHERE id=?", (result["receipt_id"],))
+        assert '"emails_sent":0' in receipt[0]["body"]
+        assert lanes.get_lane(led, gws.config, "outbound.prospect").open is False
+        assert smtp.messages == []
+        assert ledger_sent(led) == []
+
+
+def test_review_lane_only_reaches_the_owner(gws: Workspace) -> None:
+    with Ledger.for_workspace(gws) as led:
+        d = drafts.create(led, gws.config, AGENT, to="stranger@else.example", subject="s",
+                          body="b", lane="outbound.review")
+        assert d["state"] == "draft"
+        assert d["problems"][0]["name"] == "recipient_is_owner"
+
+
+def test_touches_due(gws: Workspace, tmp_path: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        import_csv(led, gws.config, write_csv(tmp_path / "l.csv",
+                                              [["t@x.example", "T", "", "cpa", ""]]), actor="t")
+        packets.add_touches(led, gws.config, AGENT, [
+            {"lead": "t@x.example", "due": "2020-01-01", "step": 1},
+            {"lead": "T@x.example", "due": "2999-01-01", "step": 2}])
+        due = packets.due_touches(led)
+        assert [t["step"] for t in due] == [1]
+        with pytest.raises(InputError):
+            packets.add_touches(led, gws.config, AGENT, [{"lead": "t@x.example",
+                                                          "due": "tomorrow"}])
