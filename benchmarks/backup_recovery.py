@@ -59,6 +59,7 @@ from atlasops.durability import backup as backup_module
 from atlasops.durability import recovery as recovery_module
 from atlasops.durability.backup import take_backup
 from atlasops.durability.recovery import recover
+from atlasops.errors import AtlasError
 from atlasops.ledger import Ledger, NewEvent
 from atlasops.workspace import Workspace
 
@@ -436,14 +437,18 @@ def measure_recovery(ws: Workspace, extra_events: int) -> dict[str, Any]:
     log(f"  zeroed pages {first}..{first + ZERO_PAGES - 1} of leads.db; recovering")
     with Phases(recovery_module, RECOVERY_PHASES) as phases:
         t0 = time.perf_counter()
-        result = recover(ws, actor=ACTOR)
+        try:
+            result = recover(ws, actor=ACTOR)
+            exit_code, outcome, receipt = result.exit_code, result.outcome, result.receipt
+        except AtlasError as exc:  # reported as a failed recovery, not a crashed benchmark
+            exit_code, outcome = exc.exit_code, f"raised {type(exc).__name__}: {exc.message}"
+            receipt = exc.details.get("receipt") or {}
         seconds = time.perf_counter() - t0
-    receipt = result.receipt
     loss = receipt.get("loss", {})
     return {
-        "seconds": round(seconds, 3), "exit_code": result.exit_code, "outcome": result.outcome,
+        "seconds": round(seconds, 3), "exit_code": exit_code, "outcome": outcome,
         "loss_none": bool(loss.get("none")), "statement": loss.get("statement"),
-        "ok": result.exit_code == 0 and bool(loss.get("none")),
+        "ok": exit_code == 0 and bool(loss.get("none")),
         "zeroed_pages": [first, first + ZERO_PAGES - 1], "sidecars_removed": leftovers,
         "backup": info.name, "extra_events": extra_events,
         "replayed": receipt.get("evidence", {}).get("replayed_from_journal"),
@@ -796,19 +801,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"  recover took {recovery['seconds']:.2f} s, exit {recovery['exit_code']}")
 
         litestream: dict[str, Any]
-        binary, about = (None, "skipped with --no-litestream") if args.no_litestream \
+        binary, about = (None, "--no-litestream given") if args.no_litestream \
             else find_litestream()
         if binary is None:
             litestream = {"available": False, "reason": about}
-            log(f"litestream: {about}")
+            log(f"litestream: skipped: {about}")
         else:
             log(f"litestream {about}: replicating, burst, sudden loss, restore")
-            litestream = litestream_run(binary, ws, base / "litestream", args.burst_seconds,
-                                        args.size_mb)
+            try:
+                litestream = litestream_run(binary, ws, base / "litestream",
+                                            args.burst_seconds, args.size_mb)
+            except (OSError, sqlite3.Error, subprocess.SubprocessError) as exc:
+                litestream = {"available": True, "ok": False, "error": repr(exc)}
             litestream["version"] = about
             if litestream.get("ok"):
                 log("atlas: burst, sudden loss of leads.db, recover")
                 litestream["atlas"] = atlas_sudden_loss(ws, args.burst_seconds)
+            else:
+                log(f"litestream: failed, comparison skipped: {litestream.get('error')}")
 
         report = build_report(args, built, runs, backup_profile, writer, recovery, litestream,
                               time.perf_counter() - started)

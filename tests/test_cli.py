@@ -251,9 +251,16 @@ def test_demo_builds_and_resets_only_demo_workspaces(cli: Any, tmp_path: Path) -
     data = r.json()
     assert data["status"]["counts"]["leads"] == 300
     assert data["status"]["counts"]["businesses"] == 4
-    assert {x["kind"] for x in data["receipts"]} == {"leads.import", "ledger.replay_check",
-                                                      "ledger.verify", "backup", "recovery"}
-    assert all(x["outcome"] in ("ok", "recovered") for x in data["receipts"])
+    assert {x["kind"] for x in data["receipts"]} == {
+        "leads.import", "ledger.replay_check", "ledger.verify", "backup", "recovery",
+        "lane.change", "outbox.run", "packet.review"}
+    assert all(x["outcome"] in ("ok", "recovered", "held") for x in data["receipts"])
+    gates = data["gates"]
+    assert gates["emails_sent"] == 0 and gates["approved_held"] == 40
+    assert gates["outbox_summary"] == [
+        "40 approved draft(s) held: lane outbound.prospect is closed"]
+    assert gates["packet"]["contacts"] == 10
+    assert len(list((home / "data/maildir/owner/new").iterdir())) == 1
     rec = data["recovery"]
     assert rec["outcome"] == "recovered" and rec["loss"]["none"] is True
     assert rec["backup"]["name"].startswith("hourly-")

@@ -230,6 +230,7 @@ def render_config(
     businesses: dict[str, Business] | None = None,
     *,
     demo: bool = False,
+    extra: str = "",
 ) -> str:
     """The text of a new ``atlas.toml``; the result is validated before it is returned."""
     lines = [
@@ -248,7 +249,7 @@ def render_config(
     for slug, biz in (businesses or {}).items():
         sites = ", ".join(_toml_str(s) for s in biz.sites)
         lines += [f"[businesses.{slug}]", f"name = {_toml_str(biz.name)}", f"sites = [{sites}]", ""]
-    text = "\n".join(lines)
+    text = "\n".join(lines) + extra
     parse_config(text)
     return text
 

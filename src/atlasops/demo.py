@@ -10,9 +10,13 @@ from importlib import resources
 from pathlib import Path
 
 from . import businesses
+from .auth import Principal, authenticate, create_token
 from .config import Business
 from .durability import RecoveryResult, recover, take_backup
 from .errors import Conflict
+from .gates import drafts, lanes, outbox, packets
+from .gates.effects import Capabilities
+from .gates.status import gate_status
 from .integrity import replay_check, verify_workspace
 from .leads import ImportReport, import_csv, list_leads
 from .ledger import Ledger
@@ -29,12 +33,53 @@ DEMO_BUSINESSES = {
 }
 
 
+DEMO_GATES = """
+[channels.zoho]  # the one allowed path for prospect email; never reached while closed
+type = "smtp"
+host = "smtp.zoho.example"
+port = 587
+tls = "starttls"
+user_env = "ZOHO_USER"
+password_env = "ZOHO_PASSWORD"
+from_address = "matt@wimper.example"
+
+[lanes."outbound.prospect"]
+channel = "zoho"
+daily_cap = 50
+cooldown_hours = 336
+footer = "Reply STOP to opt out."
+posture_max_age_days = 30
+"""
+
+PITCH = """Hi {first},
+
+I run WIMPER. Many of your clients with 10-50 employees qualify for a wellness plan
+that lowers payroll taxes without changing take-home pay. Would a 15-minute walkthrough
+for your team be useful?
+
+Matt
+
+Reply STOP to opt out."""
+
+
+@dataclass
+class GateScene:
+    drafts: int
+    approved_held: int
+    touches_due: int
+    packet: dict[str, object]
+    outbox_summary: list[str]
+    emails_sent: int
+    status: dict[str, object]
+
+
 @dataclass
 class DemoResult:
     workspace: Workspace
     imported: ImportReport
     receipts: list[int]
     recovery: RecoveryResult | None = None
+    gates: GateScene | None = None
 
 
 def reset_demo(home: Path) -> None:
@@ -54,7 +99,8 @@ def run_demo(home: Path, *, actor: str, reset: bool = False) -> DemoResult:
     home = Path(home)
     if reset:
         reset_demo(home)
-    ws = Workspace.init(home, DEMO_OWNER, "Matt", DEMO_BUSINESSES, demo=True)
+    ws = Workspace.init(home, DEMO_OWNER, "Matt", DEMO_BUSINESSES, demo=True,
+                        extra_config=DEMO_GATES)
     receipts: list[int] = []
     with Ledger.for_workspace(ws) as ledger:
         businesses.sync(ledger, ws.config, actor)
@@ -67,8 +113,57 @@ def run_demo(home: Path, *, actor: str, reset: bool = False) -> DemoResult:
     verified = verify_workspace(ws, actor)
     if verified.receipt_id is not None:
         receipts.append(verified.receipt_id)
+    gates = _gate_scene(ws, receipts)
     recovery = _recovery_scene(ws, actor, receipts)
-    return DemoResult(ws, imported, receipts, recovery)
+    return DemoResult(ws, imported, receipts, recovery, gates)
+
+
+def _gate_scene(ws: Workspace, receipts: list[int]) -> GateScene:
+    """Drafts held behind the closed prospect lane; a packet goes to the owner for review."""
+    agent = Principal("agent", "outreach")
+    caps = Capabilities()
+    with Ledger.for_workspace(ws) as ledger:
+        token, _ = create_token(ledger, Principal("local", "demo"), role="owner",
+                                name="demo-owner")
+        owner = authenticate(ledger, ws.config, token)
+        partners = [lead for lead in list_leads(ledger, business="wimper")
+                    if lead["segment"] in ("cpa", "broker", "fractional_cfo")][:60]
+        ids = []
+        for lead in partners:
+            first = str(lead["name"]).split(" ")[0] or "there"
+            d = drafts.create(ledger, ws.config, agent, to=lead["email"],
+                              subject="Payroll tax savings for your clients",
+                              body=PITCH.format(first=first), business="wimper",
+                              lead_id=lead["id"])
+            ids.append(d["id"])
+        packets.add_touches(ledger, ws.config, agent, [
+            {"lead": lead["id"], "due": "2026-06-27", "sequence": "partner-intro", "step": 1}
+            for lead in partners])
+        lanes.record_posture(ledger, ws.config, owner, "outbound.prospect",
+                             {"spf": "pass", "dkim": "pass", "dmarc": "pass",
+                              "note": "Zoho-only path checked"})
+        receipts.append(lanes.set_lane(ledger, ws.config, owner, "outbound.prospect",
+                                       open_=True, reason="review a Zoho-only test batch"))
+        drafts.approve(ledger, ws.config, owner, ids[:40])
+        receipts.append(lanes.set_lane(ledger, ws.config, owner, "outbound.prospect",
+                                       open_=False, reason="reply drought: pause prospect "
+                                       "sends until the partner packet is reviewed"))
+        report = outbox.run_once(ws, ledger, actor=agent.actor, caps=caps, env={})
+        if report.receipt_id is not None:
+            receipts.append(report.receipt_id)
+        packets.create_packet(ledger, ws.config, agent, "wimper-partners",
+                              segments=["cpa", "broker", "fractional_cfo"], limit=10,
+                              business="wimper")
+        review = packets.send_review(ws, ledger, agent, "wimper-partners", caps=caps, env={})
+        receipts.append(int(review["receipt_id"]))
+        status = gate_status(ledger, ws.config)
+        due = len(packets.due_touches(ledger))
+        packet = packets.get_packet(ledger, "wimper-partners")
+    return GateScene(len(ids), sum(len(v) for v in report.held.values()), due,
+                     {"name": packet["name"], "contacts": len(packet["lead_ids"]),
+                      "drafts": len(packet["draft_ids"]), "to": review["to"],
+                      "maildir": str(ws.home / "data/maildir/owner")},
+                     report.hold_lines(), report.emails_sent, status)
 
 
 def _recovery_scene(ws: Workspace, actor: str, receipts: list[int]) -> RecoveryResult:

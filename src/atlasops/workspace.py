@@ -112,6 +112,7 @@ class Workspace:
         businesses: dict[str, Business] | None = None,
         *,
         demo: bool = False,
+        extra_config: str = "",
     ) -> Workspace:
         """Create the layout (idempotent: an existing ``atlas.toml`` is kept as it is)."""
         home = Path(home).expanduser()
@@ -121,7 +122,8 @@ class Workspace:
             _mkdir_private(home)
             config_path = home / CONFIG_NAME
             if not config_path.exists():
-                text = render_config(owner_email, owner_name, businesses, demo=demo)
+                text = render_config(owner_email, owner_name, businesses, demo=demo,
+                                     extra=extra_config)
                 _write_private(config_path, text)
             ws = cls(home=home, config=load_config(config_path))
             for path in ws.layout():

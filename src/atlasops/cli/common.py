@@ -73,6 +73,8 @@ def open_ledger(home: Path | None) -> Iterator[tuple[Workspace, Ledger]]:
                           "ledger was missing[/yellow]")
             for path in ledger.report.set_aside:
                 err.print(f"[yellow]a torn journal tail was set aside in {path}[/yellow]")
+            if os.environ.get("ATLAS_TOKEN"):
+                principal(ws, ledger)  # a token that is set must be valid, for every command
             yield ws, ledger
     except DatabaseCorrupt as exc:
         # Detection: the symptom goes to the journal even though the database is unusable.

@@ -101,7 +101,8 @@ def demo(
     if as_json:
         print_json({"status": data, "receipts": receipts,
                     "imported": result.imported.to_dict(),
-                    "recovery": result.recovery.to_dict() if result.recovery else None})
+                    "recovery": result.recovery.to_dict() if result.recovery else None,
+                    "gates": result.gates.__dict__ if result.gates else None})
         return
     out.rule("[bold]Atlas demo[/bold]")
     out.print(f"Workspace: [bold]{result.workspace.home}[/bold]  owner "
@@ -119,6 +120,18 @@ def demo(
     j = data["journal"]
     out.print(f"Ledger: {data['counts']['events']} events, journal "
               f"{'ok' if j['ok'] else 'NOT ok'} ({j['segments']} segment(s)).")
+    if result.gates is not None:
+        g = result.gates
+        out.print(f"\n[bold]The gate[/bold]: an agent wrote {g.drafts} partner drafts; the owner "
+                  "approved 40 during a Zoho-only test window, then closed "
+                  "outbound.prospect (reply drought).")
+        for line in g.outbox_summary:
+            out.print(f"  [yellow]{line}[/yellow]")
+        out.print(f"  {g.touches_due} touches due; packet {g.packet['name']} "
+                  f"({g.packet['contacts']} contacts, {g.packet['drafts']} drafts) emailed to "
+                  f"the owner for review: {g.packet['maildir']}")
+        out.print(f"  [bold]{g.emails_sent} prospect emails sent.[/bold] Send-ready is not "
+                  "approval-ready.")
     if result.recovery is not None:
         out.print("\n[bold]The incident[/bold]: after a validated backup, an agent marked 25 CPA "
                   "leads contacted; then 8 pages in the middle of leads.db were overwritten. "

@@ -1,0 +1,201 @@
+"""The gate commands through the CLI, with identity from ATLAS_TOKEN."""
+
+from __future__ import annotations
+
+import mailbox
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atlasops.workspace import Workspace
+from tests.conftest import gate_workspace, write_csv
+
+FOOTER = "\n\nReply STOP to opt out."
+
+
+@pytest.fixture
+def setup(cli: Any, ws: Workspace, smtp: Any, monkeypatch: pytest.MonkeyPatch,
+          tmp_path: Path) -> dict[str, str]:
+    gate_workspace(ws, smtp.port)
+    r = cli("token", "create", "--role", "owner", "--name", "matt", "--json")
+    assert r.exit_code == 0, r.stderr
+    owner = r.json()["token"]
+    monkeypatch.setenv("ATLAS_TOKEN", owner)
+    agent = cli("token", "create", "--role", "agent", "--name", "outreach", "--json").json()
+    rows = [[f"c{i}@cpa{i}.example", f"CPA {i}", f"Firm {i}", "cpa", "wimper"]
+            for i in range(12)]
+    assert cli("leads", "import", str(write_csv(tmp_path / "l.csv", rows))).exit_code == 0
+    return {"owner": owner, "agent": agent["token"]}
+
+
+def as_agent(monkeypatch: pytest.MonkeyPatch, tokens: dict[str, str]) -> None:
+    monkeypatch.setenv("ATLAS_TOKEN", tokens["agent"])
+
+
+def as_owner(monkeypatch: pytest.MonkeyPatch, tokens: dict[str, str]) -> None:
+    monkeypatch.setenv("ATLAS_TOKEN", tokens["owner"])
+
+
+def test_tokens(cli: Any, setup: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = cli("token", "list", "--json").json()
+    assert {(r["name"], r["role"]) for r in rows} == {("matt", "owner"), ("outreach", "agent")}
+    assert "atl_" not in cli("token", "list").stdout
+    as_agent(monkeypatch, setup)
+    r = cli("token", "create", "--role", "agent", "--name", "x")
+    assert r.exit_code == 8
+    monkeypatch.setenv("ATLAS_TOKEN", "atl_wrong")
+    r = cli("lane", "list")
+    assert r.exit_code == 8 and "not a valid token" in r.stderr
+    as_owner(monkeypatch, setup)
+    assert cli("token", "revoke", "outreach").exit_code == 0
+    as_agent(monkeypatch, setup)
+    assert cli("lane", "list").exit_code == 8
+
+
+def test_the_whole_ladder(cli: Any, setup: dict[str, str], smtp: Any,
+                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    as_agent(monkeypatch, setup)
+    body = tmp_path / "body.txt"
+    body.write_text("Hi, a partner intro." + FOOTER)
+    lead = cli("leads", "list", "--json").json()[0]["id"]
+    r = cli("drafts", "create", "--to", "c0@cpa0.example", "--subject", "Intro",
+            "--body-file", str(body), "--lead", str(lead), "--json")
+    assert r.exit_code == 0, r.stderr
+    draft = r.json()
+    assert draft["state"] == "send_ready"
+    r = cli("gate", "explain", str(draft["id"]), "--json")
+    failing = {c["name"] for c in r.json()["approval_ready"] if not c["passed"]}
+    assert failing == {"lane_open", "deliverability_posture_recent"}
+    assert "lane_open" in cli("gate", "explain", str(draft["id"])).stdout
+    r = cli("approve", str(draft["id"]))
+    assert r.exit_code == 8 and "only the owner" in r.stderr
+    r = cli("lane", "open", "outbound.prospect", "--reason", "agents may not")
+    assert r.exit_code == 8
+    as_owner(monkeypatch, setup)
+    r = cli("approve", str(draft["id"]))
+    assert r.exit_code == 7 and "lane_open" in r.stderr
+    assert cli("lane", "posture", "outbound.prospect", "--spf", "pass", "--dkim", "pass",
+               "--dmarc", "pass").exit_code == 0
+    assert cli("lane", "open", "outbound.prospect", "--reason", "Zoho-only test").exit_code == 0
+    lanes = {x["name"]: x for x in cli("lane", "list", "--json").json()}
+    assert lanes["outbound.prospect"]["open"] is True
+    assert lanes["outbound.prospect"]["reason"] == "Zoho-only test"
+    assert "open" in cli("lane", "list").stdout
+    listed = cli("drafts", "list", "--state", "approval_ready", "--json").json()
+    assert [d["id"] for d in listed] == [draft["id"]]
+    r = cli("approve", str(draft["id"]), "--expires", "2d", "--json")
+    assert r.exit_code == 0 and r.json()[0]["state"] == "approved"
+    assert cli("approve", "999").exit_code == 6
+    assert cli("approve", str(draft["id"]), "--expires", "soon").exit_code == 2
+    as_agent(monkeypatch, setup)
+    r = cli("outbox", "run", "--once", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json()[0]["sent"] == [draft["id"]]
+    assert len(smtp.messages) == 1 and smtp.messages[0].subject == "Intro"
+    shown = cli("drafts", "show", str(draft["id"]), "--json").json()
+    assert shown["state"] == "sent" and shown["message_id"] == smtp.messages[0].message_id
+    assert "Intro" in cli("drafts", "show", str(draft["id"])).stdout
+    r = cli("drafts", "edit", str(draft["id"]), "--subject", "x")
+    assert r.exit_code == 7
+    assert "sent" in cli("drafts", "list").stdout
+
+
+def test_edit_voids_and_withdraw_and_reject(cli: Any, setup: dict[str, str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli("lane", "posture", "outbound.prospect").exit_code == 0
+    assert cli("lane", "open", "outbound.prospect", "--reason", "t").exit_code == 0
+    ids = [cli("drafts", "create", "--to", f"c{i}@cpa{i}.example", "--subject", "S",
+               "--body", "B" + FOOTER, "--json").json()["id"] for i in range(3)]
+    assert cli("approve", *map(str, ids)).exit_code == 0
+    r = cli("drafts", "edit", str(ids[0]), "--body", "Changed" + FOOTER, "--json")
+    assert r.json()["voided_approval"] is True and r.json()["state"] == "send_ready"
+    assert cli("drafts", "withdraw", str(ids[1])).exit_code == 0
+    assert cli("reject", str(ids[2]), "--reason", "tone").exit_code == 0
+    states = {d["id"]: d["state"] for d in cli("drafts", "list", "--json").json()}
+    assert states == {ids[0]: "send_ready", ids[1]: "withdrawn", ids[2]: "rejected"}
+    assert cli("drafts", "list", "--state", "bogus").exit_code == 2
+
+
+def test_bad_draft_input_exit_2(cli: Any, setup: dict[str, str]) -> None:
+    r = cli("drafts", "create", "--to", "x@y.example\nBcc: z@z.example", "--subject", "S",
+            "--body", "B")
+    assert r.exit_code == 2 and "header injection" in r.stderr
+    r = cli("drafts", "create", "--to", "x@y.example", "--subject", "S")
+    assert r.exit_code == 2
+    assert cli("suppress", "bad@bad.example", "--reason", "unsubscribe").exit_code == 0
+    r = cli("drafts", "create", "--to", "BAD@bad.example", "--subject", "S", "--body", "B")
+    assert r.exit_code == 2 and "suppression" in r.stderr
+    assert cli("suppress").exit_code == 2
+    assert cli("suppress", "not-an-address").exit_code == 2
+
+
+def test_suppress_file(cli: Any, setup: dict[str, str], tmp_path: Path) -> None:
+    f = tmp_path / "unsub.csv"
+    f.write_text("email\na@x.example\nb@x.example\na@x.example\n")
+    r = cli("suppress", "--file", str(f))
+    assert r.exit_code == 0 and "2 address(es)" in r.stdout
+
+
+def test_closed_lane_holds_and_gate_status(cli: Any, setup: dict[str, str], smtp: Any) -> None:
+    assert cli("lane", "posture", "outbound.prospect").exit_code == 0
+    assert cli("lane", "open", "outbound.prospect", "--reason", "t").exit_code == 0
+    ids = [cli("drafts", "create", "--to", f"c{i}@cpa{i}.example", "--subject", "S",
+               "--body", "B" + FOOTER, "--json").json()["id"] for i in range(4)]
+    assert cli("approve", *map(str, ids)).exit_code == 0
+    assert cli("lane", "close", "outbound.prospect", "--reason", "reply drought").exit_code == 0
+    r = cli("outbox", "run", "--once")
+    assert r.exit_code == 0 and "4 approved draft(s) held: lane outbound.prospect is closed" \
+        in r.stdout
+    assert smtp.messages == []
+    status = cli("gate", "status", "--json").json()
+    prospect = next(ln for ln in status["lanes"] if ln["name"] == "outbound.prospect")
+    assert prospect["drafts"] == {"approved": 4} and prospect["open"] is False
+    assert "held: lane outbound.prospect is closed" in cli("gate", "status").stdout
+
+
+def test_ambiguous_resolve_cli(cli: Any, setup: dict[str, str]) -> None:
+    r = cli("outbox", "resolve", "1")
+    assert r.exit_code == 2
+    r = cli("outbox", "resolve", "99999", "--sent")
+    assert r.exit_code == 6
+
+
+def test_touches_and_packets(cli: Any, setup: dict[str, str], ws: Workspace,
+                             smtp: Any, tmp_path: Path) -> None:
+    assert cli("touches", "add", "--lead", "c1@cpa1.example", "--due", "2020-01-01"
+               ).exit_code == 0
+    ids = [x["id"] for x in cli("leads", "list", "--json").json()]
+    f = tmp_path / "touches.csv"
+    f.write_text(f"lead,due,step\n{ids[2]},2020-01-02,1\n{ids[3]},2999-01-01,2\n")
+    assert cli("touches", "import", str(f)).exit_code == 0
+    due = cli("touches", "due", "--json").json()
+    assert len(due) == 2
+    assert "c1@cpa1.example" in cli("touches", "due").stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("lead,due\nnobody@x.example,2020-01-01\n")
+    assert cli("touches", "import", str(bad)).exit_code == 6
+    assert len(cli("touches", "due", "--json").json()) == 2
+    r = cli("packet", "create", "wimper-partners", "--segment", "cpa,broker,fractional_cfo",
+            "--limit", "10", "--json")
+    assert r.exit_code == 0 and len(r.json()["lead_ids"]) == 10
+    assert cli("packet", "create", "wimper-partners", "--segment", "cpa").exit_code == 7
+    assert "10 contact(s)" in cli("packet", "show", "wimper-partners").stdout
+    r = cli("packet", "send-review", "wimper-partners", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json()["to"] == ws.config.owner.email
+    assert len(list(mailbox.Maildir(ws.home / "data/maildir/owner", create=False))) == 1
+    assert smtp.messages == []
+    assert "sent for review" in cli("packet", "list").stdout
+    assert cli("packet", "list", "--json").json()[0]["name"] == "wimper-partners"
+
+
+def test_read_only_capabilities_refuse_review_send(cli: Any, setup: dict[str, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli("packet", "create", "p", "--segment", "cpa").exit_code == 0
+    monkeypatch.setenv("ATLAS_CAPABILITIES", "read_only")
+    monkeypatch.setenv("ATLAS_JOB_RUN", "revenue-radar-1")
+    r = cli("packet", "send-review", "p")
+    assert r.exit_code == 8 and "read-only" in r.stderr
+    refused = cli("receipts", "list", "--kind", "effect.refused", "--json").json()
+    assert len(refused) == 1 and refused[0]["outcome"] == "refused"

@@ -1,0 +1,131 @@
+"""Property: random interleavings of create / edit / approve / reject / withdraw /
+close-lane / open-lane / outbox-run against a real SMTP server never deliver a
+message whose content differs from the approved content, never deliver without a
+valid unexpired approval, never deliver on a closed lane, never deliver twice.
+
+The model below is the test's own record of what was approved and when the lane
+was open; it does not consult Atlas's tables to decide what was allowed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from atlasops.auth import Principal, authenticate
+from atlasops.errors import Conflict
+from atlasops.gates import drafts, lanes, outbox
+from atlasops.gates.effects import Capabilities
+from atlasops.ledger import Ledger
+from atlasops.workspace import Workspace
+from tests.conftest import BUSINESSES, OWNER, gate_workspace, owner_token
+from tests.smtp_servers import Recorder
+
+FOOTER = "\n\nReply STOP to opt out."
+AGENT = Principal("agent", "prop")
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("create"), st.integers(0, 3)),
+    st.tuples(st.just("approve"), st.integers(0, 5)),
+    st.tuples(st.just("run")),
+    st.tuples(st.just("edit"), st.integers(0, 5), st.sampled_from(["A", "B", "C"])),
+    st.tuples(st.just("approve"), st.integers(0, 5)),
+    st.tuples(st.just("reject"), st.integers(0, 5)),
+    st.tuples(st.just("withdraw"), st.integers(0, 5)),
+    st.tuples(st.just("close")),
+    st.tuples(st.just("open")),
+    st.tuples(st.just("close")),
+    st.tuples(st.just("run")),
+    st.tuples(st.just("run_late")),
+), min_size=1, max_size=18)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Recorder]:
+    s = Recorder().start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(script=ops, warm=st.booleans())
+def test_no_delivery_without_matching_valid_approval(server: Recorder, warm: bool,
+                                                     script: list[tuple[Any, ...]]) -> None:
+    if warm:  # half the scripts start from a typical day: drafts written, the lane open
+        script = [("create", 0), ("create", 1), ("open",), ("approve", 0), *script]
+    server.messages.clear()
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace.init(Path(tmp) / "ws", OWNER, "O", BUSINESSES)
+        ws = gate_workspace(ws, server.port)
+        with Ledger.for_workspace(ws) as led:
+            owner = authenticate(led, ws.config, owner_token(led))
+            lanes.record_posture(led, ws.config, owner, "outbound.prospect", {"spf": "pass"})
+            check(ws, led, owner, server, script)
+
+
+def check(ws: Workspace, led: Ledger, owner: Principal, server: Recorder,
+          script: list[tuple[Any, ...]]) -> None:
+    ids: list[int] = []
+    approved: dict[int, tuple[str, str, str]] = {}  # the model: content at approval time
+    lane_open = False
+    delivered: set[int] = set()
+    seen = 0
+    for op in script:
+        kind = op[0]
+        pick = ids[op[1] % len(ids)] if ids and len(op) > 1 and kind != "create" else None
+        try:
+            if kind == "create":
+                d = drafts.create(led, ws.config, AGENT, to=f"p{op[1]}@firm.example",
+                                  subject=f"Hello {op[1]}", body="Pitch." + FOOTER)
+                ids.append(d["id"])
+            elif kind == "edit" and pick is not None:
+                drafts.edit(led, ws.config, AGENT, pick, body=f"Pitch {op[2]}." + FOOTER)
+                approved.pop(pick, None)
+            elif kind == "approve" and pick is not None:
+                d = drafts.get_draft(led, pick)
+                drafts.approve(led, ws.config, owner, [pick])
+                approved[pick] = (d["to_addr"], d["subject"], d["body"])
+            elif kind == "reject" and pick is not None:
+                drafts.reject(led, owner, pick, "no")
+                approved.pop(pick, None)
+            elif kind == "withdraw" and pick is not None:
+                drafts.withdraw(led, AGENT, pick)
+                approved.pop(pick, None)
+            elif kind in ("close", "open"):
+                lanes.set_lane(led, ws.config, owner, "outbound.prospect",
+                               open_=kind == "open", reason="prop")
+                lane_open = kind == "open"
+            elif kind in ("run", "run_late"):
+                late = kind == "run_late"
+                now = datetime.now(UTC) + (timedelta(days=8) if late else timedelta(0))
+                outbox.run_once(ws, led, actor="agent:outbox", caps=Capabilities(), env={},
+                                now=now)
+                for msg in server.messages[seen:]:
+                    draft_id = int(msg.raw.split(b"X-Atlas-Draft: ")[1].split(b"\r\n")[0])
+                    assert lane_open, "delivered while the lane was closed"
+                    assert not late, "delivered on an expired approval"
+                    assert draft_id in approved, "delivered without a valid approval"
+                    assert (msg.to, msg.subject, msg.body) == approved[draft_id], \
+                        "delivered content differs from approved content"
+                    assert draft_id not in delivered, "delivered twice"
+                    delivered.add(draft_id)
+                seen = len(server.messages)
+                if late:
+                    approved.clear()  # every approval has expired by then
+                for i in delivered:
+                    approved.pop(i, None)  # a sent draft's approval is used up
+        except Conflict:
+            pass
+    event(f"delivered {min(len(delivered), 2)}+")
+    sent = {int(r["id"]) for r in led.query("SELECT id FROM drafts WHERE state='sent'")}
+    assert sent == delivered
