@@ -253,13 +253,22 @@ def test_demo_builds_and_resets_only_demo_workspaces(cli: Any, tmp_path: Path) -
     assert data["status"]["counts"]["businesses"] == 4
     assert {x["kind"] for x in data["receipts"]} == {
         "leads.import", "ledger.replay_check", "ledger.verify", "backup", "recovery",
-        "lane.change", "outbox.run", "packet.review"}
-    assert all(x["outcome"] in ("ok", "recovered", "held") for x in data["receipts"])
+        "lane.change", "outbox.run", "packet.review", "route.check", "repair", "job.run",
+        "deploy"}
+    assert all(x["outcome"] in ("ok", "recovered", "held", "fixed", "failed")
+               for x in data["receipts"])
+    assert [x["outcome"] for x in data["receipts"] if x["outcome"] == "failed"] == ["failed"]
     gates = data["gates"]
     assert gates["emails_sent"] == 0 and gates["approved_held"] == 40
     assert gates["outbox_summary"] == [
         "40 approved draft(s) held: lane outbound.prospect is closed"]
     assert gates["packet"]["contacts"] == 10
+    ops = data["ops"]
+    assert ops["check_before"]["status"] == 500
+    assert ops["repair"]["outcome"] == "fixed"
+    assert ops["repair"]["readback"]["readings"][-1]["status"] == 200
+    assert ops["radar"]["outcome"] == "ok" and ops["radar"]["evidence"]["violation"] is False
+    assert len(ops["content"]) == 2 and len(ops["deploys"]) == 2
     assert len(list((home / "data/maildir/owner/new").iterdir())) == 1
     rec = data["recovery"]
     assert rec["outcome"] == "recovered" and rec["loss"]["none"] is True

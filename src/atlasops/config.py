@@ -106,6 +106,74 @@ class Channel(_Strict):
         return None if value is None else _normal_email(value)
 
 
+DEFAULT_MUST_NOT_CONTAIN = ["Internal Server Error", "Application error"]
+
+
+class RouteAuth(_Strict):
+    """Credentials for a route, taken from a named environment variable."""
+
+    type: Literal["bearer", "basic", "cookie"]
+    env: str  # bearer: the token; basic: "user:password"; cookie: "name=value"
+
+
+class Route(_Strict):
+    url: str
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    auth: RouteAuth | None = None
+    expect_status: int = Field(default=200, ge=100, le=599)
+    must_contain: list[str] = Field(default_factory=list)
+    must_not_contain: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_MUST_NOT_CONTAIN))
+    max_latency_ms: float = Field(default=5000, gt=0)
+    healthy_after: int = Field(default=1, ge=1, le=20)
+    timeout: float = Field(default=10, gt=0)
+    runbook: str | None = None
+    readback_deadline: float = Field(default=60, gt=0)
+    readback_interval: float = Field(default=1, gt=0)
+    user_can: str | None = None  # "open the releases page": the repair summary says so
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("a route url starts with http:// or https://")
+        return value
+
+
+class Step(_Strict):
+    name: str
+    command: str
+    cwd: str | None = None
+    timeout: float = Field(default=300, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class Runbook(_Strict):
+    steps: list[Step] = Field(min_length=1)
+
+
+class Job(_Strict):
+    """An agent job: a shell command or a Python entry point, with capabilities."""
+
+    command: str | None = None
+    entry: str | None = None  # "package.module:function"
+    business: str | None = None
+    read_only: bool = False
+    lanes: list[str] = Field(default_factory=list)
+    timeout: float = Field(default=600, gt=0)
+    cwd: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Job:
+        if (self.command is None) == (self.entry is None):
+            raise ValueError("a job has exactly one of command or entry")
+        if self.entry is not None and ":" not in self.entry:
+            raise ValueError("entry is 'package.module:function'")
+        if self.read_only and self.lanes:
+            raise ValueError("a read_only job cannot also name lanes")
+        return self
+
+
 def default_lanes() -> dict[str, Lane]:
     return {
         "outbound.prospect": Lane(footer="Reply STOP to opt out.", posture_max_age_days=30),
@@ -147,6 +215,9 @@ class Config(_Strict):
     businesses: dict[str, Business] = Field(default_factory=dict)
     lanes: dict[str, Lane] = Field(default_factory=dict)
     channels: dict[str, Channel] = Field(default_factory=dict)
+    routes: dict[str, Route] = Field(default_factory=dict)
+    runbooks: dict[str, Runbook] = Field(default_factory=dict)
+    jobs: dict[str, Job] = Field(default_factory=dict)
 
     @field_validator("lanes")
     @classmethod
@@ -170,6 +241,16 @@ class Config(_Strict):
             if ch.type == "smtp" and not (ch.host and ch.from_address):
                 raise ValueError(f"channels.{name}: an smtp channel needs host and "
                                  "from_address")
+        for name, route in self.routes.items():
+            if route.runbook is not None and route.runbook not in self.runbooks:
+                raise ValueError(f"routes.{name}.runbook names {route.runbook!r}, which is "
+                                 "not a [runbooks] entry")
+        for name, job in self.jobs.items():
+            if job.business is not None and job.business not in self.businesses:
+                raise ValueError(f"jobs.{name}.business: unknown business {job.business!r}")
+            for lane_name in job.lanes:
+                if lane_name not in LANE_EFFECTS:
+                    raise ValueError(f"jobs.{name}.lanes: unknown lane {lane_name!r}")
         return self
 
     def all_lanes(self) -> dict[str, Lane]:
@@ -259,7 +340,12 @@ __all__ = [
     "BackupSettings",
     "Business",
     "Channel",
+    "Job",
     "Lane",
+    "Route",
+    "RouteAuth",
+    "Runbook",
+    "Step",
     "default_channels",
     "default_lanes",
     "Config",

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import os
+import secrets
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -20,6 +27,9 @@ from .gates.status import gate_status
 from .integrity import replay_check, verify_workspace
 from .leads import ImportReport, import_csv, list_leads
 from .ledger import Ledger
+from .ops.jobs import run_job
+from .ops.records import add_content, record_deploy, record_snapshot
+from .ops.repair import check_routes, repair
 from .workspace import CONFIG_NAME, Workspace
 
 DEMO_OWNER = "matt@owner.atlas-demo.example"
@@ -73,6 +83,50 @@ class GateScene:
     status: dict[str, object]
 
 
+DEMO_OPS = """
+[routes.wimper-releases]
+url = "http://127.0.0.1:{port}/wimper/releases"
+auth = {{ type = "bearer", env = "DEMO_SITE_TOKEN" }}
+must_contain = ["WIMPER Releases"]
+healthy_after = 2
+readback_deadline = 20
+readback_interval = 0.2
+runbook = "wimper-rebuild"
+user_can = "open the WIMPER releases page as an authenticated user"
+
+[[runbooks.wimper-rebuild.steps]]
+name = "build"
+command = "{py} -m atlasops.demo_site build --dir {site}"
+
+[[runbooks.wimper-rebuild.steps]]
+name = "restart"
+command = "{py} -m atlasops.demo_site restart --dir {site} --port {port}"
+timeout = 30
+
+[jobs.revenue-radar]
+entry = "atlasops.demo:radar_job"
+business = "wimper"
+read_only = true
+timeout = 120
+"""
+
+ARTICLES = [
+    ("businessbrokerhawaii", "What a retail seller should prepare before listing in Hawaii",
+     "# What a retail seller should prepare\n\nThree years of books, the lease, ..."),
+    ("selllifeinsurancepolicyflorida", "Florida life settlement market data, 2025",
+     "# 2025 market data\n\nSettlement volumes, average offers by age band, ..."),
+]
+
+
+@dataclass
+class OpsScene:
+    check_before: dict[str, object]
+    repair: dict[str, object]
+    radar: dict[str, object]
+    content: list[int]
+    deploys: list[int]
+
+
 @dataclass
 class DemoResult:
     workspace: Workspace
@@ -80,6 +134,7 @@ class DemoResult:
     receipts: list[int]
     recovery: RecoveryResult | None = None
     gates: GateScene | None = None
+    ops: OpsScene | None = None
 
 
 def reset_demo(home: Path) -> None:
@@ -99,8 +154,11 @@ def run_demo(home: Path, *, actor: str, reset: bool = False) -> DemoResult:
     home = Path(home)
     if reset:
         reset_demo(home)
+    port = _free_port()
+    ops_config = DEMO_OPS.format(port=port, py=sys.executable,
+                                 site=(home / "site").resolve())
     ws = Workspace.init(home, DEMO_OWNER, "Matt", DEMO_BUSINESSES, demo=True,
-                        extra_config=DEMO_GATES)
+                        extra_config=DEMO_GATES + ops_config)
     receipts: list[int] = []
     with Ledger.for_workspace(ws) as ledger:
         businesses.sync(ledger, ws.config, actor)
@@ -114,8 +172,83 @@ def run_demo(home: Path, *, actor: str, reset: bool = False) -> DemoResult:
     if verified.receipt_id is not None:
         receipts.append(verified.receipt_id)
     gates = _gate_scene(ws, receipts)
+    ops = _ops_scene(ws, actor, receipts)
     recovery = _recovery_scene(ws, actor, receipts)
-    return DemoResult(ws, imported, receipts, recovery, gates)
+    return DemoResult(ws, imported, receipts, recovery, gates, ops)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def radar_job() -> None:
+    """The demo's read-only job: refresh four revenue-radar snapshots (no side effects)."""
+    ws = Workspace.open(Path(os.environ["ATLAS_HOME"]))
+    caps = Capabilities.from_env(os.environ)
+    with Ledger.for_workspace(ws) as ledger, tempfile.TemporaryDirectory() as tmp:
+        leads = list_leads(ledger)
+        outputs = {
+            "portfolio": {"date": "2026-06-27", "businesses": len(ws.config.businesses),
+                          "leads": len(leads)},
+            "attribution": {"channels": {"DIRECT": 61, "Instabrain": 39}},
+            "cross-sell": {"candidates": [lead["id"] for lead in leads[:100]]},
+            "identity-metrics": {"business": "humannaturefile", "profiles": 1240},
+        }
+        for name, data in outputs.items():
+            path = Path(tmp) / f"{name}.json"
+            path.write_text(json.dumps(data), encoding="utf-8")
+            record_snapshot(ledger, ws.config, name=name, path=path,
+                            actor=f"job:{caps.job_run}", job_run=caps.job_run,
+                            business="wimper" if name != "identity-metrics"
+                            else "humannaturefile")
+    print(f"refreshed {len(outputs)} snapshots")
+
+
+def _ops_scene(ws: Workspace, actor: str, receipts: list[int]) -> OpsScene:
+    """A route breaks when its build output is removed; repair earns `fixed` by readback."""
+    site = ws.home / "site"
+    env = {**os.environ, "DEMO_SITE_TOKEN": secrets.token_urlsafe(16)}
+    port = int(ws.config.routes["wimper-releases"].url.split(":")[2].split("/")[0])
+
+    def site_cmd(action: str) -> None:
+        subprocess.run([sys.executable, "-m", "atlasops.demo_site", action, "--dir",
+                        str(site), "--port", str(port)], check=True, env=env)
+
+    site_cmd("build")
+    site_cmd("start")
+    try:
+        site_cmd("break")      # the production build artifacts go missing...
+        site_cmd("restart")    # ...and the process restarts without them
+        with Ledger.for_workspace(ws) as ledger:
+            before = check_routes(ledger, ws.config, ["wimper-releases"], actor=actor,
+                                  env=env)[0]
+            receipts.append(before.receipt_id)
+            fixed = repair(ledger, ws.config, ws.home, "wimper-releases", actor=actor,
+                           env=env)
+            receipts.append(int(fixed["receipt_id"]))
+            radar = run_job(ledger, ws.config, ws.home, "revenue-radar", actor=actor,
+                            env=env)
+            receipts.append(int(radar["receipt_id"]))
+            content_ids = []
+            with tempfile.TemporaryDirectory() as tmp:
+                for business, title, text in ARTICLES:
+                    path = Path(tmp) / "article.md"
+                    path.write_text(text, encoding="utf-8")
+                    item = add_content(ledger, ws.config, business=business, title=title,
+                                       path=path, actor="agent:content")
+                    content_ids.append(int(item["id"]))
+            deploy_ids = []
+            for business in ("businessbrokerhawaii", "selllifeinsurancepolicyflorida"):
+                d = record_deploy(ledger, site=business, provider="cloudflare",
+                                  url=f"https://{business}.example", actor="agent:deploy",
+                                  commit=hashlib.sha1(business.encode()).hexdigest())
+                deploy_ids.append(int(d["receipt_id"]))
+            receipts.extend(deploy_ids)
+    finally:
+        site_cmd("stop")
+    return OpsScene(before.reading.to_dict(), fixed, radar, content_ids, deploy_ids)
 
 
 def _gate_scene(ws: Workspace, receipts: list[int]) -> GateScene:

@@ -81,7 +81,7 @@ class Workspace:
     @classmethod
     def open(cls, home: Path) -> Workspace:
         """Open an existing workspace, or explain why it cannot be opened."""
-        home = Path(home).expanduser()
+        home = Path(home).expanduser().absolute()
         if not home.exists():
             raise WorkspaceError(f"no Atlas workspace at {home}: the directory does not exist")
         if not home.is_dir():
@@ -115,7 +115,7 @@ class Workspace:
         extra_config: str = "",
     ) -> Workspace:
         """Create the layout (idempotent: an existing ``atlas.toml`` is kept as it is)."""
-        home = Path(home).expanduser()
+        home = Path(home).expanduser().absolute()
         if home.exists() and not home.is_dir():
             raise Conflict(f"{home} exists and is not a directory")
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from . import durability, events, gates, leads, ledger, receipts, workspace
+from . import durability, events, gates, leads, ledger, ops, receipts, workspace
 
 app = typer.Typer(
     name="atlas",
@@ -28,6 +28,7 @@ app = typer.Typer(
 workspace.register(app)
 durability.register(app)
 gates.register(app)
+ops.register(app)
 app.add_typer(leads.app, name="leads")
 app.add_typer(events.app, name="events")
 app.add_typer(receipts.app, name="receipts")

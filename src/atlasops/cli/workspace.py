@@ -102,7 +102,8 @@ def demo(
         print_json({"status": data, "receipts": receipts,
                     "imported": result.imported.to_dict(),
                     "recovery": result.recovery.to_dict() if result.recovery else None,
-                    "gates": result.gates.__dict__ if result.gates else None})
+                    "gates": result.gates.__dict__ if result.gates else None,
+                    "ops": result.ops.__dict__ if result.ops else None})
         return
     out.rule("[bold]Atlas demo[/bold]")
     out.print(f"Workspace: [bold]{result.workspace.home}[/bold]  owner "
@@ -132,6 +133,15 @@ def demo(
                   f"the owner for review: {g.packet['maildir']}")
         out.print(f"  [bold]{g.emails_sent} prospect emails sent.[/bold] Send-ready is not "
                   "approval-ready.")
+    if result.ops is not None:
+        o = result.ops
+        out.print(f"\n[bold]Operations[/bold]: the releases page lost its build output; "
+                  f"`atlas check routes` read {o.check_before['status']} "
+                  "(Internal Server Error).")
+        out.print(f"  atlas repair: [bold]{o.repair['outcome']}[/bold]. {o.repair['summary']}")
+        out.print(f"  {o.radar['summary']}")
+        out.print(f"  {len(o.content)} content drafts added; {len(o.deploys)} deploy receipts "
+                  "recorded.")
     if result.recovery is not None:
         out.print("\n[bold]The incident[/bold]: after a validated backup, an agent marked 25 CPA "
                   "leads contacted; then 8 pages in the middle of leads.db were overwritten. "

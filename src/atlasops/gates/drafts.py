@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..auth import Principal
+from ..businesses import sync_events
 from ..config import LANE_EFFECTS, Config
 from ..errors import Conflict, InputError, NotFound
 from ..ledger import Ledger, NewEvent, canonical_json
@@ -174,13 +175,14 @@ def create(ledger: Ledger, config: Config, principal: Principal, *, to: str, sub
             raise InputError(f"{address} is on the suppression list; no draft was created")
         conds = send_ready_conditions(ledger, config, lane, address, subject, body)
         state = "send_ready" if not failing(conds) else "draft"
-        return [NewEvent("draft.created", principal.actor, {
+        return [*sync_events(conn, config, principal.actor),
+                NewEvent("draft.created", principal.actor, {
             "lane": lane, "channel": chosen, "to": address, "subject": subject, "body": body,
             "business": business, "lead_id": lead_id, "state": state,
             "problems": [c.to_dict() for c in failing(conds)]}, subject=f"lead:{lead_id}"
             if lead_id else f"email:{address}")]
 
-    event = ledger.transact(build)[0]
+    event = ledger.transact(build)[-1]
     return get_draft(ledger, event.id)
 
 

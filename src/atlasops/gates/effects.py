@@ -50,6 +50,8 @@ class Capabilities:
             return cls(job_run=job)
         if raw == "read_only":
             return cls(read_only=True, lanes=frozenset(), job_run=job)
+        if raw == "none":
+            return cls(lanes=frozenset(), job_run=job)
         return cls(lanes=frozenset(x.strip() for x in raw.split(",") if x.strip()),
                    job_run=job)
 

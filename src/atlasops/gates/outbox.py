@@ -151,7 +151,7 @@ def run_once(ws: Workspace, ledger: Ledger, *, actor: str, caps: Capabilities,
                 report.held.setdefault(unavailable[channel], []).append(d["id"])
                 continue
             _send_one(ws, ledger, actor, caps, env, d, report, now)
-        report.receipt_id = _run_receipt(ledger, actor, started, report)
+        report.receipt_id = _run_receipt(ledger, actor, started, report, caps.job_run)
     return report
 
 
@@ -239,7 +239,8 @@ def _send_one(ws: Workspace, ledger: Ledger, actor: str, caps: Capabilities,
         summary=f"Draft {d['id']} was accepted by channel {d['channel']} for {d['to_addr']}.",
         effects=counters,
         evidence={"message_id": msg_id, "reply": reply, "content_sha256": digest,
-                  "approval_hash": d["approval_hash"], "lane": d["lane"]},
+                  "approval_hash": d["approval_hash"], "lane": d["lane"],
+                  "job_run": caps.job_run},
     )
     ledger.append_many([
         NewEvent("draft.sent", actor, {"id": d["id"], "message_id": msg_id, "reply": reply,
@@ -250,7 +251,8 @@ def _send_one(ws: Workspace, ledger: Ledger, actor: str, caps: Capabilities,
     report.emails_sent += counters.emails_sent
 
 
-def _run_receipt(ledger: Ledger, actor: str, started: str, report: OutboxReport) -> int:
+def _run_receipt(ledger: Ledger, actor: str, started: str, report: OutboxReport,
+                 job_run: str | None) -> int:
     emails = report.emails_sent
     parts = [f"{len(report.sent)} email(s) sent"]
     parts += report.hold_lines()
@@ -264,7 +266,8 @@ def _run_receipt(ledger: Ledger, actor: str, started: str, report: OutboxReport)
         kind="outbox.run", subject="outbox", actor=actor, started_at=started,
         finished_at=utc_now(), outcome=outcome, summary="; ".join(parts) + ".",
         effects=Effects(emails_sent=emails),
-        evidence={k: v for k, v in report.to_dict().items() if k != "receipt_id"},
+        evidence={**{k: v for k, v in report.to_dict().items() if k != "receipt_id"},
+                  "job_run": job_run},
     )
     return ledger.append_many([receipt.as_event()])[0].id
 

@@ -194,7 +194,8 @@ def send_review(ws: Workspace, ledger: Ledger, principal: Principal, name: str, 
                  f"for review ({config.owner.email}); no prospect was emailed."),
         effects=counters,
         evidence={"message_id": msg_id, "reply": reply, "lane": "outbound.review",
-                  "review_emails_sent": 1, "contacts": len(packet["lead_ids"])},
+                  "review_emails_sent": 1, "contacts": len(packet["lead_ids"]),
+                  "job_run": caps.job_run},
     )
     events = ledger.append_many([
         NewEvent("packet.review_sent", principal.actor, {"name": name, "message_id": msg_id},

@@ -179,6 +179,53 @@ def _m2(conn: sqlite3.Connection) -> None:
     """)
 
 
+@migration(3, "snapshots, content, deploys, job runs")
+def _m3(conn: sqlite3.Connection) -> None:
+    _exec_script(conn, """
+        CREATE TABLE snapshots (
+            id INTEGER PRIMARY KEY REFERENCES events(id),
+            name TEXT NOT NULL,
+            business TEXT REFERENCES businesses(slug),
+            sha256 TEXT NOT NULL,
+            data TEXT NOT NULL,
+            job_run TEXT,
+            recorded_at TEXT NOT NULL,
+            actor TEXT NOT NULL
+        );
+        CREATE INDEX snapshots_name ON snapshots(name, id);
+        CREATE TABLE content (
+            id INTEGER PRIMARY KEY REFERENCES events(id),
+            business TEXT NOT NULL REFERENCES businesses(slug),
+            title TEXT NOT NULL,
+            body TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            actor TEXT NOT NULL
+        );
+        CREATE TABLE deploys (
+            id INTEGER PRIMARY KEY REFERENCES events(id),
+            site TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            url TEXT NOT NULL,
+            git_commit TEXT,
+            evidence TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            actor TEXT NOT NULL
+        );
+        CREATE INDEX deploys_time ON deploys(recorded_at);
+        CREATE TABLE job_runs (
+            run_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            started_event INTEGER NOT NULL REFERENCES events(id),
+            started_at TEXT NOT NULL,
+            receipt_id INTEGER REFERENCES events(id),
+            outcome TEXT
+        )
+    """)
+
+
 def current_version(conn: sqlite3.Connection) -> int:
     row = conn.execute(
         "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'"

@@ -44,6 +44,10 @@ def apply(conn: sqlite3.Connection, event: Event) -> None:
     fn = PROJECTIONS.get(event.kind)
     if fn is not None:
         fn(conn, event)
+    if event.kind == "receipt.recorded" and event.payload.get("kind") == "job.run":
+        conn.execute("UPDATE job_runs SET receipt_id=?, outcome=? WHERE run_id=?",
+                     (event.id, event.payload["outcome"],
+                      event.payload.get("evidence", {}).get("run_id")))
 
 
 @projection("business.upserted")
@@ -267,8 +271,48 @@ def _packet_reviewed(conn: sqlite3.Connection, e: Event) -> None:
     conn.execute("UPDATE packets SET review_event=? WHERE name=?", (e.id, e.payload["name"]))
 
 
+@projection("snapshot.recorded")
+def _snapshot(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    conn.execute("INSERT INTO snapshots(id, name, business, sha256, data, job_run,"
+                 " recorded_at, actor) VALUES (?,?,?,?,?,?,?,?)",
+                 (e.id, p["name"], p.get("business"), p["sha256"], canonical_json(p["data"]),
+                  p.get("job_run"), e.ts, e.actor))
+
+
+@projection("content.added")
+def _content_added(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    conn.execute("INSERT INTO content(id, business, title, body, sha256, status, created_at,"
+                 " updated_at, actor) VALUES (?,?,?,?,?,?,?,?,?)",
+                 (e.id, p["business"], p["title"], p["body"], p["sha256"], p["status"], e.ts,
+                  e.ts, e.actor))
+
+
+@projection("content.status_changed")
+def _content_status(conn: sqlite3.Connection, e: Event) -> None:
+    conn.execute("UPDATE content SET status=?, updated_at=? WHERE id=?",
+                 (e.payload["status"], e.ts, e.payload["id"]))
+
+
+@projection("deploy.recorded")
+def _deploy(conn: sqlite3.Connection, e: Event) -> None:
+    p = e.payload
+    conn.execute("INSERT INTO deploys(id, site, provider, url, git_commit, evidence,"
+                 " recorded_at, actor) VALUES (?,?,?,?,?,?,?,?)",
+                 (e.id, p["site"], p["provider"], p["url"], p.get("commit"),
+                  canonical_json(p.get("evidence", {})), e.ts, e.actor))
+
+
+@projection("job.started")
+def _job_started(conn: sqlite3.Connection, e: Event) -> None:
+    conn.execute("INSERT INTO job_runs(run_id, name, started_event, started_at)"
+                 " VALUES (?,?,?,?)", (e.payload["run_id"], e.payload["name"], e.id, e.ts))
+
+
 PROJECTED_TABLES = ("events", "businesses", "leads", "receipts", "tokens", "lane_state",
-                    "lane_posture", "suppressions", "drafts", "touches", "packets")
+                    "lane_posture", "suppressions", "drafts", "touches", "packets",
+                    "snapshots", "content", "deploys", "job_runs")
 
 __all__ = ["LEAD_FIELDS", "PROJECTED_TABLES", "PROJECTIONS", "apply", "insert_event",
            "projection"]

@@ -1,0 +1,335 @@
+"""Operations: jobs, snapshots, route checks, repair, content and deploys."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..gates.effects import Effect, perform
+from ..ops import jobs as jobs_lib
+from ..ops import records
+from ..ops.repair import check_routes
+from ..ops.repair import repair as repair_lib
+from .common import (
+    HomeOpt,
+    JsonOpt,
+    actor,
+    capabilities,
+    err,
+    handles_errors,
+    open_ledger,
+    out,
+    print_json,
+)
+
+jobs_app = typer.Typer(help="Jobs: agent work with declared capabilities and a receipt.",
+                       no_args_is_help=True)
+snapshot_app = typer.Typer(help="Snapshots: outputs of read-only lanes, with provenance.",
+                           no_args_is_help=True)
+check_app = typer.Typer(help="Checks that read what users can reach.", no_args_is_help=True)
+content_app = typer.Typer(help="Content items: drafts of articles and posts.",
+                          no_args_is_help=True)
+deploy_app = typer.Typer(help="Deploy receipts.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(snapshot_app, name="snapshot")
+    app.add_typer(check_app, name="check")
+    app.add_typer(content_app, name="content")
+    app.add_typer(deploy_app, name="deploy")
+    app.command("repair")(repair)
+
+
+# -- jobs ---------------------------------------------------------------------
+
+@jobs_app.command("list")
+@handles_errors
+def jobs_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Configured jobs ([jobs.NAME] in atlas.toml) and the built-in ones."""
+    with open_ledger(home) as (ws, _ledger):
+        rows = list(jobs_lib.all_jobs(ws.config).values())
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} job(s)")
+    for col in ("job", "capabilities", "timeout s", "runs"):
+        table.add_column(col, overflow="fold")
+    for j in rows:
+        caps = "read-only" if j["read_only"] else (", ".join(j["lanes"]) or "no lanes")
+        table.add_row(j["name"] + (" (built-in)" if j["builtin"] else ""), caps,
+                      f"{j['timeout']:g}", str(j.get("command") or j.get("entry")))
+    out.print(table)
+
+
+@jobs_app.command("run")
+@handles_errors
+def jobs_run(name: Annotated[str, typer.Argument(help="The job.")], home: HomeOpt = None,
+             as_json: JsonOpt = False) -> None:
+    """Run a job now as a subprocess and write its job-run receipt.
+
+    Exit 1 when the job failed, timed out, or (read-only) requested a side effect.
+    """
+    with open_ledger(home) as (ws, ledger):
+        result = jobs_lib.run_job(ledger, ws.config, ws.home, name, actor=actor(),
+                                  env=os.environ)
+    if as_json:
+        print_json(result)
+    else:
+        style = "green" if result["outcome"] == "ok" else "red"
+        out.print(f"[{style}]{result['summary']}[/{style}] Receipt #{result['receipt_id']}.")
+        tail = result["evidence"]["output_tail"].strip()
+        if tail:
+            out.print(tail[-1500:], style="dim", highlight=False)
+    if result["outcome"] != "ok":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("runs")
+@handles_errors
+def jobs_runs(since: Annotated[str | None, typer.Option("--since", help="ISO date.")] = None,
+              home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Job runs, oldest first."""
+    with open_ledger(home) as (_ws, ledger):
+        rows = jobs_lib.list_runs(ledger, since)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} job run(s)")
+    for col in ("run", "started", "outcome", "summary"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["run_id"], r["started_at"], str(r["outcome"] or "running/killed"),
+                      str(r["summary"] or ""))
+    out.print(table)
+
+
+# -- snapshots ----------------------------------------------------------------
+
+@snapshot_app.command("record")
+@handles_errors
+def snapshot_record(
+    name: Annotated[str, typer.Argument(help="e.g. portfolio, attribution, cross-sell.")],
+    file: Annotated[Path, typer.Option("--file", help="A JSON file.")],
+    business: Annotated[str | None, typer.Option("--business")] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a snapshot with provenance (the job run it came from, when, its hash)."""
+    with open_ledger(home) as (ws, ledger):
+        snap = records.record_snapshot(ledger, ws.config, name=name, path=file, actor=actor(),
+                                       business=business, job_run=capabilities().job_run)
+    if as_json:
+        print_json(snap)
+        return
+    out.print(f"Snapshot {name} #{snap['id']} recorded (sha256 {snap['sha256'][:16]}..."
+              + (f", job run {snap['job_run']}" if snap["job_run"] else "") + ").")
+
+
+@snapshot_app.command("list")
+@handles_errors
+def snapshot_list(name: Annotated[str | None, typer.Option("--name")] = None,
+                  home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """List snapshots."""
+    with open_ledger(home) as (_ws, ledger):
+        rows = records.list_snapshots(ledger, name)
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        out.print(f"#{r['id']} {r['name']} {r['recorded_at']} by {r['actor']}"
+                  + (f" (job run {r['job_run']})" if r["job_run"] else ""))
+
+
+@snapshot_app.command("show")
+@handles_errors
+def snapshot_show(snapshot_id: Annotated[int, typer.Argument(metavar="ID")],
+                  home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a snapshot and its data."""
+    with open_ledger(home) as (_ws, ledger):
+        snap = records.get_snapshot(ledger, snapshot_id)
+    if as_json:
+        print_json(snap)
+        return
+    out.print(f"[bold]Snapshot #{snap['id']}[/bold] {snap['name']} at {snap['recorded_at']}")
+    out.print_json(data=snap["data"])
+
+
+# -- route checks and repair ---------------------------------------------------
+
+@check_app.command("routes")
+@handles_errors
+def check_routes_cmd(
+    names: Annotated[list[str] | None, typer.Argument(help="Routes to check (default: "
+                                                      "all).")] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read each route's real page and judge it; a receipt per route. Exit 1 if any fails."""
+    with open_ledger(home) as (ws, ledger):
+        results = check_routes(ledger, ws.config, names, actor=actor(), env=os.environ,
+                               job_run=capabilities().job_run)
+    if as_json:
+        print_json([{**r.reading.to_dict(), "receipt_id": r.receipt_id} for r in results])
+    else:
+        for r in results:
+            mark = "[green]pass[/green]" if r.reading.passed else "[red]FAIL[/red]"
+            out.print(f"{mark} {r.reading.route}: {r.reading.status} in {r.reading.ms:.0f} ms"
+                      f" ({r.reading.url})")
+            for c in r.reading.checks:
+                if not c.passed:
+                    out.print(f"    {c.name}: {c.detail}")
+    if not all(r.reading.passed for r in results):
+        raise typer.Exit(1)
+
+
+@handles_errors
+def repair(
+    route: Annotated[str, typer.Argument(help="The route to repair.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Read the route and show the "
+                                          "runbook; run nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Run the runbook even if the route "
+                                        "passes.")] = False,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read the route (the symptom), run its runbook, then read it back.
+
+    The outcome is `fixed` only when the readback passes; `not_fixed` otherwise (exit 1);
+    `not_broken` when the route already passed (nothing run unless --force).
+    """
+    with open_ledger(home) as (ws, ledger):
+        result = repair_lib(ledger, ws.config, ws.home, route, actor=actor(), env=os.environ,
+                            dry_run=dry_run, force=force)
+    if as_json:
+        print_json(result)
+    elif dry_run:
+        out.print(f"Symptom: {result['symptom']['summary']}")
+        for step in result["plan"]:
+            out.print(f"  would run {step['name']}: {step['command']}")
+        if not result["would_run"]:
+            out.print("The route passes: nothing would run (use --force).")
+    else:
+        _print_repair(result)
+    if not dry_run and result["outcome"] == "not_fixed":
+        raise typer.Exit(1)
+
+
+def _print_repair(r: dict[str, Any]) -> None:
+    style = {"fixed": "green", "not_broken": "green"}.get(r["outcome"], "red")
+    out.print(f"[bold {style}]{r['outcome']}[/bold {style}]: {r['summary']}")
+    out.print(f"symptom: {r['symptom']['summary']}")
+    for a in r.get("actions", []):
+        out.print(f"  step {a['name']}: {a['result']} ({a['ms']:.0f} ms)")
+    rb = r.get("readback")
+    if rb:
+        out.print(f"  readback: {'passed' if rb['passed'] else 'FAILED'} "
+                  f"({len(rb['readings'])} reading(s) shown)")
+    out.print(f"Receipt #{r['receipt_id']}.", style="dim")
+
+
+# -- content and deploys --------------------------------------------------------
+
+@content_app.command("add")
+@handles_errors
+def content_add(
+    business: Annotated[str, typer.Option("--business")],
+    title: Annotated[str, typer.Option("--title")],
+    file: Annotated[Path, typer.Option("--file", help="The text (UTF-8, Markdown).")],
+    status: Annotated[str, typer.Option("--status", help="draft, review, approved.")
+                      ] = "draft",
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a content item (an article or post draft)."""
+    with open_ledger(home) as (ws, ledger):
+        item = records.add_content(ledger, ws.config, business=business, title=title,
+                                   path=file, actor=actor(), status=status)
+    if as_json:
+        print_json(item)
+        return
+    out.print(f"Content #{item['id']} ({item['status']}): {item['title']}")
+
+
+@content_app.command("list")
+@handles_errors
+def content_list(business: Annotated[str | None, typer.Option("--business")] = None,
+                 home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """List content items."""
+    with open_ledger(home) as (_ws, ledger):
+        rows = records.list_content(ledger, business)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} content item(s)")
+    for col in ("id", "business", "status", "title"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["id"]), r["business"], r["status"], r["title"])
+    out.print(table)
+
+
+@content_app.command("publish")
+@handles_errors
+def content_publish(
+    content_id: Annotated[int, typer.Argument(metavar="ID")],
+    lane: Annotated[str, typer.Option("--lane", help="The lane that publishes it.")
+                    ] = "social.post",
+    home: HomeOpt = None,
+) -> None:
+    """Publish a content item: a side effect of its lane, through the effects module."""
+    with open_ledger(home) as (ws, ledger):
+        item = records.get_content(ledger, content_id)
+        reply, _counters = perform(
+            ledger, ws.config, ws.home, actor=actor(), caps=capabilities(),
+            effect=Effect("post", lane, f"publish content #{content_id} {item['title']!r}",
+                          detail={"content": content_id}), env=os.environ)
+        ledger.append("content.status_changed", actor(), {"id": content_id,
+                                                         "status": "published"})
+    err.print(f"published: {reply}")
+
+
+@deploy_app.command("record")
+@handles_errors
+def deploy_record(
+    site: Annotated[str, typer.Option("--site")],
+    provider: Annotated[str, typer.Option("--provider", help="e.g. cloudflare.")],
+    url: Annotated[str, typer.Option("--url")],
+    commit: Annotated[str | None, typer.Option("--commit")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="The provider's output "
+                                              "(JSON or text), kept as evidence.")] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a deploy receipt (a deploy that a provider performed)."""
+    with open_ledger(home) as (_ws, ledger):
+        result = records.record_deploy(ledger, site=site, provider=provider, url=url,
+                                       actor=actor(), commit=commit, evidence_file=file,
+                                       job_run=capabilities().job_run)
+    if as_json:
+        print_json(result)
+        return
+    out.print(f"Deploy of {site} recorded. Receipt #{result['receipt_id']}.")
+
+
+@deploy_app.command("list")
+@handles_errors
+def deploy_list(since: Annotated[str | None, typer.Option("--since", help="ISO date.")] = None,
+                home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Deploy receipts, oldest first."""
+    with open_ledger(home) as (_ws, ledger):
+        rows = records.list_deploys(ledger, since)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} deploy(s)")
+    for col in ("id", "when", "site", "provider", "url", "commit"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["id"]), r["recorded_at"], r["site"], r["provider"], r["url"],
+                      str(r["git_commit"] or ""))
+    out.print(table)
