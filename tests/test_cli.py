@@ -269,6 +269,10 @@ def test_demo_builds_and_resets_only_demo_workspaces(cli: Any, tmp_path: Path) -
     assert ops["repair"]["readback"]["readings"][-1]["status"] == 200
     assert ops["radar"]["outcome"] == "ok" and ops["radar"]["evidence"]["violation"] is False
     assert len(ops["content"]) == 2 and len(ops["deploys"]) == 2
+    md = next(p for p in data["chronicle"] if p.endswith(".md"))
+    text = Path(md).read_text()
+    assert "Commits: **3**" in text and "Emails sent: **0**" in text
+    assert "worklog unavailable: file not found" in text
     assert len(list((home / "data/maildir/owner/new").iterdir())) == 1
     rec = data["recovery"]
     assert rec["outcome"] == "recovered" and rec["loss"]["none"] is True

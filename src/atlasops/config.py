@@ -174,6 +174,22 @@ class Job(_Strict):
         return self
 
 
+class GitRepo(_Strict):
+    path: str
+    name: str | None = None
+
+
+class ChronicleSettings(_Strict):
+    """Where the daily chronicle reads from, besides the ledger."""
+
+    repos: list[GitRepo] = Field(default_factory=list)
+    agent_authors: list[str] = Field(default_factory=list)  # names or emails of agents
+    status_files: list[str] = Field(default_factory=list)
+    worklog_file: str | None = None
+    stale_backup_hours: float = Field(default=26, gt=0)
+    templates: str | None = None  # a directory with chronicle.md.j2 / chronicle.html.j2
+
+
 def default_lanes() -> dict[str, Lane]:
     return {
         "outbound.prospect": Lane(footer="Reply STOP to opt out.", posture_max_age_days=30),
@@ -218,6 +234,7 @@ class Config(_Strict):
     routes: dict[str, Route] = Field(default_factory=dict)
     runbooks: dict[str, Runbook] = Field(default_factory=dict)
     jobs: dict[str, Job] = Field(default_factory=dict)
+    chronicle: ChronicleSettings = Field(default_factory=ChronicleSettings)
 
     @field_validator("lanes")
     @classmethod
@@ -340,6 +357,8 @@ __all__ = [
     "BackupSettings",
     "Business",
     "Channel",
+    "ChronicleSettings",
+    "GitRepo",
     "Job",
     "Lane",
     "Route",

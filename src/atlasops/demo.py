@@ -13,11 +13,14 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
 from . import businesses
 from .auth import Principal, authenticate, create_token
+from .chronicle.compose import compose
+from .chronicle.render import write
 from .config import Business
 from .durability import RecoveryResult, recover, take_backup
 from .errors import Conflict
@@ -108,6 +111,19 @@ entry = "atlasops.demo:radar_job"
 business = "wimper"
 read_only = true
 timeout = 120
+
+[chronicle]
+repos = [{{ path = "repos/wimper", name = "wimper" }}]
+agent_authors = ["atlas-agent@wimper.example"]
+status_files = ["STATUS.md"]
+worklog_file = "worklog/2026.md"   # not there today: the chronicle says so
+"""
+
+STATUS = """# Status
+
+- WIMPER partner lane: packet ready for Matt's review; lane closed.
+- Releases page: rebuilt and read back healthy.
+- Next: turn the packet into an approved Zoho-only test.
 """
 
 ARTICLES = [
@@ -135,6 +151,7 @@ class DemoResult:
     recovery: RecoveryResult | None = None
     gates: GateScene | None = None
     ops: OpsScene | None = None
+    chronicle: list[str] | None = None
 
 
 def reset_demo(home: Path) -> None:
@@ -174,7 +191,33 @@ def run_demo(home: Path, *, actor: str, reset: bool = False) -> DemoResult:
     gates = _gate_scene(ws, receipts)
     ops = _ops_scene(ws, actor, receipts)
     recovery = _recovery_scene(ws, actor, receipts)
-    return DemoResult(ws, imported, receipts, recovery, gates, ops)
+    chronicle = _chronicle_scene(ws)
+    return DemoResult(ws, imported, receipts, recovery, gates, ops, chronicle)
+
+
+def _git(repo: Path, *args: str, who: tuple[str, str] | None = None) -> None:
+    cmd = ["git", "-C", str(repo)]
+    if who is not None:
+        cmd += ["-c", f"user.name={who[0]}", "-c", f"user.email={who[1]}"]
+    subprocess.run([*cmd, *args], check=True, capture_output=True)
+
+
+def _chronicle_scene(ws: Workspace) -> list[str]:
+    """Today's commits (by Matt and an agent), a status file, and the chronicle."""
+    (ws.home / "STATUS.md").write_text(STATUS, encoding="utf-8")
+    repo = ws.home / "repos" / "wimper"
+    repo.mkdir(parents=True, exist_ok=True)
+    _git(repo, "init", "-q", "-b", "main")
+    matt = ("Matt", "matt@wimper.example")
+    agent = ("Atlas agent", "atlas-agent@wimper.example")
+    for who, path, message in ((matt, "releases.md", "Releases page: list June releases"),
+                               (matt, "partners.md", "Partner packet: CPA and broker copy"),
+                               (agent, "snapshots.md", "Radar: note refreshed snapshots")):
+        (repo / path).write_text(message + "\n", encoding="utf-8")
+        _git(repo, "add", path)
+        _git(repo, "commit", "-q", "-m", message, who=who)
+    data = compose(ws, datetime.now(UTC).date())
+    return [str(p) for p in write(ws, data, ["md", "html", "json"])]
 
 
 def _free_port() -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from . import durability, events, gates, leads, ledger, ops, receipts, workspace
+from . import chronicle, durability, events, gates, leads, ledger, ops, receipts, workspace
 
 app = typer.Typer(
     name="atlas",
@@ -29,6 +29,7 @@ workspace.register(app)
 durability.register(app)
 gates.register(app)
 ops.register(app)
+chronicle.register(app)
 app.add_typer(leads.app, name="leads")
 app.add_typer(events.app, name="events")
 app.add_typer(receipts.app, name="receipts")

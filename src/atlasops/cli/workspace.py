@@ -103,7 +103,8 @@ def demo(
                     "imported": result.imported.to_dict(),
                     "recovery": result.recovery.to_dict() if result.recovery else None,
                     "gates": result.gates.__dict__ if result.gates else None,
-                    "ops": result.ops.__dict__ if result.ops else None})
+                    "ops": result.ops.__dict__ if result.ops else None,
+                    "chronicle": result.chronicle})
         return
     out.rule("[bold]Atlas demo[/bold]")
     out.print(f"Workspace: [bold]{result.workspace.home}[/bold]  owner "
@@ -147,5 +148,10 @@ def demo(
                   "leads contacted; then 8 pages in the middle of leads.db were overwritten. "
                   "`atlas recover` ran:")
         print_recovery(result.recovery.to_dict())
+    if result.chronicle:
+        out.print("\n[bold]The chronicle[/bold] of the demo day, built only from what Atlas "
+                  "could read (the work-log file is missing, so confidence is medium):")
+        for path in result.chronicle:
+            out.print(f"  {path}")
     out.print(f"Try: atlas --help; atlas status --home {result.workspace.home}; "
               f"atlas events list --home {result.workspace.home} --limit 5")

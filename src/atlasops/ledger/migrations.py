@@ -226,6 +226,14 @@ def _m3(conn: sqlite3.Connection) -> None:
     """)
 
 
+@migration(4, "a covering index for reading one day's events by kind")
+def _m4(conn: sqlite3.Connection) -> None:
+    _exec_script(conn, """
+        DROP INDEX IF EXISTS events_ts;
+        CREATE INDEX events_ts_kind ON events(ts, kind)
+    """)
+
+
 def current_version(conn: sqlite3.Connection) -> int:
     row = conn.execute(
         "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'"

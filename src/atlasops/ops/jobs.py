@@ -32,6 +32,7 @@ BUILTINS: dict[str, tuple[list[str], str]] = {
     "db-check": (["db", "check"], "quick_check and ledger == journal"),
     "route-checks": (["check", "routes"], "read every configured route"),
     "backup-prune": (["backups", "prune"], "apply the backup retention policy"),
+    "chronicle": (["chronicle"], "write today's chronicle"),
 }
 COUNTED_OUT = ("outbox.run", "job.run")
 

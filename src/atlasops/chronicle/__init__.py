@@ -1,0 +1,1 @@
+"""The chronicle: a daily log built only from what Atlas can read."""

@@ -1,0 +1,55 @@
+"""Render the chronicle with Jinja2 templates and write it to disk.
+
+The default templates ship with Atlas; ``[chronicle] templates = "DIR"`` points
+at a directory whose ``chronicle.md.j2`` / ``chronicle.html.j2`` take their
+place, so an operator can restyle the log without touching code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, select_autoescape
+
+from ..workspace import Workspace
+
+FORMATS = ("md", "html", "json")
+
+
+def environment(ws: Workspace) -> Environment:
+    loaders: list[Any] = []
+    if ws.config.chronicle.templates:
+        custom = Path(ws.config.chronicle.templates)
+        loaders.append(FileSystemLoader(str(custom if custom.is_absolute()
+                                            else ws.home / custom)))
+    loaders.append(PackageLoader("atlasops", "chronicle/templates"))
+    return Environment(loader=ChoiceLoader(loaders), keep_trailing_newline=True,
+                       autoescape=select_autoescape(["html"]), trim_blocks=False)
+
+
+def render(ws: Workspace, chronicle: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(chronicle, indent=2, ensure_ascii=False) + "\n"
+    template = environment(ws).get_template(f"chronicle.{fmt}.j2")
+    return template.render(c=chronicle)
+
+
+def write(ws: Workspace, chronicle: dict[str, Any], formats: list[str],
+          out_dir: Path | None = None) -> list[Path]:
+    target = out_dir or ws.chronicle_dir
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths = []
+    for fmt in formats:
+        path = target / f"{chronicle['date']}.{fmt}"
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(render(ws, chronicle, fmt), encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+__all__ = ["FORMATS", "render", "write"]
