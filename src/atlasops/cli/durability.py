@@ -68,7 +68,7 @@ def backup(
     with quick_check, integrity_check, foreign_key_check, the hash chain, sha256, page
     and row counts; manifest.json records every result. Exit 1 if validation failed.
     """
-    with open_ledger(home) as (ws, ledger):
+    with open_ledger(home) as (ws, ledger), err.status("Taking and validating the backup..."):
         info, receipt_id = take_backup(ws, ledger, actor=actor(), label=label)
     data = {**info.to_dict(), "receipt_id": receipt_id,
             "checks": info.manifest.get("checks", [])}
@@ -126,7 +126,8 @@ def backups_verify(
     if name is None and not all_:
         raise InputError("name a backup or pass --all", hint="`atlas backups list`.")
     infos = list_backups(ws) if all_ else [find_backup(ws, name or "")]
-    results = [verify_backup(i, ws.journal_dir) for i in infos]
+    with err.status(f"Verifying {len(infos)} backup(s)..."):
+        results = [verify_backup(i, ws.journal_dir) for i in infos]
     if as_json:
         print_json([r.to_dict() for r in results])
     else:
@@ -222,7 +223,8 @@ def recover(
     with a stated loss; 2: could not recover (nothing changed).
     """
     ws = open_workspace(home)
-    result = run_recovery(ws, actor=actor(), dry_run=dry_run, backup_name=backup_name)
+    with err.status("Recovering: quarantine, restore, replay, verify..."):
+        result = run_recovery(ws, actor=actor(), dry_run=dry_run, backup_name=backup_name)
     if as_json:
         print_json(result.to_dict())
     else:

@@ -74,7 +74,7 @@ def jobs_run(name: Annotated[str, typer.Argument(help="The job.")], home: HomeOp
 
     Exit 1 when the job failed, timed out, or (read-only) requested a side effect.
     """
-    with open_ledger(home) as (ws, ledger):
+    with open_ledger(home) as (ws, ledger), err.status(f"Running job {name}..."):
         result = jobs_lib.run_job(ledger, ws.config, ws.home, name, actor=actor(),
                                   env=os.environ)
     if as_json:
@@ -202,7 +202,8 @@ def repair(
     The outcome is `fixed` only when the readback passes; `not_fixed` otherwise (exit 1);
     `not_broken` when the route already passed (nothing run unless --force).
     """
-    with open_ledger(home) as (ws, ledger):
+    with open_ledger(home) as (ws, ledger), err.status(f"Repairing {route}: read, run, "
+                                                       "read back..."):
         result = repair_lib(ledger, ws.config, ws.home, route, actor=actor(), env=os.environ,
                             dry_run=dry_run, force=force)
     if as_json:

@@ -18,6 +18,7 @@ from .common import (
     HomeOpt,
     JsonOpt,
     actor,
+    err,
     handles_errors,
     open_ledger,
     out,
@@ -92,7 +93,8 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Build a small realistic portfolio workspace and show what Atlas records."""
-    result = run_demo(home, actor=actor(), reset=reset)
+    with err.status("Playing the demo day..."):
+        result = run_demo(home, actor=actor(), reset=reset)
     with Ledger.for_workspace(result.workspace) as ledger:
         data = workspace_status(result.workspace, ledger)
         from ..receipts import get_receipt
