@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 sysdeps:
 	bash scripts/install-system-deps.sh
 
-demo: $(STAMP)
+demo: $(STAMP) sysdeps
 	$(BIN)/atlas demo --home atlas-demo --reset
 
 lint: $(STAMP)
