@@ -12,6 +12,7 @@ from atlasops.workspace import Workspace
 from tests.conftest import gate_workspace, write_csv
 
 FOOTER = "\n\nReply STOP to opt out."
+PASSING = ("--spf", "pass", "--dkim", "pass", "--dmarc", "pass")
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ def test_the_whole_ladder(cli: Any, setup: dict[str, str], smtp: Any,
 
 def test_edit_voids_and_withdraw_and_reject(cli: Any, setup: dict[str, str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    assert cli("lane", "posture", "outbound.prospect").exit_code == 0
+    assert cli("lane", "posture", "outbound.prospect", *PASSING).exit_code == 0
     assert cli("lane", "open", "outbound.prospect", "--reason", "t").exit_code == 0
     ids = [cli("drafts", "create", "--to", f"c{i}@cpa{i}.example", "--subject", "S",
                "--body", "B" + FOOTER, "--json").json()["id"] for i in range(3)]
@@ -138,7 +139,7 @@ def test_suppress_file(cli: Any, setup: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_closed_lane_holds_and_gate_status(cli: Any, setup: dict[str, str], smtp: Any) -> None:
-    assert cli("lane", "posture", "outbound.prospect").exit_code == 0
+    assert cli("lane", "posture", "outbound.prospect", *PASSING).exit_code == 0
     assert cli("lane", "open", "outbound.prospect", "--reason", "t").exit_code == 0
     ids = [cli("drafts", "create", "--to", f"c{i}@cpa{i}.example", "--subject", "S",
                "--body", "B" + FOOTER, "--json").json()["id"] for i in range(4)]

@@ -405,3 +405,64 @@ def test_touches_due(gws: Workspace, tmp_path: Any) -> None:
         with pytest.raises(InputError):
             packets.add_touches(led, gws.config, AGENT, [{"lead": "t@x.example",
                                                           "due": "tomorrow"}])
+
+
+def test_an_ambiguous_send_counts_toward_cooldown_and_cap(ws: Workspace) -> None:
+    server = DroppingServer().start()
+    try:
+        gws = gate_workspace(ws, server.port, cap=5, cooldown=336)
+        with Ledger.for_workspace(gws) as led:
+            owner = authenticate(led, gws.config, owner_token(led))
+            open_lane(led, gws, owner)
+            first = new_draft(led, gws)
+            drafts.approve(led, gws.config, owner, [first["id"]])
+            assert run(gws, led).ambiguous == [first["id"]]
+            second = new_draft(led, gws)  # the same recipient
+            with pytest.raises(Conflict, match="cooldown"):
+                drafts.approve(led, gws.config, owner, [second["id"]])
+            assert len(server.messages) == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("bad", ["Hello\u2028Bcc: x@y.example", "Hi\x0bthere", "Hi\x85"])
+def test_unicode_line_breaks_in_headers_are_refused(gws: Workspace, bad: str) -> None:
+    with Ledger.for_workspace(gws) as led, pytest.raises(InputError, match="header"):
+        drafts.create(led, gws.config, AGENT, to="a@firm.example", subject=bad,
+                      body="B" + FOOTER)
+
+
+def test_a_failing_posture_does_not_open_the_gate_and_agents_cannot_record_it(
+        gws: Workspace, owner: Principal) -> None:
+    with Ledger.for_workspace(gws) as led:
+        with pytest.raises(PermissionDenied):
+            lanes.record_posture(led, gws.config, AGENT, "outbound.prospect",
+                                 {"spf": "pass", "dkim": "pass", "dmarc": "pass"})
+        lanes.record_posture(led, gws.config, owner, "outbound.prospect",
+                             {"spf": "fail", "dkim": "pass", "dmarc": "pass"})
+        lanes.set_lane(led, gws.config, owner, "outbound.prospect", open_=True, reason="t")
+        d = new_draft(led, gws)
+        with pytest.raises(Conflict, match="not passing: spf"):
+            drafts.approve(led, gws.config, owner, [d["id"]])
+
+
+def test_revoking_the_owner_token_does_not_reopen_bootstrap(gws: Workspace,
+                                                            owner: Principal) -> None:
+    from atlasops.auth import revoke_token
+
+    with Ledger.for_workspace(gws) as led:
+        revoke_token(led, owner, "owner")
+        with pytest.raises(PermissionDenied):
+            create_token(led, AGENT, role="owner", name="mine")
+
+
+def test_refused_passes_do_not_use_up_the_retry_budget(gws: Workspace, owner: Principal,
+                                                       smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        for _ in range(6):
+            run(gws, led, caps=Capabilities(read_only=True))
+        assert drafts.get_draft(led, d["id"])["attempts"] == 0
+        assert run(gws, led).sent == [d["id"]]

@@ -69,7 +69,8 @@ def test_no_delivery_without_matching_valid_approval(server: Recorder, warm: boo
         ws = gate_workspace(ws, server.port)
         with Ledger.for_workspace(ws) as led:
             owner = authenticate(led, ws.config, owner_token(led))
-            lanes.record_posture(led, ws.config, owner, "outbound.prospect", {"spf": "pass"})
+            lanes.record_posture(led, ws.config, owner, "outbound.prospect",
+                                 {"spf": "pass", "dkim": "pass", "dmarc": "pass"})
             check(ws, led, owner, server, script)
 
 

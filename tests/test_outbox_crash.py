@@ -31,7 +31,8 @@ def setup(root: Path, port: int, n: int) -> Workspace:
     ws = gate_workspace(Workspace.init(root / "ws", OWNER, "O", BUSINESSES), port)
     with Ledger.for_workspace(ws) as led:
         owner = authenticate(led, ws.config, owner_token(led))
-        lanes.record_posture(led, ws.config, owner, "outbound.prospect", {"spf": "pass"})
+        lanes.record_posture(led, ws.config, owner, "outbound.prospect",
+                             {"spf": "pass", "dkim": "pass", "dmarc": "pass"})
         lanes.set_lane(led, ws.config, owner, "outbound.prospect", open_=True, reason="crash")
         ids = [drafts.create(led, ws.config, Principal("agent", "a"), to=f"r{i}@firm.example",
                              subject=f"S{i}", body=f"Body {i}." + FOOTER)["id"]

@@ -78,10 +78,12 @@ def create_token(ledger: Ledger, principal: Principal, *, role: Role, name: str
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
 
     def build(conn: sqlite3.Connection) -> list[NewEvent]:
-        rows = ledger.query("SELECT name, role FROM tokens WHERE revoked_event IS NULL")
-        owners = [r for r in rows if r["role"] == "owner"]
+        # Bootstrap only while no owner token has *ever* existed: revoking the owner's
+        # token must not let anyone else mint a new one.
+        owners = ledger.query("SELECT name FROM tokens WHERE role='owner'")
         if owners and not principal.is_owner:
-            raise PermissionDenied("only the owner may create tokens once an owner token exists")
+            raise PermissionDenied("only the owner may create tokens once an owner token "
+                                   "has existed")
         if any(r["name"] == name for r in ledger.query("SELECT name FROM tokens")):
             raise Conflict(f"a token named {name!r} exists already")
         return [NewEvent("token.created", principal.actor,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +37,9 @@ EDITABLE = ("draft", "send_ready", "approved", "rejected")
 
 
 def _has_crlf(value: str) -> bool:
-    return "\r" in value or "\n" in value
+    """Any line break or control character a mail header could be split on."""
+    return len(value.splitlines()) > 1 or any(
+        unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value)
 
 
 def validate_input(config: Config, lane: str, to: str, subject: str, body: str) -> str:
@@ -115,10 +118,15 @@ def gate_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
                                    f"(`atlas lane posture {lane.name}`)"))
         else:
             age = now - parse_ts(posture["recorded_at"])
-            ok = age <= timedelta(days=s.posture_max_age_days)
-            conds.append(Condition("deliverability_posture_recent", ok,
-                                   f"recorded {posture['recorded_at']}, "
-                                   f"{age.days} day(s) ago (limit {s.posture_max_age_days})"))
+            recent = age <= timedelta(days=s.posture_max_age_days)
+            failing_checks = [k for k in ("spf", "dkim", "dmarc")
+                              if str(posture["detail"].get(k, "")).lower() != "pass"]
+            why = (f"recorded {posture['recorded_at']}, {age.days} day(s) ago "
+                   f"(limit {s.posture_max_age_days})")
+            if failing_checks:
+                why += f"; not passing: {', '.join(failing_checks)}"
+            conds.append(Condition("deliverability_posture_recent",
+                                   recent and not failing_checks, why))
     count = sent_today(ledger, lane.name, now)
     conds.append(Condition("daily_cap_respected", count < s.daily_cap,
                            f"{count} of {s.daily_cap} sent today"))
@@ -149,10 +157,18 @@ def get_draft(ledger: Ledger, draft_id: int) -> dict[str, Any]:
     return d
 
 
+def ready_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
+                     now: datetime | None = None) -> list[Condition]:
+    """Send-ready (re-checked now: the lane's rules may have changed) and approval-ready."""
+    return (send_ready_conditions(ledger, config, draft["lane"], draft["to_addr"],
+                                  draft["subject"], draft["body"])
+            + gate_conditions(ledger, config, draft, now))
+
+
 def display_state(ledger: Ledger, config: Config, draft: dict[str, Any],
                   now: datetime | None = None) -> str:
-    if draft["state"] == "send_ready" and not failing(gate_conditions(ledger, config, draft,
-                                                                       now)):
+    if draft["state"] == "send_ready" and not failing(ready_conditions(ledger, config, draft,
+                                                                        now)):
         return "approval_ready"
     return str(draft["state"])
 
@@ -307,7 +323,7 @@ def approve(ledger: Ledger, config: Config, principal: Principal, ids: list[int]
             if d["state"] != "send_ready":
                 refusals.append(f"draft {draft_id} is {d['state']}, not send-ready")
                 continue
-            bad = failing(gate_conditions(ledger, config, d, now))
+            bad = failing(ready_conditions(ledger, config, d, now))
             if bad:
                 refusals.append(f"draft {draft_id} is not approval-ready: {describe(bad)}")
                 continue
@@ -324,12 +340,21 @@ def approve(ledger: Ledger, config: Config, principal: Principal, ids: list[int]
             kind="approval", subject="drafts", actor=principal.actor, started_at=stamp,
             finished_at=stamp, outcome="ok",
             summary=f"{len(ids)} draft(s) approved by {principal.actor}, each bound to the "
-                    f"hash of its exact content, expiring in {expires.days} day(s).",
+                    f"hash of its exact content, expiring in {_human(expires)}.",
             evidence={"drafts": ids}).as_event())
         return events
 
     ledger.transact(build)
     return [get_draft(ledger, i) for i in ids]
+
+
+def _human(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    if hours >= 24 and hours % 24 == 0:
+        return f"{int(hours // 24)} day(s)"
+    if hours >= 1:
+        return f"{hours:g} hour(s)"
+    return f"{delta.total_seconds() / 60:g} minute(s)"
 
 
 def reject(ledger: Ledger, principal: Principal, draft_id: int, reason: str) -> None:
@@ -348,5 +373,6 @@ def reject(ledger: Ledger, principal: Principal, draft_id: int, reason: str) -> 
 
 
 __all__ = ["STATES", "approval_hash", "approve", "content_hash", "create", "display_state",
-           "edit", "explain", "gate_conditions", "get_draft", "list_drafts", "reject",
-           "send_ready_conditions", "validate_input", "withdraw"]
+           "edit", "explain", "gate_conditions", "get_draft", "list_drafts",
+           "ready_conditions", "reject", "send_ready_conditions", "validate_input",
+           "withdraw"]

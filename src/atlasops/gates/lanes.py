@@ -84,6 +84,7 @@ def set_lane(ledger: Ledger, config: Config, principal: Principal, name: str, *,
 
 def record_posture(ledger: Ledger, config: Config, principal: Principal, name: str,
                    detail: dict[str, Any]) -> int:
+    principal.require_owner("record a lane's deliverability posture")
     get_lane(ledger, config, name)
     return ledger.append("lane.posture_recorded", principal.actor,
                          {"lane": name, "detail": detail}, subject=f"lane:{name}").id
@@ -116,16 +117,22 @@ def fmt_ts(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# A send whose outcome is unknown may have reached the recipient: it counts toward the
+# cap and the cooldown as if it had (from the moment its intent was recorded).
+MAYBE_SENT = "state IN ('sent', 'sending', 'ambiguous')"
+SENT_AT = "COALESCE(sent_at, updated_at)"
+
+
 def sent_today(ledger: Ledger, lane: str, now: datetime) -> int:
     midnight = fmt_ts(now.replace(hour=0, minute=0, second=0, microsecond=0))
-    rows = ledger.query("SELECT count(*) AS n FROM drafts WHERE lane=? AND sent_at >= ?"
-                        " AND state='sent'", (lane, midnight))
+    rows = ledger.query(f"SELECT count(*) AS n FROM drafts WHERE lane=? AND {MAYBE_SENT}"
+                        f" AND {SENT_AT} >= ?", (lane, midnight))
     return int(rows[0]["n"])
 
 
 def last_sent_to(ledger: Ledger, to_key: str) -> str | None:
-    rows = ledger.query("SELECT max(sent_at) AS t FROM drafts WHERE to_key=? AND state='sent'",
-                        (to_key,))
+    rows = ledger.query(f"SELECT max({SENT_AT}) AS t FROM drafts WHERE to_key=? AND "
+                        f"{MAYBE_SENT}", (to_key,))
     return None if rows[0]["t"] is None else str(rows[0]["t"])
 
 

@@ -36,10 +36,9 @@ from .channels import (
     sender_for,
 )
 from .conditions import Condition, describe, failing
-from .drafts import approval_hash, content_hash, gate_conditions, get_draft
+from .drafts import approval_hash, content_hash, get_draft, ready_conditions
 from .effects import Capabilities, Effect, EffectRefused, perform
 from .lanes import fmt_ts, parse_ts
-from .suppression import is_suppressed
 
 MAX_ATTEMPTS = 5
 BACKOFF_SECONDS = 60
@@ -89,10 +88,7 @@ def send_time_conditions(ledger: Ledger, config: Config, d: dict[str, Any],
                        "the content or the lane policy changed since approval")]
     expired = parse_ts(d["expires_at"]) <= now
     conds.append(Condition("approval_unexpired", not expired, f"expires {d['expires_at']}"))
-    supp = is_suppressed(ledger, d["to_addr"])
-    conds.append(Condition("not_suppressed", not supp, "suppressed since approval" if supp
-                           else "not suppressed"))
-    return conds + gate_conditions(ledger, config, d, now)
+    return conds + ready_conditions(ledger, config, d, now)
 
 
 def _from_address(config: Config, channel: str) -> str:
@@ -183,6 +179,13 @@ def _send_one(ws: Workspace, ledger: Ledger, actor: str, caps: Capabilities,
     from_address = _from_address(config, str(d["channel"]))
     msg_id = message_id(d, from_address)
     attempt = int(d["attempts"]) + 1
+    try:  # build the message before recording any intent: a bad header is not a send
+        message = build_message(d, from_address, msg_id)
+    except (ValueError, TypeError) as exc:
+        ledger.append("draft.failed", actor, {"id": d["id"], "reason": f"the message cannot "
+                      f"be built: {exc}"}, subject=f"draft:{d['id']}")
+        report.failed.append(d["id"])
+        return
 
     def claim(conn: sqlite3.Connection) -> list[NewEvent]:
         current = get_draft(ledger, d["id"])
@@ -195,13 +198,19 @@ def _send_one(ws: Workspace, ledger: Ledger, actor: str, caps: Capabilities,
 
     if not ledger.transact(claim):
         return
-    message = build_message(d, from_address, msg_id)
     effect = Effect("email", d["lane"], f"send draft {d['id']} to {d['to_addr']}",
                     message=message, detail={"draft": d["id"], "message_id": msg_id})
     started = utc_now()
     try:
         reply, counters = perform(ledger, config, ws.home, actor=actor, caps=caps,
                                   effect=effect, env=env)
+    except ChannelUnavailable as exc:  # nothing was sent: hold it for the next pass
+        ledger.append("draft.retry", actor, {"id": d["id"], "attempts": attempt - 1,
+                                             "next_attempt_at": fmt_ts(now),
+                                             "reason": exc.reason},
+                      subject=f"draft:{d['id']}")
+        report.held.setdefault(exc.reason, []).append(d["id"])
+        return
     except EffectRefused as exc:
         ledger.append("draft.retry", actor, {"id": d["id"], "attempts": attempt - 1,
                                              "next_attempt_at": fmt_ts(now),

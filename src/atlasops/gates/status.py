@@ -9,7 +9,7 @@ from typing import Any
 from ..config import Config
 from ..ledger import Ledger
 from .conditions import failing
-from .drafts import gate_conditions
+from .drafts import ready_conditions
 from .lanes import all_lanes, sent_today
 from .packets import due_touches
 
@@ -25,7 +25,7 @@ def gate_status(ledger: Ledger, config: Config) -> dict[str, Any]:
         for d in rows:
             state = d["state"]
             if state in ("send_ready", "approved"):
-                bad = failing(gate_conditions(ledger, config, d, now))
+                bad = failing(ready_conditions(ledger, config, d, now))
                 if state == "send_ready" and not bad:
                     state = "approval_ready"
                 if bad and state == "approved":

@@ -219,7 +219,7 @@ def _draft_sent(conn: sqlite3.Connection, e: Event) -> None:
 @projection("draft.retry")
 def _draft_retry(conn: sqlite3.Connection, e: Event) -> None:
     _set_state(conn, e, "approved", next_attempt_at=e.payload["next_attempt_at"],
-               reason=e.payload.get("reason", ""))
+               attempts=int(e.payload.get("attempts", 0)), reason=e.payload.get("reason", ""))
 
 
 @projection("draft.failed")
