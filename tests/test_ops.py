@@ -331,3 +331,53 @@ def test_content_and_deploys(cli: Any, ws: Workspace, tmp_path: Path) -> None:
     assert cli("deploy", "list", "--since", "yesterday").exit_code == 2
     assert cli("deploy", "record", "--site", "s", "--provider", "p", "--url", "ftp://x"
                ).exit_code == 2
+
+
+def test_a_job_never_inherits_the_owners_token_or_escapes_its_parent(
+        cli: Any, ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = cli("token", "create", "--role", "owner", "--name", "o", "--json").json()["token"]
+    monkeypatch.setenv("ATLAS_TOKEN", token)
+    atlas = f"{sys.executable} -m atlasops"
+    add_jobs(ws, f"""
+[jobs.opener]
+command = "{atlas} lane open social.post --reason sneaky"
+lanes = ["social.post"]
+
+[jobs.outer]
+command = "{atlas} jobs run opener"
+read_only = true
+""")
+    rec = cli("jobs", "run", "opener", "--json").json()
+    assert rec["outcome"] == "failed" and "only the owner" in rec["evidence"]["output_tail"]
+    lanes = {x["name"]: x for x in cli("lane", "list", "--json").json()}
+    assert lanes["social.post"]["open"] is False
+    outer = cli("jobs", "run", "outer", "--json").json()
+    runs = cli("jobs", "runs", "--json").json()
+    inner = [r for r in runs if r["name"] == "opener"][-1]
+    started = cli("events", "list", "--kind", "job.started", "--json").json()
+    caps = {e["payload"]["run_id"]: e["payload"] for e in started}
+    assert caps[inner["run_id"]]["capabilities"] == "read_only"  # narrowed by its parent
+    assert caps[inner["run_id"]]["parent_run"] == outer["evidence"]["run_id"]
+
+
+def test_configured_secrets_are_redacted_in_job_output(cli: Any, ws: Workspace,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOHO_APP_LOGIN", "zoho-app-pw-777")
+    with open(ws.config_path, "a") as fh:
+        fh.write('\n[channels.zoho]\ntype = "smtp"\nhost = "smtp.example"\n'
+                 'from_address = "a@b.example"\nuser_env = "ZOHO_USER"\n'
+                 'password_env = "ZOHO_APP_LOGIN"\n'
+                 '\n[jobs.leak]\ncommand = "echo pw=$ZOHO_APP_LOGIN"\n')
+    rec = cli("jobs", "run", "leak", "--json").json()
+    assert "zoho-app-pw-777" not in json.dumps(rec)
+    assert "[REDACTED]" in rec["evidence"]["output_tail"]
+
+
+def test_a_step_that_cannot_start_still_leaves_a_receipt(cli: Any, ws: Workspace,
+                                                         app: dict[str, Any]) -> None:
+    configure(ws, app, '{{ name = "nowhere", cwd = "/nonexistent/dir", command = "true" }},')
+    r = cli("repair", "releases", "--json")
+    rec = r.json()
+    assert r.exit_code == 1 and rec["outcome"] == "not_fixed"
+    assert rec["actions"][0]["result"].startswith("could not start")
+    assert rec["receipt_id"]

@@ -73,26 +73,37 @@ def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str
     if job is None and name not in BUILTINS:
         raise NotFound(f"no job named {name!r}", hint="`atlas jobs list` shows them.")
     run_id = f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{pysecrets.token_hex(3)}"
-    caps = _capabilities(job)
+    parent = env.get("ATLAS_JOB_RUN") or None
+    caps = _narrow(_capabilities(job), env.get("ATLAS_CAPABILITIES"))
     ledger.append("job.started", actor, {"run_id": run_id, "name": name,
-                                          "capabilities": caps}, subject=f"job:{name}")
+                                          "capabilities": caps, "parent_run": parent},
+                  subject=f"job:{name}")
     started = utc_now()
-    child_env = {**env, "ATLAS_JOB_RUN": run_id, "ATLAS_CAPABILITIES": caps,
-                 "ATLAS_HOME": str(home)}
+    # The job never inherits the caller's identity: an owner's token in the operator's
+    # shell must not let a job approve, open lanes or mint tokens.
+    child_env = {k: v for k, v in env.items() if k != "ATLAS_TOKEN"}
+    child_env.update({"ATLAS_JOB_RUN": run_id, "ATLAS_CAPABILITIES": caps,
+                      "ATLAS_HOME": str(home)})
     if job is not None and job.business:
         child_env["ATLAS_BUSINESS"] = job.business
-    secrets = process.secret_values(env)
+    secrets = process.secret_values(env, process.config_secret_names(config))
     cwd = Path(job.cwd) if job is not None and job.cwd else home
     if not cwd.is_absolute():
         cwd = home / cwd
     command = _command(name, job, home)
     timeout = job.timeout if job is not None else 3600.0
-    ran = process.run(command, cwd=cwd, env=child_env, timeout=timeout, secrets=secrets)
+    try:
+        ran = process.run(command, cwd=cwd, env=child_env, timeout=timeout, secrets=secrets)
+    except OSError as exc:  # could not start: still a run, and still a receipt
+        ran = process.Ran(None, 0.0, f"could not start: {exc.strerror or exc}", 0, False)
     effects, refused = _effects_of(ledger, run_id)
-    violation = caps == "read_only" and (refused > 0 or any(effects.model_dump().values()))
+    caused = sum(effects.model_dump().values())
+    violation = caps == "read_only" and (refused > 0 or caused > 0)
     shown = command if isinstance(command, str) else " ".join(shlex.quote(c) for c in command)
     if ran.timed_out:
         outcome, what = "failed", f"was killed at its {timeout:g} s timeout"
+    elif ran.exit_code is None:
+        outcome, what = "failed", ran.output_tail
     elif ran.exit_code != 0:
         outcome, what = "failed", f"exited {ran.exit_code}"
     else:
@@ -101,8 +112,8 @@ def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str
         outcome = "failed"
     counters = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in effects.model_dump().items())
     summary = (f"Job {name} {what} in {ran.ms / 1000:.1f} s with {counters}"
-               + (f"; VIOLATION: a read-only job requested {refused} side effect(s), all "
-                  "refused" if violation else "")
+               + (f"; VIOLATION: a read-only job requested {refused + caused} side "
+                  f"effect(s) ({refused} refused, {caused} performed)" if violation else "")
                + (f"; {refused} side effect(s) refused" if refused and not violation else "")
                + ".")
     receipt = Receipt(
@@ -113,7 +124,7 @@ def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str
                   "capabilities": caps, "exit_code": ran.exit_code, "ms": ran.ms,
                   "timed_out": ran.timed_out, "output_bytes": ran.output_bytes,
                   "output_tail": ran.output_tail, "violation": violation,
-                  "refused_attempts": refused,
+                  "refused_attempts": refused, "parent_run": parent,
                   "business": job.business if job is not None else None},
     )
     event = ledger.append_many([NewEvent("receipt.recorded", actor, receipt.body(),
@@ -121,12 +132,40 @@ def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str
     return {**receipt.body(), "receipt_id": event.id}
 
 
+def _narrow(own: str, parent: str | None) -> str:
+    """A job started from inside another job gets no more than its parent may do."""
+    if parent is None or parent == "":
+        return own
+    if parent == "read_only" or own == "read_only":
+        return "read_only"
+    mine = set(own.split(",")) - {"none"}
+    theirs = set(parent.split(",")) - {"none"}
+    return ",".join(sorted(mine & theirs)) or "none"
+
+
+def _runs_under(ledger: Ledger, run_id: str) -> list[str]:
+    """This run and every run started from inside it."""
+    runs, frontier = [run_id], [run_id]
+    while frontier:
+        marks = ",".join("?" * len(frontier))
+        rows = ledger.query("SELECT json_extract(payload, '$.run_id') AS r FROM events "
+                            "WHERE kind='job.started' AND json_extract(payload, "
+                            f"'$.parent_run') IN ({marks})", frontier)
+        frontier = [str(r["r"]) for r in rows]
+        runs += frontier
+    return runs
+
+
 def _effects_of(ledger: Ledger, run_id: str) -> tuple[Effects, int]:
-    """Add up the counters of every receipt the run caused; count its refusals."""
+    """Add up the counters of every receipt the run (and runs inside it) caused; count
+    its refusals. Aggregate receipts (outbox runs, nested job runs) are not counted
+    twice: the per-effect receipts are."""
     total = Effects()
     refused = 0
-    rows = ledger.query("SELECT kind, body FROM receipts WHERE "
-                        "json_extract(body, '$.evidence.job_run') = ?", (run_id,))
+    runs = _runs_under(ledger, run_id)
+    marks = ",".join("?" * len(runs))
+    rows = ledger.query("SELECT kind, body FROM receipts WHERE json_extract(body, "
+                        f"'$.evidence.job_run') IN ({marks})", runs)
     for row in rows:
         if row["kind"] in COUNTED_OUT:
             continue

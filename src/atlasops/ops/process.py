@@ -3,6 +3,7 @@ whole at its timeout, its output kept as a bounded tail with secrets redacted.""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -13,9 +14,11 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TAIL_BYTES = 8 * 1024
-SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE)", re.IGNORECASE)
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASS|KEY|PRIVATE|COOKIE|CREDENTIAL|AUTH)",
+                         re.IGNORECASE)
 BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 REDACTED = "[REDACTED]"
 
@@ -37,9 +40,26 @@ def secret_values(env: Mapping[str, str], names: Iterable[str] = ()) -> list[str
     """The values to hide: those of the named variables and of any variable whose name
     says it holds a secret. Very short values are left alone (they would hide words)."""
     wanted = set(names)
-    values = {v for k, v in env.items()
-              if (k in wanted or SECRET_NAME.search(k)) and len(v) >= 6}
+    values: set[str] = set()
+    for k, v in env.items():
+        if (k in wanted or SECRET_NAME.search(k)) and len(v) >= 6:
+            values.add(v)
+            # the spellings a secret takes in error messages and headers
+            values.add(repr(v)[1:-1])
+            values.add(base64.b64encode(v.encode()).decode())
+            values.update(part for part in re.split(r"[:=;\s]", v) if len(part) >= 6)
     return sorted(values, key=len, reverse=True)
+
+
+def config_secret_names(config: Any) -> list[str]:
+    """The environment variables atlas.toml names as holding secrets."""
+    names: list[str] = []
+    for route in config.routes.values():
+        if route.auth is not None:
+            names.append(route.auth.env)
+    for channel in config.all_channels().values():
+        names += [n for n in (channel.user_env, channel.password_env) if n]
+    return names
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -105,4 +125,4 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-__all__ = ["Ran", "redact", "run", "secret_values"]
+__all__ = ["Ran", "config_secret_names", "redact", "run", "secret_values"]

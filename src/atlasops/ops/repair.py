@@ -114,15 +114,21 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
             evidence={"status": before.status, "snippet": before.snippet})
         body = receipt.body()
         return {**body, "readback": None, "receipt_id": record(ledger, receipt).id}
-    secrets = process.secret_values(env, [route.auth.env] if route.auth else [])
+    secrets = process.secret_values(env, process.config_secret_names(config))
     actions: list[Action] = []
     steps_ok = True
     for step in book.steps:
         cwd = Path(step.cwd) if step.cwd else home
         if not cwd.is_absolute():
             cwd = home / cwd
-        ran = process.run(step.command, cwd=cwd, env={**env, **step.env},
-                          timeout=step.timeout, secrets=secrets)
+        try:
+            ran = process.run(step.command, cwd=cwd, env={**env, **step.env},
+                              timeout=step.timeout, secrets=secrets)
+        except OSError as exc:  # the step could not even start (missing cwd, not executable)
+            actions.append(Action(name=step.name, command=process.redact(step.command, secrets),
+                                  ms=0.0, result=f"could not start: {exc.strerror or exc}"))
+            steps_ok = False
+            break
         result = ("timed out: killed with its process group" if ran.timed_out else
                   "ok" if ran.ok else f"exit {ran.exit_code}")
         actions.append(Action(name=step.name, command=process.redact(step.command, secrets),

@@ -98,6 +98,8 @@ def read(name: str, route: Route, env: Mapping[str, str],
                                 detail="absent" if text not in body else "present"))
         checks.append(Check(name="latency", passed=ms <= route.max_latency_ms,
                             detail=f"{ms:.0f} ms (bound {route.max_latency_ms:g} ms)"))
+    for c in checks:  # exception texts can quote header values: redact every detail
+        c.detail = redact(c.detail, secrets)
     snippet = redact(" ".join(body.split())[:SNIPPET], secrets)
     return Reading(name, route.url, all(c.passed for c in checks), status, ms, checks,
                    snippet, redact(error, secrets) if error else None)
