@@ -249,3 +249,42 @@ def test_a_big_day_is_summarised_not_listed(ws: Workspace) -> None:
     c = compose(ws, TODAY)
     assert numbers(c)["events"] == 20_000
     assert len(c["timeline"]) == 0  # notes are counted, not listed one by one
+
+
+def test_html_is_escaped(cli: Any, day: Workspace) -> None:
+    assert cli("worklog", "add", "<script>alert(1)</script>", home=day.home).exit_code == 0
+    assert cli("chronicle", "--format", "html", home=day.home).exit_code == 0
+    html = (day.chronicle_dir / f"{TODAY}.html").read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+
+
+def synthetic(emails: int, recovery_outcome: str | None = None) -> dict[str, Any]:
+    broke = []
+    if recovery_outcome:
+        broke.append({"kind": "recovery", "outcome": recovery_outcome,
+                      "backup": "hourly-20260624T225204Z",
+                      "boundary": "events 800..800 could not be recovered"})
+    return {"numbers": [{"key": "emails_sent", "label": "Emails sent", "value": emails,
+                         "display": str(emails), "source": "ledger"}], "broke": broke}
+
+
+@pytest.mark.parametrize(("post", "status"), [
+    ("We emailed every prospect on the list, not just the top ten.", "contradicted"),
+    ("It did not send prospect emails.", "supported"),
+    ("No prospect emails were sent.", "supported"),
+    ("We emailed the packet to Matt for review, and sent the partner emails to prospects.",
+     "contradicted"),
+    ("The packet was emailed to Matt for review.", None),
+])
+def test_check_reads_negation_and_review_clauses(post: str, status: str | None) -> None:
+    claims = check_post(post, synthetic(0))
+    assert [c.status for c in claims] == ([status] if status else [])
+
+
+def test_check_contradicts_no_loss_on_a_lossy_recovery() -> None:
+    post = "Restored from hourly-20260624T225204Z and nothing was lost."
+    (claim,) = check_post(post, synthetic(0, "recovered_with_loss"))
+    assert claim.status == "contradicted" and "800..800" in claim.why
+    (ok,) = check_post("Restored from hourly-20260624T225204Z; events 800..800 could not "
+                       "be recovered.", synthetic(0, "recovered_with_loss"))
+    assert ok.status == "supported"

@@ -27,8 +27,9 @@ NOUNS: list[tuple[str, str]] = [
     (r"agent commits?", "commits_agent"),
     (r"commits?(?: total)?", "commits_total"),
 ]
-NUMBER = r"(\d[\d,]*|zero|no)"
-NEGATION = re.compile(r"\b(not|no|never|zero|0|without|didn't|did not|wasn't|none)\b", re.I)
+NUMBER = r"(\d[\d,]*|zero)"
+# "prospect emails" are emails, not prospects: a noun followed by another noun is not it
+NOT_A_MODIFIER = r"(?!\s+(?:emails?|posts?|sends?|drafts?|packets?|lists?|sequences?))"
 WORDS = {"zero": 0, "no": 0}
 
 
@@ -83,12 +84,20 @@ def _numeric(sentence: str, numbers: dict[str, dict[str, Any]]) -> list[Claim]:
     for pattern, key in NOUNS:
         for m in re.finditer(rf"\b({pattern})\s*:\s*{NUMBER}\b", low):
             _add(found, seen, sentence, key, _value(m.group(2)), numbers)
-        for m in re.finditer(rf"\b{NUMBER}\s+(?:new\s+|approved\s+)?({pattern})\b", low):
+        for m in re.finditer(rf"\b{NUMBER}\s+(?:new\s+|approved\s+)?({pattern})\b"
+                             rf"{NOT_A_MODIFIER}", low):
             _add(found, seen, sentence, key, _value(m.group(1)), numbers)
     agent = re.search(r"\(\s*(\d+)\s+agent\b", low)
     if agent:
         _add(found, seen, sentence, "commits_agent", int(agent.group(1)), numbers)
     return found
+
+
+def _clause(text: str, at: int) -> str:
+    """The clause (between commas, semicolons or dashes) that holds position ``at``."""
+    start = max(text.rfind(sep, 0, at) for sep in (",", ";", " - ", " but ")) + 1
+    ends = [i for i in (text.find(sep, at) for sep in (",", ";", " - ", " but ")) if i != -1]
+    return text[start:min(ends) if ends else len(text)]
 
 
 def _add(found: list[Claim], seen: set[tuple[str, int]], sentence: str, key: str,
@@ -112,15 +121,29 @@ def _qualitative(sentence: str, post: str, numbers: dict[str, dict[str, Any]],
                  broke: dict[str, list[dict[str, Any]]]) -> list[Claim]:
     low = sentence.lower()
     out: list[Claim] = []
-    negated = bool(NEGATION.search(low))
-    for verb, key, what in ((r"\b(sent|emailed|mailed)\b", "emails_sent", "emails"),
+    for verb, key, what in ((r"\b(sent|send|emailed|mailed)\b", "emails_sent", "emails"),
                             (r"\b(posted|published a post)\b", "social_posts", "posts")):
-        if not re.search(verb, low) or re.search(r"\d", low):
+        if re.search(r"\d", low):
             continue
-        if what == "emails" and not re.search(r"prospect|email|outreach|lead", low):
+        m = None
+        for candidate in re.finditer(verb, low):
+            # the clause that holds the verb: a review mail to the owner is not a send
+            clause = _clause(low, candidate.start())
+            if what == "emails" and not re.search(r"prospect|email|outreach|lead|partner",
+                                                  clause):
+                continue
+            if re.search(r"\bto (matt|the owner|me|him|her|the founder)\b|for review|"
+                         r"for iteration", clause):
+                continue
+            m = candidate
+            break
+        if m is None:
             continue
-        if re.search(r"\bto (matt|the owner|me|him|her)\b|for review|for iteration", low):
-            continue  # a review mail to the owner is not a prospect send
+        # negation counts only when it governs the verb ("did not send", "no emails sent")
+        before = clause[:clause.find(m.group(0))]
+        negated = bool(re.search(r"\b(not|never|no|zero|0|didn't|without|nothing)\b"
+                                 r"(\W+\w+){0,3}\W*$", before)) or bool(
+            re.search(r"^\W*(no|zero|0)\b", clause))
         fact = numbers.get(key)
         if fact is None or fact["value"] is None:
             out.append(Claim(sentence, what, key, "none" if negated else "some", None,
@@ -144,6 +167,15 @@ def _qualitative(sentence: str, post: str, numbers: dict[str, dict[str, Any]],
                              "no repair receipt with outcome fixed (a readback) on this day"))
     if re.search(r"\b(restored|recovered|restore)\b", low):
         recoveries = broke.get("recovery", [])
+        lossless = any(r["outcome"] == "recovered" for r in recoveries)
+        claims_no_loss = bool(re.search(r"nothing (was )?lost|no (data|loss|rows?|events?) "
+                                        r"(was |were )?lost|without (any )?loss|no loss",
+                                        post.lower()))
+        if recoveries and claims_no_loss and not lossless:
+            out.append(Claim(sentence, "restored", "recovery", "no loss", "with loss",
+                             "contradicted", "the recovery receipt states a loss: "
+                             + str(recoveries[0]["boundary"])))
+            return out
         if not recoveries:
             out.append(Claim(sentence, "restored", "recovery", "restored", 0, "unsupported",
                              "no recovery receipt on this day"))

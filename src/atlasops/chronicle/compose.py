@@ -148,6 +148,8 @@ def _numbers(ledger: LedgerDay | None, ledger_info: SourceInfo,
         return Number(key, label, None if ledger is None else int(value(ledger)),
                       f"{src}: {how}", reason)
 
+    ambiguous = ledger.emails_ambiguous if ledger is not None else 0
+
     def receipts(kind: str, outcome: str | None = None) -> Any:
         return lambda d: sum(1 for r in d.receipts if r["kind"] == kind
                              and (outcome is None or r["outcome"] == outcome))
@@ -157,7 +159,7 @@ def _numbers(ledger: LedgerDay | None, ledger_info: SourceInfo,
         n("prospects_added", "Prospects added", lambda d: d.counts.get("lead.created", 0),
           "lead.created events"),
         n("emails_sent", "Emails sent", lambda d: d.emails_sent,
-          "draft.sent events outside outbound.review"),
+          "draft.sent and resolved-as-sent events outside outbound.review"),
         n("social_posts", "Social posts", lambda d: d.public_posts,
           "public_posts counters of receipts"),
         n("content_or_deploys", "Content published or deployed receipts",
@@ -176,6 +178,12 @@ def _numbers(ledger: LedgerDay | None, ledger_info: SourceInfo,
             and r["outcome"] != "ok"), "the same receipts, outcome not ok"),
         n("events", "Events recorded", lambda d: d.events_total, "events of the day"),
     ]
+    if ambiguous:  # a send whose outcome nobody knows yet: the count is not a fact
+        for x in out:
+            if x.key == "emails_sent":
+                x.reason = (f"{ambiguous} send(s) are ambiguous until resolved "
+                            f"(`atlas outbox resolve`); at least {x.value} sent")
+                x.value = None
     return out
 
 
@@ -248,7 +256,8 @@ def _gate(ledger: LedgerDay | None) -> dict[str, Any]:
         held = [f"{len(ids)} approved draft(s) held: {why}"
                 for why, ids in ev.get("held", {}).items()]
     refusals = sum(1 for r in ledger.receipts if r["kind"] == "effect.refused")
-    return {"known": True, "emails_sent": ledger.emails_sent, "held": held,
+    return {"known": True, "emails_sent": ledger.emails_sent,
+            "emails_ambiguous": ledger.emails_ambiguous, "held": held,
             "outbox_runs": len(runs), "refusals": refusals,
             "lane_changes": [r["summary"] for r in ledger.receipts
                              if r["kind"] == "lane.change"]}

@@ -27,7 +27,7 @@ def environment(ws: Workspace) -> Environment:
                                             else ws.home / custom)))
     loaders.append(PackageLoader("atlasops", "chronicle/templates"))
     return Environment(loader=ChoiceLoader(loaders), keep_trailing_newline=True,
-                       autoescape=select_autoescape(["html"]), trim_blocks=False)
+                       autoescape=select_autoescape(["html", "html.j2"]), trim_blocks=False)
 
 
 def render(ws: Workspace, chronicle: dict[str, Any], fmt: str) -> str:

@@ -59,6 +59,7 @@ class LedgerDay:
     counts: dict[str, int]
     receipts: list[dict[str, Any]]
     emails_sent: int
+    emails_ambiguous: int
     public_posts: int
     cta_changes: int
     spend_cents: int
@@ -109,18 +110,23 @@ def _read_day(conn: sqlite3.Connection, ws: Workspace, day: date,
             continue
         for key in effects:
             effects[key] += int(rec["body"].get("effects", {}).get(key, 0))
-    sent_rows = conn.execute(
+    # sent = accepted by the server, or settled as sent by a human afterwards
+    emails = int(conn.execute(
         "SELECT count(*) FROM events e JOIN drafts d ON d.id = json_extract(e.payload, '$.id')"
-        " WHERE e.kind IN ('draft.sent') AND e.ts >= ? AND e.ts < ?"
-        " AND d.lane != 'outbound.review'", (start, end)).fetchone()
-    emails = int(sent_rows[0])
+        " WHERE e.ts >= ? AND e.ts < ? AND d.lane != 'outbound.review' AND (e.kind = "
+        "'draft.sent' OR (e.kind = 'draft.resolved' AND json_extract(e.payload, '$.sent')))",
+        (start, end)).fetchone()[0])
+    ambiguous = int(conn.execute(
+        "SELECT count(*) FROM events e JOIN drafts d ON d.id = json_extract(e.payload, '$.id')"
+        " WHERE e.kind = 'draft.ambiguous' AND e.ts >= ? AND e.ts < ? AND d.state = "
+        "'ambiguous' AND d.lane != 'outbound.review'", (start, end)).fetchone()[0])
     worklog = [{"id": r["id"], "ts": r["ts"], "actor": r["actor"],
                 "text": json.loads(r["payload"])["text"]} for r in conn.execute(
         "SELECT id, ts, actor, payload FROM events WHERE kind = 'worklog.added' AND "
         "json_extract(payload, '$.date') = ? ORDER BY id", (day.isoformat(),))]
     return LedgerDay(
         events_total=sum(counts.values()), counts=counts, receipts=receipts,
-        emails_sent=emails, public_posts=effects["public_posts"],
+        emails_sent=emails, emails_ambiguous=ambiguous, public_posts=effects["public_posts"],
         cta_changes=effects["cta_changes"], spend_cents=effects["spend_cents"],
         worklog=worklog, next=_whats_next(conn, ws, settings))
 
