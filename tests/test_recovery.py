@@ -434,3 +434,136 @@ def test_random_kills_during_recover_always_converge(scenario: Any) -> None:
     else:
         assert assert_exact(r, acked, ws.db_path) == set()
     assert os.listdir(ws.quarantine_dir)
+
+
+# -- the fast paths prove exactly what the slow ones do ------------------------------
+
+TRICKY_PAYLOADS: list[dict[str, Any]] = [
+    {},
+    {"text": "héllo wörld ✓ 日本語 \U0001f600", "emoji": "\u2028\u2029"},
+    {"nested": {"b": [1, 2, {"z": None, "a": True}], "a": {"y": 1.5, "x": -0.0}}},
+    {"quote": 'say "hi"', "backslash": "a\\b", "ctrl": "\x00\x1f\n\t", "slash": "</"},
+    {"keys": {"prev_hash": "x", "hash": "y", "id": 3}, "a,\"hash\":\"": ",\"ts\":\""},
+    {"big": 2**70, "neg": -12, "float": 1e-300, "list": [], "empty": ""},
+]
+
+
+@pytest.mark.parametrize("payload", TRICKY_PAYLOADS)
+@pytest.mark.parametrize("subject", [None, "lead:ä@x.example", 'a","hash":"'])
+def test_stored_hash_equals_the_slow_hash(payload: dict[str, Any], subject: str | None
+                                          ) -> None:
+    from atlasops.ledger.events import (
+        Event,
+        NewEvent,
+        StoredEvent,
+        canonical_json,
+        hash_from_stored,
+    )
+    from atlasops.ledger.journal import decode_record, decode_stored, encode_record
+
+    for actor in ("t", 'ac"tor\\', "ünï"):
+        e = Event.seal(NewEvent("note.added", actor, payload, subject), 42,
+                       "2026-01-01T00:00:00.000000Z", "ab" * 32)
+        text = canonical_json(e.payload)
+        assert hash_from_stored(e.id, e.ts, e.kind, e.actor, e.subject, text,
+                                e.prev_hash) == e.hash
+        stored = StoredEvent(e.id, e.ts, e.kind, e.actor, e.subject, text, e.prev_hash,
+                             e.hash)
+        assert stored.hash_ok() and stored.event() == e
+        line = encode_record(e)[:-1]
+        from_journal = decode_stored(line)
+        assert from_journal.fields() == stored.fields() and from_journal.hash_ok()
+        assert from_journal.event() == decode_record(line)
+        fresh = StoredEvent(*stored.fields())
+        assert fresh.matches_record(line[9:]) and fresh.verified
+        assert not fresh.matches_record(line[9:].replace(b'"id":42', b'"id":43'))
+        # a changed payload fails both ways
+        bad = StoredEvent(e.id, e.ts, e.kind, e.actor, e.subject, text[:-1] + ',"x":1}'
+                          if text != "{}" else '{"x":1}', e.prev_hash, e.hash)
+        assert not bad.hash_ok() and not bad.event().hash_ok()
+
+
+def test_non_canonical_records_fall_back_to_the_slow_path() -> None:
+    """Same content spelled differently (spaces): the fast path cannot prove it, the
+    slow path decides, exactly as before."""
+    import zlib
+
+    from atlasops.ledger.events import Event, NewEvent, StoredEvent
+    from atlasops.ledger.journal import decode_record, decode_stored
+
+    e = Event.seal(NewEvent("note.added", "t", {"b": 1, "a": [1, 2]}), 7,
+                   "2026-01-01T00:00:00.000000Z", "0" * 64)
+    body = json.dumps(e.to_dict(), indent=1).encode()  # valid JSON, not canonical
+    line = b"%08x " % zlib.crc32(body) + body.replace(b"\n", b" ")
+    line = b"%08x " % zlib.crc32(line[9:]) + line[9:]
+    got = decode_stored(line)
+    assert not got.verified and got.hash_ok() and got.event() == decode_record(line)
+    spaced = StoredEvent(e.id, e.ts, e.kind, e.actor, e.subject, '{"a": [1, 2], "b": 1}',
+                         e.prev_hash, e.hash)
+    assert spaced.hash_ok()  # the slow path's verdict, as before
+    assert spaced.same_as(StoredEvent.from_event(e))
+
+
+def test_chain_check_split_over_processes_equals_one_pass(
+        ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atlasops.durability import checks as ck
+
+    append(ws, 400)
+    drop_wal(ws)
+    monkeypatch.setattr(ck, "SPLIT_MIN_EVENTS", 10)
+    one = ck.chain_check(ws.db_path, [], immutable=True).check
+    two = ck.chain_check(ws.db_path, [], immutable=True, processes=2).check
+    assert one.passed and two.passed and one.detail == two.detail == "400 events chain"
+    for bad in (150, 201, 202, 390):  # either side of the seam, and on it
+        conn = sqlite3.connect(ws.db_path)
+        conn.execute("UPDATE events SET ts = ts || 'x' WHERE id = ?", (bad,))
+        conn.commit()
+        conn.close()
+        one = ck.chain_check(ws.db_path, [], immutable=True).check
+        two = ck.chain_check(ws.db_path, [], immutable=True, processes=2).check
+        assert not one.passed and one.detail == two.detail
+        assert one.detail.startswith(f"event {min(bad, 150)}:")
+
+
+def test_every_recovery_step_is_timed_and_salvage_is_skipped_when_not_needed(
+        scenario: Any) -> None:
+    ws, acked, name = scenario
+    zero_pages(ws.db_path, 30, 12)
+    r = run(ws)
+    five_parts(r)
+    steps = {a["name"]: a for a in r["actions"]}
+    for step in ("diagnose", "choose backup", "read journal", "quarantine", "restore",
+                 "reindex", "probe damaged file", "replay", "verify", "atomic swap"):
+        assert step in steps, step
+        assert steps[step]["ms"] > 0, step
+    assert "salvage" not in steps and "nothing to salvage" in steps["probe damaged file"][
+        "result"]
+    assert "byte-identical" in r["backup"]["checks"][0]["detail"]
+    assert {c["name"] for c in r["backup"]["validated_with"]} >= {"integrity_check",
+                                                                 "hash_chain"}
+    assert r["exit_code"] == 0 and assert_exact(r, acked, ws.db_path) == set()
+
+
+def test_journal_damaged_before_the_backup_is_rewritten(ws: Workspace) -> None:
+    """Recovery reads only the segments after the backup's high-water mark; damage in
+    older ones is found by the final ledger == journal pass, and the journal is then
+    rewritten from the recovered ledger, as before."""
+    ws.config_path.write_text(ws.config_path.read_text().replace(
+        "segment_bytes = 67108864", "segment_bytes = 65536"))
+    ws = Workspace.open(ws.home)
+    acked = append(ws, 600)
+    _name, receipt = backup(ws)
+    acked |= receipt
+    acked |= append(ws, 100, start=600)
+    drop_wal(ws)
+    assert len(sorted(ws.journal_dir.glob("*.journal"))) > 3
+    damage_journal_record(ws, 5)
+    zero_pages(ws.db_path, 30, 4)
+    r = run(ws)
+    five_parts(r)
+    assert any("where recovery did not need it" in a["result"] for a in r["actions"]
+               if a["name"] == "rewrite journal")
+    assert r["exit_code"] == 0 and assert_exact(r, acked, ws.db_path) == set()
+    from atlasops.ledger import Journal, verify
+
+    assert verify(ws.db_path, Journal(ws.journal_dir, 65536)).ok

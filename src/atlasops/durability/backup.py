@@ -110,6 +110,7 @@ def validate_copy(db: Path, journal_dir: Path) -> tuple[list[Check], ck.Facts | 
         lambda: ck.foreign_key_check(db, immutable=True),
         lambda: ck.sha256_check(db),
         lambda: ck.facts_check(db, immutable=True),
+        # one process: on 2 CPUs a split over processes was slower (see docs/benchmarks.md)
         lambda: ck.chain_check(db, gaps, immutable=True),
     ])
     facts = outcomes[4].value if outcomes[4].check.passed else None

@@ -31,14 +31,15 @@ from ..errors import AtlasError, NotFound
 from ..ledger import Event, Journal, Ledger, projections, utc_now, verify
 from ..ledger.chain import Chain, Gap, read_gaps, write_gaps
 from ..ledger.events import GENESIS_HASH
-from ..ledger.journal import Located
+from ..ledger.journal import LocatedStored
 from ..ledger.lock import WriterLock
 from ..ledger.migrations import migrate
 from ..ledger.store import connect, event_from_row
+from ..ledger.verify import VerifyReport
 from ..receipts import Action, Check, Outcome, Receipt
 from ..workspace import Workspace
 from . import checks as ck
-from .backup import BackupInfo, list_backups, read_backup, verify_backup, write_json_durably
+from .backup import BackupInfo, list_backups, read_backup, write_json_durably
 from .salvage import Salvage, salvage_events
 
 PENDING = "recovery-pending.json"
@@ -113,10 +114,8 @@ def diagnose(ws: Workspace) -> dict[str, Any] | None:
                 problems.append(f"ledger != journal: {report.discrepancies[0].describe()}")
         except AtlasError as exc:
             problems.append(f"ledger cannot be read: {exc.message}")
-    else:
-        scan_problems = [p.describe() for p in journal.scan() if not isinstance(p, Located)]
-        if scan_problems:
-            detail["journal_problems"] = scan_problems[:20]
+    # When the file itself is damaged the journal is not read here: recovery reads it
+    # anyway (after the backup's high-water mark) and adds what it finds to the symptom.
     if not problems:
         return None
     return {"summary": "; ".join(problems), "detected_by": "atlas recover (quick_check, "
@@ -127,7 +126,13 @@ def diagnose(ws: Workspace) -> dict[str, Any] | None:
 
 def choose_backup(ws: Workspace, forced: str | None
                   ) -> tuple[BackupInfo | None, list[dict[str, str]], list[Check]]:
-    """The newest backup whose manifest, recomputed hash and checks all pass."""
+    """The newest validated backup whose file is still the one that was validated.
+
+    A backup was validated when it was taken: quick_check, integrity_check, foreign
+    keys, facts and the hash chain all passed on the copy, and its sha256 went into the
+    manifest. Recomputing that sha256 now proves the file is byte for byte the file
+    that passed them, so it passes them still; a backup whose hash drifted is skipped,
+    named, and the next one is tried. (`atlas backups verify` re-runs every check.)"""
     skipped: list[dict[str, str]] = []
     candidates = list_backups(ws)
     if forced is not None:
@@ -139,11 +144,24 @@ def choose_backup(ws: Workspace, forced: str | None
         if info.status != "validated":
             skipped.append({"name": info.name, "why": info.problem or info.status})
             continue
-        result = verify_backup(info, ws.journal_dir)
-        if not result.ok:
-            skipped.append({"name": info.name, "why": "; ".join(result.drift)})
+        if not info.db_path.exists():
+            skipped.append({"name": info.name, "why": f"{info.db_path.name} is missing"})
             continue
-        return info, skipped, result.checks
+        if not info.sha256:
+            skipped.append({"name": info.name, "why": "the manifest records no sha256"})
+            continue
+        outcome = ck.sha256_check(info.db_path, info.sha256)
+        if not outcome.check.passed:
+            skipped.append({"name": info.name, "why": (
+                f"sha256 drift: manifest {info.sha256}, file {outcome.value}"
+                if outcome.value else f"sha256: {outcome.check.detail}")})
+            continue
+        passed = [str(c.get("name")) for c in info.manifest.get("checks", [])
+                  if c.get("passed")]
+        outcome.check.detail = (
+            f"{outcome.value} matches the manifest: the file is byte-identical to the copy "
+            f"that passed {', '.join(passed)} when it was taken, so it passes them still")
+        return info, skipped, [outcome.check]
     return None, skipped, []
 
 
@@ -164,26 +182,32 @@ class _Journal:
 
 
 def _read_journal(journal: Journal, after: int) -> _Journal:
+    """The journal records after ``after`` (the backup's high-water mark), decoded.
+
+    Only the segments that can hold them are read (:meth:`Journal.segments_from`); in
+    those, records are checked from their stored text and only the ones after the mark
+    are decoded. Damage in older segments is met by the final ledger == journal check
+    (see :func:`_old_journal_damage`)."""
     events: dict[int, Event] = {}
     problems: list[str] = []
     first: int | None = None
     last = 0
     prev_last = 0
     missing: list[str] = []
-    for seg in journal.segments():
+    for seg in journal.segments_from(after):
         start = Journal.first_id_of(seg)
         if prev_last and start != prev_last + 1:
             missing.append(f"events {prev_last + 1}..{start - 1} (no segment holds them)")
         seg_last = prev_last
-        for item in journal._scan_segment(seg, 0):
-            if isinstance(item, Located):
+        for item in journal.scan_segment_stored(seg):
+            if isinstance(item, LocatedStored):
                 e = item.event
                 first = e.id if first is None else min(first, e.id)
                 last = max(last, e.id)
                 seg_last = max(seg_last, e.id)
                 if e.id > after:
                     if e.hash_ok():
-                        events[e.id] = e
+                        events[e.id] = e.event()
                     else:
                         problems.append(f"event {e.id} at {item.segment} line {item.line}: "
                                         "hash does not match its contents")
@@ -238,7 +262,29 @@ def _build(ws: Workspace, backup: BackupInfo | None, work: Path, steps: _Steps,
             i not in jr.events for i in range(hwm + 1, jr.last_id + 1))
         salvage = Salvage()
         ranges: list[tuple[int, int | None]] = []
-        if salvage_source is not None:
+        probe: int | None = None
+        if salvage_source is not None and not need_salvage:
+            # The journal covers the window; the file is needed only if it holds
+            # events beyond the journal's end (a missing newest segment).
+            def do_probe() -> str:
+                nonlocal probe
+                probe = _probe_max_id(salvage_source)
+                if probe is None:
+                    return ("the damaged file's max(id) cannot be read: salvaging it to "
+                            "find any events beyond the journal's end")
+                if probe > max(hwm, jr.last_id):
+                    return (f"the damaged file holds ids up to {probe}, beyond the "
+                            f"journal's end ({jr.last_id}): salvaging it")
+                return (f"the journal holds every event after {hwm} with a clean tail and "
+                        f"the damaged file's max(id) is {probe}: nothing to salvage")
+            steps.run("probe damaged file", do_probe,
+                      command="SELECT max(id) FROM events (read-only, immutable)")
+        if probe is not None and probe <= max(hwm, jr.last_id):
+            salvage.max_id_seen, salvage.readable = probe, True
+            salvage.notes.append(f"salvage skipped: the journal covers events {hwm + 1}.."
+                                 f"{jr.last_id} and the damaged file holds no id beyond "
+                                 f"{probe}")
+        elif salvage_source is not None:
             missing = [i for i in range(hwm + 1, jr.last_id + 1) if i not in jr.events]
             ranges = _as_ranges(missing) + [(max(hwm, jr.last_id) + 1, None)]
 
@@ -328,6 +374,23 @@ def _build(ws: Workspace, backup: BackupInfo | None, work: Path, steps: _Steps,
                   rewrite, salvage.notes)
 
 
+def _probe_max_id(path: Path) -> int | None:
+    """max(id) of the damaged file, read without changing it; None when it cannot be
+    read, or when a -wal beside it could hold more (then only salvage, which reads the
+    WAL on its copy, can tell)."""
+    if Path(str(path) + "-wal").exists():
+        return None
+    try:
+        conn = ck.open_ro(path, immutable=True)
+        try:
+            row = conn.execute("SELECT max(id) FROM events").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
 def _why_unknown(jr: _Journal, evidence_beyond: bool) -> str:
     reasons = list(jr.missing_segments)
     if jr.problems:
@@ -377,21 +440,61 @@ def _write_journal(db: Path, target: Path, segment_bytes: int, gaps: list[Gap]) 
     return count
 
 
-def _verify_result(db: Path, journal_dir: Path, segment_bytes: int) -> list[Check]:
+def _verify_result(db: Path, journal_dir: Path, segment_bytes: int
+                   ) -> tuple[list[Check], VerifyReport]:
+    """quick_check, integrity_check and foreign keys (SQLite, in threads) alongside one
+    Python pass that checks ledger == journal and both hash chains: the ledger's chain
+    is the ``hash_chain`` check, read from that same pass."""
+    limit = 50
+
+    def ledger_vs_journal() -> ck.Outcome:
+        t0 = time.perf_counter()
+        report = verify(db, Journal(journal_dir, segment_bytes), limit=limit)
+        first = report.discrepancies[0].describe() if report.discrepancies else ""
+        return ck.Outcome(Check(
+            name="ledger == journal", passed=report.ok,
+            detail=first or f"{report.last_id} events, journal and ledger identical",
+            ms=_ms(t0)), report)
+
     outcomes = ck.run_parallel([
         lambda: ck.sqlite_check(db, "quick_check"),
         lambda: ck.sqlite_check(db, "integrity_check"),
         lambda: ck.foreign_key_check(db),
+        ledger_vs_journal,
     ])
-    t0 = time.perf_counter()
-    report = verify(db, Journal(journal_dir, segment_bytes))
-    first = report.discrepancies[0].describe() if report.discrepancies else ""
-    lj = Check(name="ledger == journal", passed=report.ok,
-               detail=first or f"{report.last_id} events, journal and ledger identical",
-               ms=_ms(t0))
-    chain = ck.chain_check(db, read_gaps(journal_dir))
-    chain.check.name = "hash_chain"
-    return [*(o.check for o in outcomes), lj, chain.check]
+    lj = outcomes[3]
+    report: VerifyReport = lj.value
+    breaks = report.chain_breaks.get("ledger", [])
+    if breaks:
+        chain = Check(name="hash_chain", passed=False, detail=breaks[0].describe(),
+                      ms=lj.check.ms)
+    elif len(report.discrepancies) < limit:
+        chain = Check(name="hash_chain", passed=True, ms=lj.check.ms, detail=(
+            f"{report.ledger_events} events chain (checked in the same pass as "
+            "ledger == journal; ms is that pass's)"))
+    else:  # the pass stopped early: check the rest of the chain on its own
+        chain = ck.chain_check(db, read_gaps(journal_dir)).check
+    return [*(o.check for o in outcomes), chain], report
+
+
+def _old_journal_damage(db: Path, journal: Journal, report: VerifyReport,
+                        checks: list[Check]) -> str | None:
+    """Why the journal must be rewritten, when the only thing wrong is the journal
+    itself in segments :func:`_read_journal` did not read (before the backup's
+    high-water mark): the ledger side of the pass is clean (its chain verifies and it
+    lacks no journal record), so the journal is rewritten from the recovered ledger,
+    as it is for any damaged journal. None when that is not the case."""
+    if report.ok or any(not c.passed for c in checks if c.name not in (
+            "ledger == journal", "hash_chain")):
+        return None
+    if report.discrepancies and len(report.discrepancies) >= 50:
+        report = verify(db, journal, limit=10**9)  # every discrepancy, not the first 50
+    if report.chain_breaks.get("ledger") or any(
+            d.where == "ledger" for d in report.discrepancies):
+        return None
+    return (f"the journal is damaged where recovery did not need it "
+            f"({len(report.discrepancies)} discrepancies, first: "
+            f"{report.discrepancies[0].describe()})")
 
 
 def _statement(loss: dict[str, Any], backup: BackupInfo | None, built: _Built) -> str:
@@ -464,22 +567,47 @@ def _recover_locked(ws: Workspace, *, actor: str, dry_run: bool,
     started = utc_now()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     steps = _Steps()
+    t0 = time.perf_counter()
     symptom = diagnose(ws)
+    diagnosed = Action(name="diagnose", ms=_ms(t0), command="PRAGMA quick_check; "
+                       "ledger == journal (when quick_check passes)",
+                       result=symptom["summary"] if symptom else "no damage found")
     if symptom is None and backup_name is None:
         healthy = {"kind": "recovery", "outcome": "not_broken",
                    "summary": "The ledger is healthy (quick_check ok, ledger == journal); "
                               "nothing was changed."}
         return RecoveryResult("not_broken", EXIT_OK, healthy, dry_run=dry_run)
     symptom = symptom or {"summary": "no damage found; recovery forced with --backup"}
+    steps.actions.append(diagnosed)
 
-    backup, skipped, backup_checks = choose_backup(ws, backup_name)
-    steps.actions.append(Action(
-        name="choose backup",
-        result=(f"chose {backup.name} (high-water mark {backup.hwm_event_id})" if backup
-                else "no usable backup") + (f"; skipped {len(skipped)}" if skipped else "")))
+    backup: BackupInfo | None = None
+    skipped: list[dict[str, str]] = []
+    backup_checks: list[Check] = []
+
+    def choose() -> str:
+        nonlocal backup, skipped, backup_checks
+        backup, skipped, backup_checks = choose_backup(ws, backup_name)
+        return ((f"chose {backup.name} (high-water mark {backup.hwm_event_id}): sha256 "
+                 "recomputed now matches its manifest, so the file is the one that passed "
+                 "every check when it was taken" if backup else "no usable backup")
+                + (f"; skipped {len(skipped)}" if skipped else ""))
+
+    steps.run("choose backup", choose, command="sha256sum backups/<name>/leads.db")
     journal = Journal(ws.journal_dir, ws.config.journal.segment_bytes)
     hwm = backup.hwm_event_id or 0 if backup else 0
-    jr = _read_journal(journal, hwm)
+    jr = _Journal({}, [], None, 0, [], True)
+
+    def read() -> str:
+        nonlocal jr
+        jr = _read_journal(journal, hwm)
+        return (f"{len(jr.events)} records after event {hwm} (journal ends at {jr.last_id})"
+                + (f"; {len(jr.problems)} damaged" if jr.problems else "")
+                + (f"; missing: {', '.join(jr.missing_segments)}" if jr.missing_segments
+                   else "") + ("" if jr.tail_clean else "; the tail is damaged"))
+
+    steps.run("read journal", read, command=f"read journal records after event {hwm}")
+    if jr.problems or jr.missing_segments:
+        symptom["journal_problems"] = [*jr.missing_segments, *jr.problems][:20]
     if backup is None and not (jr.first_id == 1 and jr.intact):
         raise RecoveryFailed(
             "no validated backup passes its checks and the journal is not complete from "
@@ -512,7 +640,24 @@ def _recover_locked(ws: Workspace, *, actor: str, dry_run: bool,
             steps.run("rewrite journal", lambda: (
                 f"wrote {_write_journal(built.db, new_journal, ws.config.journal.segment_bytes, built.gaps)} "  # noqa: E501
                 "records for the recovered ledger (the damaged journal goes to quarantine)"))
-        checks = _verify_result(built.db, new_journal, ws.config.journal.segment_bytes)
+        t0 = time.perf_counter()
+        checks, report = _verify_result(built.db, new_journal, ws.config.journal.segment_bytes)
+        steps.actions.append(Action(name="verify", ms=_ms(t0), result=(
+            "quick_check, integrity_check, foreign_key_check in threads, alongside one pass "
+            "for ledger == journal and the hash chain")))
+        why = None if built.journal_needs_rewrite else _old_journal_damage(
+            built.db, Journal(new_journal, ws.config.journal.segment_bytes), report, checks)
+        if why is not None:
+            built.journal_needs_rewrite = True
+            new_journal = work / "journal"
+            steps.run("rewrite journal", lambda: (
+                f"{why}: wrote {_write_journal(built.db, new_journal, ws.config.journal.segment_bytes, built.gaps)} "  # noqa: E501
+                "records for the recovered ledger (the damaged journal goes to quarantine)"))
+            t0 = time.perf_counter()
+            checks, report = _verify_result(built.db, new_journal,
+                                            ws.config.journal.segment_bytes)
+            steps.actions.append(Action(name="verify", ms=_ms(t0),
+                                        result="again, against the rewritten journal"))
         lost = [[g.first, g.last] for g in built.gaps if g.first > hwm or g.last > hwm]
         review_path = (qdir or work) / "salvage-review.db"
         loss: dict[str, Any] = {
@@ -542,7 +687,8 @@ def _recover_locked(ws: Workspace, *, actor: str, dry_run: bool,
         receipt["backup"] = None if backup is None else {
             "name": backup.name, "created_at": backup.created_at,
             "hwm_event_id": backup.hwm_event_id, "hwm_ts": backup.hwm_ts,
-            "sha256": backup.sha256, "checks": [c.model_dump() for c in backup_checks]}
+            "sha256": backup.sha256, "checks": [c.model_dump() for c in backup_checks],
+            "validated_with": backup.manifest.get("checks", [])}
         receipt["skipped_backups"] = skipped
         receipt["loss"] = loss
         if dry_run:

@@ -18,9 +18,10 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import JournalCorrupt
-from .events import GENESIS_HASH, Event, canonical_json
+from .events import GENESIS_HASH, canonical_json
 
 GAPS_FILE = "gaps.jsonl"
 
@@ -37,6 +38,19 @@ class Gap:
         return asdict(self)
 
 
+class Linked(Protocol):
+    """What the chain needs of an event: :class:`~atlasops.ledger.events.Event`, or a
+    :class:`~atlasops.ledger.events.StoredEvent` whose payload is still JSON text."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def prev_hash(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+    def hash_ok(self) -> bool: ...
+
+
 class Chain:
     """Checks ids and hash links as events stream past, in id order."""
 
@@ -50,7 +64,7 @@ class Chain:
         self.prev = event_hash or GENESIS_HASH
         return self
 
-    def problem(self, e: Event) -> str | None:
+    def problem(self, e: Linked) -> str | None:
         """Why ``e`` cannot come next, or None. Does not advance."""
         if not e.hash_ok():
             return "hash does not match the contents"
@@ -65,10 +79,10 @@ class Chain:
             return f"does not match the declared gap {gap.first}..{gap.last}"
         return f"expected event {self.expected}, found {e.id}"
 
-    def advance(self, e: Event) -> None:
+    def advance(self, e: Linked) -> None:
         self.expected, self.prev = e.id + 1, e.hash
 
-    def accept(self, e: Event) -> str | None:
+    def accept(self, e: Linked) -> str | None:
         problem = self.problem(e)
         self.advance(e)
         return problem
@@ -120,4 +134,4 @@ def write_gaps(journal_dir: Path, gaps: Iterable[Gap]) -> None:
         os.close(dfd)
 
 
-__all__ = ["GAPS_FILE", "Chain", "Gap", "read_gaps", "write_gaps"]
+__all__ = ["GAPS_FILE", "Chain", "Gap", "Linked", "read_gaps", "write_gaps"]

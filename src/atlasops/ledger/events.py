@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 GENESIS_HASH = "0" * 64
@@ -101,4 +102,120 @@ class Event:
         )
 
 
-__all__ = ["GENESIS_HASH", "Event", "NewEvent", "canonical_json", "utc_now"]
+def hash_from_stored(id: int, ts: str, kind: str, actor: str, subject: str | None,
+                     payload_json: str, prev_hash: str) -> str | None:
+    """The event hash computed from the *stored* payload text, without decoding it.
+
+    The hashed body is ``canonical_json`` of ``{actor, id, kind, payload, prev_hash,
+    subject, ts}``: sorted keys, no spaces. Atlas stores the payload as its canonical
+    JSON (the ledger's ``payload`` column, the journal record's ``payload`` member), so
+    the body is those keys in that order with the stored text spliced in, byte for byte
+    what :meth:`Event.compute_hash` serialises. A match therefore proves exactly what
+    the slow path proves; on a mismatch (or a field of an unexpected type) callers fall
+    back to the slow path, so a non-canonical spelling of the same content is judged as
+    before. Returns None when the fields are not of the types Atlas writes.
+    """
+    if (type(id) is not int or type(ts) is not str or type(kind) is not str
+            or type(actor) is not str or type(payload_json) is not str
+            or type(prev_hash) is not str
+            or (subject is not None and type(subject) is not str)):
+        return None
+    body = "".join((
+        '{"actor":', encode_basestring(actor), ',"id":', str(id),
+        ',"kind":', encode_basestring(kind), ',"payload":', payload_json,
+        ',"prev_hash":', encode_basestring(prev_hash),
+        ',"subject":', "null" if subject is None else encode_basestring(subject),
+        ',"ts":', encode_basestring(ts), "}",
+    ))
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+class StoredEvent:
+    """An event as stored (ledger row or journal record), its payload still JSON text.
+
+    Verification only needs the hash, the id and the links; decoding the payload
+    (``json.loads``) and re-serialising it is most of the cost of checking a large
+    ledger, so this form checks the hash from the stored text (:func:`hash_from_stored`)
+    and only builds an :class:`Event` (:meth:`event`) when asked, or to fall back.
+    ``verified`` is set by a reader that has already proven the hash from these exact
+    fields (a journal record, see :func:`~atlasops.ledger.journal.decode_stored`)."""
+
+    __slots__ = ("actor", "hash", "id", "kind", "payload_json", "prev_hash", "subject", "ts",
+                 "verified")
+
+    def __init__(self, id: int, ts: str, kind: str, actor: str, subject: str | None,
+                 payload_json: str, prev_hash: str, hash: str, verified: bool = False) -> None:
+        self.id, self.ts, self.kind, self.actor, self.subject = id, ts, kind, actor, subject
+        self.payload_json, self.prev_hash, self.hash = payload_json, prev_hash, hash
+        self.verified = verified
+
+    @classmethod
+    def from_event(cls, e: Event) -> StoredEvent:
+        return cls(e.id, e.ts, e.kind, e.actor, e.subject, canonical_json(e.payload),
+                   e.prev_hash, e.hash)
+
+    def fields(self) -> tuple[Any, ...]:
+        return (self.id, self.ts, self.kind, self.actor, self.subject, self.payload_json,
+                self.prev_hash, self.hash)
+
+    def __repr__(self) -> str:
+        return f"StoredEvent{self.fields()!r}"
+
+    def hash_ok(self) -> bool:
+        if self.verified:
+            return True
+        fast = hash_from_stored(self.id, self.ts, self.kind, self.actor, self.subject,
+                                self.payload_json, self.prev_hash)
+        if fast is not None and fast == self.hash:
+            self.verified = True
+            return True
+        try:
+            return self.event().hash_ok()  # the slow path decides every other case
+        except (ValueError, TypeError):
+            return False
+
+    def matches_record(self, body: bytes) -> bool:
+        """Whether ``body`` (a journal record's JSON, after its CRC) is exactly the
+        canonical record of these fields: then the full decoder would read these same
+        fields from it. Proves the hash on the way (one SHA-256 for both copies)."""
+        if (type(self.id) is not int or type(self.ts) is not str
+                or type(self.kind) is not str or type(self.actor) is not str
+                or type(self.payload_json) is not str or type(self.prev_hash) is not str
+                or type(self.hash) is not str
+                or (self.subject is not None and type(self.subject) is not str)):
+            return False
+        head = '{"actor":' + encode_basestring(self.actor) + ","
+        rest = "".join((
+            '"id":', str(self.id), ',"kind":', encode_basestring(self.kind),
+            ',"payload":', self.payload_json, ',"prev_hash":',
+            encode_basestring(self.prev_hash), ',"subject":',
+            "null" if self.subject is None else encode_basestring(self.subject),
+            ',"ts":', encode_basestring(self.ts), "}"))
+        if (head + '"hash":' + encode_basestring(self.hash) + "," + rest).encode() != body:
+            return False
+        if not self.verified:
+            self.verified = hashlib.sha256((head + rest).encode()).hexdigest() == self.hash
+        return True
+
+    def event(self) -> Event:
+        """The decoded event (raises ValueError when the payload is not JSON)."""
+        return Event(self.id, self.ts, self.kind, self.actor, self.subject,
+                     json.loads(self.payload_json), self.prev_hash, self.hash)
+
+    def same_as(self, other: StoredEvent) -> bool:
+        """Whether two stored copies hold the same event, as decoded :class:`Event`
+        equality says: equal stored fields are equal content; otherwise decode both.
+        When they are equal and ``other``'s hash is proven, so is this one's (the hash
+        is a function of exactly these fields)."""
+        if self.fields() == other.fields():
+            if other.verified:
+                self.verified = True
+            return True
+        try:
+            return self.event() == other.event()
+        except (ValueError, TypeError):
+            return False
+
+
+__all__ = ["GENESIS_HASH", "Event", "NewEvent", "StoredEvent", "canonical_json",
+           "hash_from_stored", "utc_now"]

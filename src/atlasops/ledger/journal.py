@@ -16,16 +16,20 @@ nothing is ever silently dropped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from ..errors import StorageError
-from .events import Event, canonical_json
+from .events import Event, StoredEvent, canonical_json
+
+_T = TypeVar("_T", Event, StoredEvent)
 
 SUFFIX = ".journal"
 FILE_MODE = 0o600
@@ -43,6 +47,14 @@ class RecordError(ValueError):
 
 def decode_record(line: bytes) -> Event:
     """Parse one line (without its newline); raise :class:`RecordError` if invalid."""
+    body = _check_crc(line)
+    try:
+        return Event.from_dict(json.loads(body))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RecordError(f"checksum matches but the record does not parse: {exc}") from exc
+
+
+def _check_crc(line: bytes) -> bytes:
     if len(line) < 10 or line[8:9] != b" ":
         raise RecordError("line is too short or has no checksum prefix")
     try:
@@ -53,10 +65,92 @@ def decode_record(line: bytes) -> Event:
     actual = zlib.crc32(body)
     if actual != expected:
         raise RecordError(f"checksum mismatch (stored {expected:08x}, computed {actual:08x})")
+    return body
+
+
+def _json_str(raw: bytes) -> str | None:
+    """A JSON string token as canonical_json writes it, when it has no escapes."""
+    if len(raw) < 2 or raw[0] != 0x22 or raw[-1] != 0x22:
+        return None
+    inner = raw[1:-1]
+    if b"\\" in inner or b'"' in inner:
+        return None  # escapes (or not one token): leave it to the full decoder
     try:
-        return Event.from_dict(json.loads(body))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RecordError(f"checksum matches but the record does not parse: {exc}") from exc
+        return inner.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+_A, _H, _I, _K, _P = b'{"actor":', b'","hash":"', b'","id":', b',"kind":', b'","payload":'
+_PH, _S, _TS = b',"prev_hash":"', b'","subject":', b',"ts":'
+
+
+def _fast_stored(body: bytes) -> StoredEvent | None:
+    """Split a record's canonical JSON into its fields without decoding the payload, and
+    prove it: the event hash must verify over those fields *and* the fields must
+    re-serialise to exactly ``body``. Then the full decoder would have read the same
+    event and found its hash correct. Anything else returns None (use the full path)."""
+    if not body.startswith(_A) or not body.endswith(b'"}'):
+        return None
+    a_end = body.find(_H, len(_A))  # the first '","' after the actor closes it
+    if a_end < 0:
+        return None
+    h0 = a_end + len(_H)
+    if body[h0 + 64:h0 + 64 + len(_I)] != _I:
+        return None
+    i0 = h0 + 64 + len(_I)
+    k = body.find(_K, i0)
+    digits = body[i0:k]
+    if k < 0 or not digits.isdigit() or (digits[:1] == b"0" and digits != b"0"):
+        return None
+    k_end = body.find(_P, k + len(_K))
+    ph = body.rfind(_PH)
+    t = body.rfind(_TS)
+    if k_end < 0 or ph < k_end or t < ph:
+        return None
+    if body[ph + len(_PH) + 64:ph + len(_PH) + 64 + len(_S)] != _S:
+        return None
+    actor = _json_str(body[len(_A):a_end + 1])
+    kind = _json_str(body[k + len(_K):k_end + 1])
+    ts = _json_str(body[t + len(_TS):-1])
+    raw_subject = body[ph + len(_PH) + 64 + len(_S):t]
+    subject = None if raw_subject == b"null" else _json_str(raw_subject)
+    if actor is None or kind is None or ts is None or (
+            subject is None and raw_subject != b"null"):
+        return None
+    try:
+        record_hash = body[h0:h0 + 64].decode("ascii")
+        prev_hash = body[ph + len(_PH):ph + len(_PH) + 64].decode("ascii")
+        payload = body[k_end + len(_P):ph].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    head = '{"actor":' + encode_basestring(actor) + ","
+    rest = "".join((
+        '"id":', str(int(digits)), ',"kind":', encode_basestring(kind), ',"payload":',
+        payload, ',"prev_hash":', encode_basestring(prev_hash), ',"subject":',
+        "null" if subject is None else encode_basestring(subject), ',"ts":',
+        encode_basestring(ts), "}"))
+    hashed = (head + rest).encode("utf-8")
+    if hashlib.sha256(hashed).hexdigest() != record_hash:
+        return None
+    if (head + '"hash":"' + record_hash + '",' + rest).encode("utf-8") != body:
+        return None
+    return StoredEvent(int(digits), ts, kind, actor, subject, payload, prev_hash,
+                       record_hash, verified=True)
+
+
+def decode_stored(line: bytes) -> StoredEvent:
+    """Like :func:`decode_record`, for verification: the payload stays JSON text.
+
+    The CRC is checked first, exactly as :func:`decode_record` does. A record Atlas
+    wrote (canonical JSON whose hash verifies) is split without decoding its payload
+    and comes back ``verified``; any other record goes through :func:`decode_record`
+    (same errors) and its hash is left to :meth:`StoredEvent.hash_ok`."""
+    body = _check_crc(line)
+    fast = _fast_stored(body)
+    if fast is not None:
+        return fast
+    return StoredEvent.from_event(decode_record(line))
 
 
 @dataclass(frozen=True)
@@ -92,6 +186,16 @@ class Tail:
 @dataclass(frozen=True)
 class Located:
     event: Event
+    segment: str
+    offset: int
+    line: int
+
+
+@dataclass(frozen=True)
+class LocatedStored:
+    """A record read for verification (:meth:`Journal.scan_stored`)."""
+
+    event: StoredEvent
     segment: str
     offset: int
     line: int
@@ -175,33 +279,54 @@ class Journal:
         except (RecordError, IndexError) as exc:
             raise StorageError(f"the last record of {seg} is damaged: {exc}") from exc
 
-    def scan(self, after_id: int = 0) -> Iterator[Located | Problem]:
-        """Every record with ``id > after_id`` in order, and every problem met on the way."""
+    def segments_from(self, after_id: int) -> list[Path]:
+        """The segments that can hold records with ``id > after_id`` (all of them for 0)."""
         segments = self.segments()
         if after_id > 0:
             firsts = [self.first_id_of(s) for s in segments]
             keep = [i for i, f in enumerate(firsts) if f <= after_id + 1]
             if keep:
                 segments = segments[keep[-1]:]
-        for seg in segments:
+        return segments
+
+    def scan(self, after_id: int = 0) -> Iterator[Located | Problem]:
+        """Every record with ``id > after_id`` in order, and every problem met on the way."""
+        for seg in self.segments_from(after_id):
             yield from self._scan_segment(seg, after_id)
 
+    def scan_stored(self, after_id: int = 0) -> Iterator[LocatedStored | Problem]:
+        """:meth:`scan` for verification: the same records and problems, each record as
+        a :class:`StoredEvent` whose payload is not decoded (see :func:`decode_stored`)."""
+        for seg in self.segments_from(after_id):
+            yield from self.scan_segment_stored(seg, after_id)
+
     def _scan_segment(self, seg: Path, after_id: int) -> Iterator[Located | Problem]:
-        offset = 0
-        with open(seg, "rb") as fh:
-            for number, raw in enumerate(fh, start=1):
-                if not raw.endswith(b"\n"):
-                    yield Problem(seg.name, offset, number, "unterminated final line (torn write)",
-                                  True)
-                    return
-                try:
-                    event = decode_record(raw[:-1])
-                except RecordError as exc:
-                    yield Problem(seg.name, offset, number, str(exc))
-                else:
-                    if event.id > after_id:
-                        yield Located(event, seg.name, offset, number)
-                offset += len(raw)
+        for item in _records(seg, after_id, decode_record):
+            yield item if isinstance(item, Problem) else Located(*item)
+
+    def scan_checked(self) -> Iterator[tuple[bytes, str, int, int] | Problem]:
+        """Every line whose CRC matches, as ``(line, segment, offset, number)``, not yet
+        decoded (:func:`decode_stored` decodes it), and every problem before that."""
+        for seg in self.segments():
+            offset = 0
+            with open(seg, "rb") as fh:
+                for number, raw in enumerate(fh, start=1):
+                    if not raw.endswith(b"\n"):
+                        yield Problem(seg.name, offset, number,
+                                      "unterminated final line (torn write)", True)
+                        break
+                    try:
+                        _check_crc(raw[:-1])
+                    except RecordError as exc:
+                        yield Problem(seg.name, offset, number, str(exc))
+                    else:
+                        yield raw[:-1], seg.name, offset, number
+                    offset += len(raw)
+
+    def scan_segment_stored(self, seg: Path, after_id: int = 0
+                            ) -> Iterator[LocatedStored | Problem]:
+        for item in _records(seg, after_id, decode_stored):
+            yield item if isinstance(item, Problem) else LocatedStored(*item)
 
     # -- writing -----------------------------------------------------------
 
@@ -278,6 +403,25 @@ class Journal:
         return target
 
 
+def _records(seg: Path, after_id: int, decode: Callable[[bytes], _T]
+             ) -> Iterator[tuple[_T, str, int, int] | Problem]:
+    offset = 0
+    with open(seg, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):
+                yield Problem(seg.name, offset, number, "unterminated final line (torn write)",
+                              True)
+                return
+            try:
+                event = decode(raw[:-1])
+            except RecordError as exc:
+                yield Problem(seg.name, offset, number, str(exc))
+            else:
+                if event.id > after_id:
+                    yield event, seg.name, offset, number
+            offset += len(raw)
+
+
 def _last_valid(data: bytes, start: int) -> tuple[Event, int] | None:
     """The last valid record in ``data`` (which begins at a line boundary at file
     offset ``start``) and the file offset just after it."""
@@ -330,5 +474,5 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["Journal", "Located", "Problem", "RecordError", "Tail", "decode_record",
-           "encode_record"]
+__all__ = ["Journal", "Located", "LocatedStored", "Problem", "RecordError", "Tail",
+           "decode_record", "decode_stored", "encode_record"]

@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import Conflict, DatabaseCorrupt, InputError, JournalCorrupt, StorageError
 from . import projections
 from .chain import Chain, read_gaps
-from .events import GENESIS_HASH, Event, NewEvent, utc_now
+from .events import GENESIS_HASH, Event, NewEvent, StoredEvent, utc_now
 from .journal import Journal, Located, Tail
 from .lock import WriterLock
 from .migrations import migrate
@@ -356,6 +356,20 @@ class Ledger:
         return int(row["n"]) if row is not None else 0
 
 
+EVENT_COLUMNS = "id, ts, kind, actor, subject, payload, prev_hash, hash"
+
+
+def stored_events(conn: sqlite3.Connection, where: str = "", args: Any = ()
+                  ) -> Iterator[StoredEvent]:
+    """``SELECT`` the events (``where`` is appended, e.g. ``WHERE id > ?``) in id order,
+    as :class:`StoredEvent` (payload left as its stored JSON text, for verification)."""
+    cur = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events {where} ORDER BY id", args)
+    cur.arraysize = 1000
+    while rows := cur.fetchmany():
+        for row in rows:
+            yield StoredEvent(*row)
+
+
 def event_from_row(row: sqlite3.Row) -> Event:
     import json
 
@@ -375,5 +389,5 @@ def _validate(new: NewEvent) -> None:
         raise InputError("an event payload must be a JSON object")
 
 
-__all__ = ["Ledger", "OpenReport", "connect", "connect_ro", "event_from_row", "is_corruption",
-           "storage_error"]
+__all__ = ["EVENT_COLUMNS", "Ledger", "OpenReport", "connect", "connect_ro", "event_from_row",
+           "is_corruption", "storage_error", "stored_events"]
