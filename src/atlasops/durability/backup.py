@@ -23,6 +23,7 @@ from typing import Any
 
 from ..config import BackupSettings
 from ..errors import InputError, NotFound, StorageError
+from ..fsutil import fsync_dir, fsync_file, replace_durably
 from ..ledger import Ledger, utc_now
 from ..ledger.chain import read_gaps
 from ..receipts import Action, Check, Receipt, record
@@ -73,32 +74,8 @@ class BackupInfo:
                 "sha256": self.sha256, "size": self.size, "problem": self.problem}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_durably(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    replace_durably(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def validate_copy(db: Path, journal_dir: Path) -> tuple[list[Check], ck.Facts | None, str | None]:
@@ -129,7 +106,7 @@ def _snapshot(src_path: Path, dst_path: Path) -> None:
         dst.close()
         src.close()
     os.chmod(dst_path, 0o600)
-    _fsync_file(dst_path)
+    fsync_file(dst_path)
 
 
 def take_backup(ws: Workspace, ledger: Ledger, *, actor: str, label: str = "manual"
@@ -178,7 +155,7 @@ def take_backup(ws: Workspace, ledger: Ledger, *, actor: str, label: str = "manu
     write_json_durably(tmp / MANIFEST, manifest)
     final = ws.backups_dir / name
     os.rename(tmp, final)
-    _fsync_dir(ws.backups_dir)
+    fsync_dir(ws.backups_dir)
     info = read_backup(final)
     failed = [c for c in checks if not c.passed]
     summary = (
@@ -343,7 +320,7 @@ def prune(ws: Workspace, ledger: Ledger | None, *, actor: str, dry_run: bool) ->
             raise StorageError(f"refusing to delete {target}")
         shutil.rmtree(target)
     if plan.delete:
-        _fsync_dir(ws.backups_dir)
+        fsync_dir(ws.backups_dir)
         record(ledger, Receipt(
             kind="backup.prune", subject="backups", actor=actor, started_at=started,
             finished_at=utc_now(), outcome="ok",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AtlasError, NotFound
+from ..fsutil import fsync_dir
 from ..ledger import Event, Journal, Ledger, projections, utc_now, verify
 from ..ledger.chain import Chain, Gap, read_gaps, write_gaps
 from ..ledger.events import GENESIS_HASH
@@ -82,14 +83,6 @@ class _Steps:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- detection ---------------------------------------------------------------
@@ -548,7 +541,7 @@ def _quarantine(ws: Workspace, stamp: str) -> tuple[Path, dict[str, Any]]:
             shutil.copy2(src, dst)
         files[src.name] = {"path": str(dst), "sha256": ck.sha256_file(dst),
                            "size": dst.stat().st_size}
-    _fsync_dir(qdir)
+    fsync_dir(qdir)
     return qdir, files
 
 
@@ -754,14 +747,14 @@ def _finish_pending(ws: Workspace, pending: Path, actor: str) -> RecoveryResult:
         finally:
             os.close(fd)
         os.replace(db, ws.db_path)
-        _fsync_dir(ws.db_dir)
+        fsync_dir(ws.db_dir)
     new_journal = state.get("new_journal")
     if new_journal and Path(new_journal).exists():
         old = qdir / "journal"
         if ws.journal_dir.exists() and not old.exists():
             os.rename(ws.journal_dir, old)
         os.rename(new_journal, ws.journal_dir)
-        _fsync_dir(ws.data_dir)
+        fsync_dir(ws.data_dir)
     receipt["actions"].append({"name": "atomic swap", "result": "replaced data/db/leads.db"
                                + (" and data/journal/" if new_journal else "")
                                + " (fsynced file and directory)",
@@ -773,7 +766,7 @@ def _finish_pending(ws: Workspace, pending: Path, actor: str) -> RecoveryResult:
         event = ledger.append_many([NewEvent("receipt.recorded", actor, receipt,
                                              subject="recovery")])[0]
     pending.unlink()
-    _fsync_dir(ws.db_dir)
+    fsync_dir(ws.db_dir)
     loss = receipt["loss"]
     return RecoveryResult(receipt["outcome"], EXIT_OK if loss["none"] else EXIT_LOSS,
                           receipt, receipt_id=event.id)

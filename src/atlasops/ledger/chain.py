@@ -13,7 +13,6 @@ the ledger.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import JournalCorrupt
+from ..fsutil import replace_durably
 from .events import GENESIS_HASH, canonical_json
 
 GAPS_FILE = "gaps.jsonl"
@@ -115,23 +115,11 @@ def read_gaps(journal_dir: Path) -> list[Gap]:
 def write_gaps(journal_dir: Path, gaps: Iterable[Gap]) -> None:
     """Replace the gaps file atomically (write, fsync, rename, fsync the directory)."""
     path = Path(journal_dir) / GAPS_FILE
-    tmp = path.with_suffix(".tmp")
     lines = b""
     for g in sorted(gaps, key=lambda g: g.first):
         body = canonical_json(g.to_dict()).encode()
         lines += b"%08x " % zlib.crc32(body) + body + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, lines)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(journal_dir, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    replace_durably(path, lines)
 
 
 __all__ = ["GAPS_FILE", "Chain", "Gap", "Linked", "read_gaps", "write_gaps"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from ..errors import StorageError
+from ..fsutil import fsync_dir, write_all
 from .events import Event, StoredEvent, canonical_json
 
 _T = TypeVar("_T", Event, StoredEvent)
@@ -350,10 +351,7 @@ class Journal:
                 hint="Free disk space or fix permissions on data/journal/; nothing was recorded.",
             ) from exc
         try:
-            view = memoryview(payload)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, payload)
             os.fdatasync(fd)
         except OSError as exc:
             # Take back whatever part of the batch reached the file: the caller is told
@@ -370,7 +368,7 @@ class Journal:
         finally:
             os.close(fd)
         if new_segment:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         end = base + len(payload)
         return Tail(events[-1].id, events[-1].hash, seg, end, end)
 
@@ -386,16 +384,14 @@ class Journal:
             data = src.read()
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         if target.stat().st_size != len(data):
             raise StorageError(f"could not copy the torn journal tail to {target}; "
                                "the journal was left as it was")
-        _fsync_dir(torn_dir)
+        fsync_dir(torn_dir)
         with open(tail.segment, "r+b") as fh:
             fh.truncate(tail.valid_size)
             fh.flush()
@@ -466,12 +462,6 @@ def _read_back_lines(fh: BinaryIO, size: int) -> bytes:
         chunk *= 4
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["Journal", "Located", "LocatedStored", "Problem", "RecordError", "Tail",

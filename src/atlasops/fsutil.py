@@ -1,0 +1,48 @@
+"""Durable file operations: the fsyncs that make a rename or a write survive a crash."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PRIVATE = 0o600
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory's entries (a new file, a rename) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is out (a short write is not an error by itself)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def replace_durably(path: Path, data: bytes, mode: int = PRIVATE) -> None:
+    """Write to a temporary file, fsync it, rename it over ``path``, fsync the directory."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+__all__ = ["fsync_dir", "fsync_file", "replace_durably", "write_all"]
