@@ -7,6 +7,7 @@ place, so an operator can restyle the log without touching code.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -20,11 +21,19 @@ FORMATS = ("md", "html", "json")
 
 
 def environment(ws: Workspace) -> Environment:
-    loaders: list[Any] = []
+    custom = None
     if ws.config.chronicle.templates:
-        custom = Path(ws.config.chronicle.templates)
-        loaders.append(FileSystemLoader(str(custom if custom.is_absolute()
-                                            else ws.home / custom)))
+        path = Path(ws.config.chronicle.templates)
+        custom = str(path if path.is_absolute() else ws.home / path)
+    return _environment(custom)
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(custom: str | None) -> Environment:
+    """One environment per template directory, so compiled templates are reused."""
+    loaders: list[Any] = []
+    if custom is not None:
+        loaders.append(FileSystemLoader(custom))
     loaders.append(PackageLoader("atlasops", "chronicle/templates"))
     return Environment(loader=ChoiceLoader(loaders), keep_trailing_newline=True,
                        autoescape=select_autoescape(["html", "html.j2"]), trim_blocks=False)

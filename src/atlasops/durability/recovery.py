@@ -336,14 +336,7 @@ def _build(ws: Workspace, backup: BackupInfo | None, work: Path, steps: _Steps,
         unmerged += [{**r, "event": r.get("row")} for r in salvage.bad_rows if r["id"] > hwm]
 
         def replay() -> str:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for e in accepted:
-                    projections.apply(conn, e)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            projections.apply_all(conn, accepted)
             first = accepted[0].id if accepted else None
             return (f"applied {len(accepted)} events after the backup's high-water mark {hwm}"
                     + (f" ({first}..{accepted[-1].id}; {replayed} from the journal, "

@@ -234,6 +234,11 @@ def _m4(conn: sqlite3.Connection) -> None:
     """)
 
 
+@migration(5, "an index by kind then time, for counting one day's events per kind")
+def _m5(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE INDEX events_kind_ts ON events(kind, ts)")
+
+
 def current_version(conn: sqlite3.Connection) -> int:
     row = conn.execute(
         "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'"

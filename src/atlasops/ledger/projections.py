@@ -38,6 +38,18 @@ def insert_event(conn: sqlite3.Connection, event: Event) -> None:
     )
 
 
+def apply_all(conn: sqlite3.Connection, events: list[Event]) -> None:
+    """Apply events in one write transaction of their own (catch-up, replay)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for event in events:
+            apply(conn, event)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def apply(conn: sqlite3.Connection, event: Event) -> None:
     """Insert the event row and apply it to the tables (inside the caller's transaction)."""
     insert_event(conn, event)
@@ -314,5 +326,5 @@ PROJECTED_TABLES = ("events", "businesses", "leads", "receipts", "tokens", "lane
                     "lane_posture", "suppressions", "drafts", "touches", "packets",
                     "snapshots", "content", "deploys", "job_runs")
 
-__all__ = ["LEAD_FIELDS", "PROJECTED_TABLES", "PROJECTIONS", "apply", "insert_event",
+__all__ = ["LEAD_FIELDS", "PROJECTED_TABLES", "PROJECTIONS", "apply", "apply_all", "insert_event",
            "projection"]

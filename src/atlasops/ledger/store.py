@@ -279,14 +279,7 @@ class Ledger:
         batch: list[Event] = []
 
         def flush() -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for event in batch:
-                    projections.apply(conn, event)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            projections.apply_all(conn, batch)
             self.report.caught_up += len(batch)
             batch.clear()
 
