@@ -153,6 +153,16 @@ def test_corrupted_ledger_still_reports_other_sources_at_low_confidence(
     assert "ledger could not be read" in c["headline"]["text"]
 
 
+def test_a_stale_status_file_lowers_confidence(day: Workspace, tmp_path: Path) -> None:
+    import os
+
+    old = datetime.now(UTC).timestamp() - 30 * 86400
+    os.utime(tmp_path / "STATUS.md", (old, old))
+    c = compose(day, TODAY)
+    section = c["confidence"]["sections"]["What's Next"]
+    assert section["level"] == "medium" and "stale" in section["missing"][0]
+
+
 def test_non_utf8_status_file(day: Workspace, tmp_path: Path) -> None:
     (tmp_path / "STATUS.md").write_bytes("Statut: réparé\n".encode("latin-1"))
     c = compose(day, TODAY)

@@ -148,7 +148,8 @@ def test_healthy_route_is_not_broken_and_nothing_runs(cli: Any, ws: Workspace,
     r = cli("repair", "releases", "--dry-run", "--json")
     assert r.json()["would_run"] is False and not marker.exists()
     r = cli("repair", "releases", "--force", "--json")
-    assert marker.exists() and r.json()["outcome"] == "fixed"
+    assert marker.exists() and r.json()["outcome"] == "not_broken"
+    assert "--force" in r.json()["summary"]
 
 
 def test_failing_step_stops_the_runbook(cli: Any, ws: Workspace, app: dict[str, Any],
@@ -212,8 +213,12 @@ def test_missing_route_credentials_is_a_clear_error(cli: Any, ws: Workspace,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     configure(ws, app, BUILD)
     monkeypatch.delenv("DEMO_SITE_TOKEN")
-    r = cli("check", "routes", "releases")
-    assert r.exit_code == 4 and "DEMO_SITE_TOKEN" in r.stderr
+    r = cli("check", "routes", "--json")  # every route still gets its reading
+    readings = {x["route"]: x for x in r.json()}
+    assert r.exit_code == 1 and set(readings) == {"releases", "releases-anonymous"}
+    cred = readings["releases"]["checks"][0]
+    assert cred["name"] == "credentials" and "DEMO_SITE_TOKEN" in cred["detail"]
+    assert readings["releases-anonymous"]["status"] == 200  # read, although it fails
 
 
 # -- jobs ---------------------------------------------------------------------

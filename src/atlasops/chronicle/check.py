@@ -158,7 +158,8 @@ def _qualitative(sentence: str, post: str, numbers: dict[str, dict[str, Any]],
     if re.search(r"\b(fixed|back online|came back|repaired)\b", low) and not re.search(
             r"\bnot (fixed|repaired)\b", low):
         fixed = [r for r in broke.get("repair", []) if r["outcome"] == "fixed"]
-        recovered = broke.get("recovery", [])
+        recovered = [r for r in broke.get("recovery", [])
+                     if r["outcome"] in ("recovered", "recovered_with_loss")]
         if fixed or recovered:
             out.append(Claim(sentence, "fixed", "repair", "fixed", len(fixed) + len(recovered),
                              "supported", f"{len(fixed)} fixed repair(s) with a readback"))

@@ -81,6 +81,8 @@ def _confidence(needed: tuple[str, ...], groups: dict[str, list[SourceInfo]]
         for info in groups.get(name, []):
             if not info.available:
                 missing.append(f"{info.name} unavailable: {info.reason}")
+            elif "stale" in info.reason:  # read, but it may no longer describe today
+                missing.append(f"{info.name} {info.reason}")
     ledger_missing = any(not i.available for i in groups.get("ledger", []))
     level = 2 - min(2, len(missing))
     if ledger_missing and "ledger" in needed:

@@ -125,12 +125,14 @@ def run_once(ws: Workspace, ledger: Ledger, *, actor: str, caps: Capabilities,
     lock = WriterLock(ws.data_dir / "outbox.lock", timeout=0)
     with lock:
         _mark_interrupted(ledger, actor, report)
-        now = now or datetime.now(UTC)
+        fixed_now = now
+        start = fixed_now or datetime.now(UTC)
         rows = ledger.query("SELECT id FROM drafts WHERE state='approved' AND "
                             "(next_attempt_at IS NULL OR next_attempt_at <= ?) "
-                            "ORDER BY approved_at, id", (fmt_ts(now),))
+                            "ORDER BY approved_at, id", (fmt_ts(start),))
         unavailable: dict[str, str] = {}
         for row in rows:
+            now = fixed_now or datetime.now(UTC)  # each send is judged at its own moment
             d = get_draft(ledger, int(row["id"]))
             conds = send_time_conditions(ledger, config, d, now)
             bad = failing(conds)

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 
 from ..config import Config, Route
-from ..errors import InputError, NotFound
+from ..errors import ConfigError, InputError, NotFound
 from ..ledger import Ledger, utc_now
-from ..receipts import Action, Receipt, record
+from ..receipts import Action, Check, Receipt, record
 from . import process
 from .routes import Reading, describe_route, read
 
@@ -46,7 +46,12 @@ def check_routes(ledger: Ledger, config: Config, names: list[str] | None, *, act
     out = []
     for name, route in routes:
         started = utc_now()
-        reading = read(name, route, env)
+        try:
+            reading = read(name, route, env)
+        except ConfigError as exc:  # this route's credentials are missing: it fails, alone
+            reading = Reading(name, route.url, False, None, 0.0,
+                              [Check(name="credentials", passed=False, detail=exc.message)],
+                              "", exc.message)
         what = describe_route(route)
         receipt = Receipt(
             kind="route.check", subject=f"route:{name}", actor=actor, started_at=started,
@@ -139,7 +144,11 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
             break
     healthy, readings = readback(name, route, env) if steps_ok else (False, [])
     last = readings[-1] if readings else None
-    if healthy:
+    if healthy and before.passed:  # forced on a healthy route: nothing was broken
+        outcome = "not_broken"
+        summary = (f"{what}, before and after the runbook (run with --force); read back "
+                   f"{route.healthy_after} time(s) in a row.")
+    elif healthy:
         outcome, summary = "fixed", f"Fixed: users can {can}." if route.user_can else \
             f"Fixed: {what}, read back {route.healthy_after} time(s) in a row."
     elif not steps_ok:
