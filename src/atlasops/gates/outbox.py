@@ -203,45 +203,37 @@ def _send_one(ws: Workspace, ledger: Ledger, actor: str, caps: Capabilities,
     effect = Effect("email", d["lane"], f"send draft {d['id']} to {d['to_addr']}",
                     message=message, detail={"draft": d["id"], "message_id": msg_id})
     started = utc_now()
+
+    def mark(kind: str, bucket: list[int], **payload: Any) -> None:
+        ledger.append(f"draft.{kind}", actor, {"id": d["id"], **payload},
+                      subject=f"draft:{d['id']}")
+        bucket.append(d["id"])
+
     try:
         reply, counters = perform(ledger, config, ws.home, actor=actor, caps=caps,
                                   effect=effect, env=env)
     except ChannelUnavailable as exc:  # nothing was sent: hold it for the next pass
-        ledger.append("draft.retry", actor, {"id": d["id"], "attempts": attempt - 1,
-                                             "next_attempt_at": fmt_ts(now),
-                                             "reason": exc.reason},
-                      subject=f"draft:{d['id']}")
-        report.held.setdefault(exc.reason, []).append(d["id"])
+        mark("retry", report.held.setdefault(exc.reason, []), attempts=attempt - 1,
+             next_attempt_at=fmt_ts(now), reason=exc.reason)
         return
-    except EffectRefused as exc:
-        ledger.append("draft.retry", actor, {"id": d["id"], "attempts": attempt - 1,
-                                             "next_attempt_at": fmt_ts(now),
-                                             "reason": f"refused: {exc.message}"},
-                      subject=f"draft:{d['id']}")
-        report.refused.append(d["id"])
+    except EffectRefused as exc:  # refused before the channel: not an attempt
+        mark("retry", report.refused, attempts=attempt - 1, next_attempt_at=fmt_ts(now),
+             reason=f"refused: {exc.message}")
         return
     except AmbiguousFailure as exc:
-        ledger.append("draft.ambiguous", actor, {"id": d["id"], "reason": exc.reason},
-                      subject=f"draft:{d['id']}")
-        report.ambiguous.append(d["id"])
+        mark("ambiguous", report.ambiguous, reason=exc.reason)
         return
     except TemporaryFailure as exc:
         if attempt >= MAX_ATTEMPTS:
-            ledger.append("draft.failed", actor, {"id": d["id"], "reason": f"gave up after "
-                          f"{attempt} attempts: {exc.reason}"}, subject=f"draft:{d['id']}")
-            report.failed.append(d["id"])
+            mark("failed", report.failed,
+                 reason=f"gave up after {attempt} attempts: {exc.reason}")
         else:
             delay = timedelta(seconds=BACKOFF_SECONDS * 2 ** (attempt - 1))
-            ledger.append("draft.retry", actor, {"id": d["id"], "attempts": attempt,
-                                                 "next_attempt_at": fmt_ts(now + delay),
-                                                 "reason": exc.reason},
-                          subject=f"draft:{d['id']}")
-            report.retrying.append(d["id"])
+            mark("retry", report.retrying, attempts=attempt,
+                 next_attempt_at=fmt_ts(now + delay), reason=exc.reason)
         return
     except PermanentFailure as exc:
-        ledger.append("draft.failed", actor, {"id": d["id"], "reason": exc.reason},
-                      subject=f"draft:{d['id']}")
-        report.failed.append(d["id"])
+        mark("failed", report.failed, reason=exc.reason)
         return
     digest = content_hash(d["to_addr"], d["subject"], d["body"])
     receipt = Receipt(
