@@ -567,3 +567,17 @@ def test_journal_damaged_before_the_backup_is_rewritten(ws: Workspace) -> None:
     from atlasops.ledger import Journal, verify
 
     assert verify(ws.db_path, Journal(ws.journal_dir, 65536)).ok
+
+
+def test_quick_check_is_implied_only_by_a_passing_integrity_check(ws: Workspace) -> None:
+    from atlasops.durability.checks import integrity_and_quick_check
+
+    append(ws, 300)
+    drop_wal(ws)
+    healthy = integrity_and_quick_check(ws.db_path)
+    assert healthy.check.passed and healthy.value.passed
+    assert "implied" in healthy.value.detail
+    zero_pages(ws.db_path, 20, 4)
+    damaged = integrity_and_quick_check(ws.db_path)
+    assert not damaged.check.passed
+    assert "implied" not in damaged.value.detail  # quick_check really ran

@@ -71,6 +71,21 @@ def sqlite_check(path: Path, pragma: str, *, immutable: bool = False,
     return timed(pragma, run)
 
 
+def integrity_and_quick_check(path: Path, *, immutable: bool = False) -> Outcome:
+    """``integrity_check``, and ``quick_check``'s verdict: quick_check runs a subset of
+    integrity_check's tests, so when integrity_check passes quick_check passes too and
+    is not run again; when it fails, quick_check runs on its own for its own detail.
+    The outcome's value is the quick_check :class:`Check`."""
+    integrity = sqlite_check(path, "integrity_check", immutable=immutable)
+    if integrity.check.passed:
+        quick = Check(name="quick_check", passed=True, detail="ok (implied: integrity_check "
+                      "ran every quick_check test and passed)", ms=0.0)
+    else:
+        quick = sqlite_check(path, "quick_check", immutable=immutable).check
+    integrity.value = quick
+    return integrity
+
+
 def foreign_key_check(path: Path, *, immutable: bool = False) -> Outcome:
     def run() -> tuple[bool, str, Any]:
         conn = open_ro(path, immutable=immutable)
@@ -217,5 +232,6 @@ def run_parallel(tasks: list[Callable[[], Outcome]]) -> list[Outcome]:
         return [f.result() for f in [pool.submit(t) for t in tasks]]
 
 
-__all__ = ["Facts", "Outcome", "chain_check", "facts_check", "foreign_key_check", "open_ro",
+__all__ = ["Facts", "Outcome", "chain_check", "facts_check", "foreign_key_check",
+           "integrity_and_quick_check", "open_ro",
            "run_parallel", "sha256_check", "sha256_file", "sqlite_check", "timed"]

@@ -158,13 +158,11 @@ def _verify_result(db: Path, journal_dir: Path, segment_bytes: int
             detail=first or f"{report.last_id} events, journal and ledger identical",
             ms=elapsed_ms(t0)), report)
 
-    outcomes = ck.run_parallel([
-        lambda: ck.sqlite_check(db, "quick_check"),
-        lambda: ck.sqlite_check(db, "integrity_check"),
+    integrity, fk, lj = ck.run_parallel([
+        lambda: ck.integrity_and_quick_check(db),
         lambda: ck.foreign_key_check(db),
         ledger_vs_journal,
     ])
-    lj = outcomes[3]
     report: VerifyReport = lj.value
     breaks = report.chain_breaks.get("ledger", [])
     if breaks:
@@ -176,7 +174,7 @@ def _verify_result(db: Path, journal_dir: Path, segment_bytes: int
             "ledger == journal; ms is that pass's)"))
     else:  # the pass stopped early: check the rest of the chain on its own
         chain = ck.chain_check(db, read_gaps(journal_dir)).check
-    return [*(o.check for o in outcomes), chain], report
+    return [integrity.value, integrity.check, fk.check, lj.check, chain], report
 
 
 def _old_journal_damage(db: Path, journal: Journal, report: VerifyReport,
