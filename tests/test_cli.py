@@ -293,3 +293,19 @@ def test_console_script_runs(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 4
     assert "Traceback" not in r.stderr
+
+
+def test_data_that_looks_like_markup_prints_as_it_is(cli: Any, tmp_path: Path) -> None:
+    # Rich would read "[/x]" as a closing tag and crash, or swallow "[bold]" silently.
+    csv_path = write_csv(tmp_path / "m.csv", [["m@l.example", "[/x]", "[bold]", "cpa",
+                                               "wimper"]])
+    r = cli("leads", "import", str(csv_path))
+    assert r.exit_code == 0, r.stderr
+    for cmd in (["leads", "list"], ["events", "list"], ["events", "tail"]):
+        r = cli(*cmd)
+        assert r.exit_code == 0, (cmd, r.stderr)
+        if cmd != ["events", "tail"]:
+            assert "[/x]" in r.stdout and "[bold]" in r.stdout, cmd
+    r = cli("leads", "import", str(csv_path), "--business", "[/nope]")
+    assert r.exit_code == 2
+    assert "[/nope]" in r.stderr

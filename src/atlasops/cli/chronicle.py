@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..chronicle.check import check_post
 from ..chronicle.compose import compose, parse_day
@@ -22,6 +22,7 @@ from .common import (
     open_workspace,
     out,
     print_json,
+    styled,
 )
 
 chronicle_app = typer.Typer(help="The daily chronicle, built only from what Atlas can read.",
@@ -67,9 +68,9 @@ def chronicle(
                     "headline": data["headline"]["text"],
                     "confidence": data["confidence"]["overall"]})
         return
-    out.print(f"[bold]{data['date']}[/bold]: {escape(data['headline']['text'])}")
+    out.print(styled((data["date"], "bold"), f": {data['headline']['text']}"))
     out.print(f"Confidence: {data['confidence']['overall']}"
-              + (" — " + escape("; ".join(data["confidence"]["missing"]))
+              + (" — " + "; ".join(data["confidence"]["missing"])
                  if data["confidence"]["missing"] else ""))
     for p in paths:
         out.print(f"wrote {p}")
@@ -104,7 +105,7 @@ def chronicle_check(
             table.add_column(col, overflow="fold")
         for c in claims:
             style = {"supported": "green", "contradicted": "red"}.get(c.status, "yellow")
-            table.add_row(f"[{style}]{c.status}[/{style}]", escape(c.text[:120]), escape(c.why))
+            table.add_row(Text(c.status, style=style), c.text[:120], c.why)
         out.print(table)
         out.print(f"{len(bad)} unsupported or contradicted claim(s).")
     if bad:

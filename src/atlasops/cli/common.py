@@ -15,6 +15,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..auth import Principal, authenticate
 from ..durability.detect import record_detection
@@ -31,13 +32,27 @@ DEFAULT_HOME = Path("atlas-data")
 
 HomeOpt = Annotated[
     Path | None,
-    typer.Option("--home", envvar="ATLAS_HOME", show_envvar=True,
+    # readable=False: Atlas itself says why a workspace cannot be opened (exit 4), instead of
+    # a usage error (exit 2) from the option parser.
+    typer.Option("--home", envvar="ATLAS_HOME", show_envvar=True, readable=False,
                  help="The workspace directory (default: $ATLAS_HOME, else ./atlas-data)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# The consoles never read Rich markup: data (a lead named "[/x]", a path with brackets)
+# prints exactly as it is. Styled words are built with ``styled`` and ``mark``.
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def styled(*parts: str | Text | tuple[str, str]) -> Text:
+    """One line from plain strings and ``(text, style)`` pairs; nothing is parsed."""
+    return Text.assemble(*parts)
+
+
+def mark(ok: bool, yes: str = "pass", no: str = "FAIL") -> Text:
+    """A green ``yes`` or a red ``no``."""
+    return Text(yes, style="green") if ok else Text(no, style="red")
 
 
 def resolve_home(home: Path | None) -> Path:
@@ -69,10 +84,10 @@ def open_ledger(home: Path | None) -> Iterator[tuple[Workspace, Ledger]]:
     try:
         with Ledger.for_workspace(ws) as ledger:
             if ledger.report.caught_up:
-                err.print(f"[yellow]applied {ledger.report.caught_up} journaled event(s) the "
-                          "ledger was missing[/yellow]")
+                err.print(f"applied {ledger.report.caught_up} journaled event(s) the "
+                          "ledger was missing", style="yellow")
             for path in ledger.report.set_aside:
-                err.print(f"[yellow]a torn journal tail was set aside in {path}[/yellow]")
+                err.print(f"a torn journal tail was set aside in {path}", style="yellow")
             if os.environ.get("ATLAS_TOKEN"):
                 principal(ws, ledger)  # a token that is set must be valid, for every command
             yield ws, ledger
@@ -92,9 +107,9 @@ def print_json(data: Any) -> None:
 def report_error(exc: AtlasError, as_json: bool) -> None:
     if as_json:
         print_json(exc.to_dict())
-    err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
+    err.print(styled(("error:", "bold red"), f" {exc.message}"), highlight=False)
     if exc.hint:
-        err.print(f"[dim]next:[/dim] {exc.hint}", highlight=False)
+        err.print(styled(("next:", "dim"), f" {exc.hint}"), highlight=False)
 
 
 def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -120,5 +135,6 @@ def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-__all__ = ["HomeOpt", "JsonOpt", "actor", "capabilities", "err", "handles_errors",
-           "open_ledger", "open_workspace", "out", "principal", "print_json", "resolve_home"]
+__all__ = ["HomeOpt", "JsonOpt", "actor", "capabilities", "err", "handles_errors", "mark",
+           "open_ledger", "open_workspace", "out", "principal", "print_json", "resolve_home",
+           "styled"]

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..durability import (
     db_check,
@@ -26,10 +27,12 @@ from .common import (
     actor,
     err,
     handles_errors,
+    mark,
     open_ledger,
     open_workspace,
     out,
     print_json,
+    styled,
 )
 
 backups_app = typer.Typer(help="Backups: list, re-verify, prune by retention.",
@@ -50,7 +53,7 @@ def _checks_table(checks: list[dict[str, Any]], title: str) -> Table:
     for col in ("check", "result", "detail", "ms"):
         table.add_column(col, overflow="fold")
     for c in checks:
-        table.add_row(c["name"], "[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]",
+        table.add_row(c["name"], mark(c["passed"]),
                       str(c.get("detail", ""))[:200], f"{c.get('ms', 0):.0f}")
     return table
 
@@ -77,11 +80,11 @@ def backup(
     else:
         out.print(_checks_table(data["checks"], f"Backup {info.name}"))
         if info.validated:
-            out.print(f"[green]validated[/green]: {info.path} holds events 1.."
-                      f"{info.hwm_event_id} (to {info.hwm_ts}). Receipt #{receipt_id}.")
+            out.print(styled(("validated", "green"), f": {info.path} holds events 1.."
+                             f"{info.hwm_event_id} (to {info.hwm_ts}). Receipt #{receipt_id}."))
         else:
-            err.print(f"[red]FAILED validation[/red]: {info.path} is marked failed and will "
-                      "never be used by `atlas recover`.")
+            err.print(styled(("FAILED validation", "red"), f": {info.path} is marked failed and "
+                             "will never be used by `atlas recover`."))
     if not info.validated:
         raise typer.Exit(1)
 
@@ -102,8 +105,8 @@ def backups_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         age = r["age_seconds"]
         age_text = "-" if age is None else (f"{age // 3600}h{(age % 3600) // 60:02d}m"
                                             if age >= 3600 else f"{age // 60}m{age % 60:02d}s")
-        status = {"validated": "[green]validated[/green]", "failed": "[red]failed[/red]"}.get(
-            r["status"], f"[yellow]{r['status']}[/yellow]")
+        status = Text(r["status"], style={"validated": "green", "failed": "red"}.get(
+            r["status"], "yellow"))
         table.add_row(r["name"], age_text,
                       "-" if r["hwm_event_id"] is None else f"{r['hwm_event_id']} "
                       f"({r['hwm_ts']})", status, "-" if r["size"] is None else str(r["size"]))
@@ -133,9 +136,10 @@ def backups_verify(
     else:
         for r in results:
             if r.ok:
-                out.print(f"[green]ok[/green] {r.name}: hash and every check match the manifest")
+                out.print(styled(("ok", "green"), f" {r.name}: hash and every check match the "
+                                 "manifest"))
             else:
-                err.print(f"[red]DRIFT[/red] {r.name}: " + "; ".join(r.drift))
+                err.print(styled(("DRIFT", "red"), f" {r.name}: " + "; ".join(r.drift)))
     if not all(r.ok for r in results):
         raise typer.Exit(1)
 
@@ -190,14 +194,14 @@ def check(
     else:
         out.print(_checks_table([c.model_dump() for c in result.checks], "Database check"))
         if result.ok:
-            out.print("[green]ok[/green]: the database is sound and ledger == journal.")
+            out.print(styled(("ok", "green"), ": the database is sound and ledger == journal."))
         else:
             assert result.symptom is not None
-            err.print(f"[red]PROBLEM[/red]: {result.symptom['summary']}")
+            err.print(styled(("PROBLEM", "red"), f": {result.symptom['summary']}"))
             if result.event_id:
                 err.print(f"recorded as event {result.event_id} (db.corruption.detected)")
             elif result.not_recorded:
-                err.print(f"[yellow]not recorded:[/yellow] {result.not_recorded}")
+                err.print(styled(("not recorded:", "yellow"), f" {result.not_recorded}"))
             err.print("next: `atlas recover --dry-run`, then `atlas recover`.")
     if not result.ok:
         raise typer.Exit(1)
@@ -234,27 +238,27 @@ def recover(
 
 def print_recovery(r: dict[str, Any]) -> None:
     title = "Recovery plan (dry run: nothing changed)" if r["dry_run"] else "Recovery receipt"
-    out.rule(f"[bold]{title}[/bold]")
+    out.rule(Text(title, style="bold"))
     if r["outcome"] == "not_broken":
         out.print(r["summary"])
         return
-    out.print(f"[bold]1. Symptom[/bold]: {r['symptom']['summary']}")
+    out.print(styled(("1. Symptom", "bold"), f": {r['symptom']['summary']}"))
     b = r.get("backup")
     if b:
-        out.print(f"[bold]2. Backup[/bold]: {b['name']} (created {b['created_at']}, "
-                  f"high-water mark event {b['hwm_event_id']} at {b['hwm_ts']}, "
-                  f"sha256 {str(b['sha256'])[:16]}...)")
+        out.print(styled(("2. Backup", "bold"), f": {b['name']} (created {b['created_at']}, "
+                         f"high-water mark event {b['hwm_event_id']} at {b['hwm_ts']}, "
+                         f"sha256 {str(b['sha256'])[:16]}...)"))
     else:
-        out.print("[bold]2. Backup[/bold]: none usable; rebuilt from the journal alone")
+        out.print(styled(("2. Backup", "bold"), ": none usable; rebuilt from the journal alone"))
     for s in r.get("skipped_backups", []):
         out.print(f"   skipped {s['name']}: {s['why']}")
-    out.print("[bold]3. Actions[/bold]:")
+    out.print(styled(("3. Actions", "bold"), ":"))
     for a in r["actions"]:
         out.print(f"   {a['name']}: {a['result']} ({a.get('ms', 0):.0f} ms)")
     out.print(_checks_table(r["checks"], "4. Verification checks"))
     loss = r["loss"]
     color = "green" if loss["none"] else "yellow"
-    out.print(f"[bold]5. Loss[/bold]: [{color}]{loss['statement']}[/{color}]")
+    out.print(styled(("5. Loss", "bold"), ": ", (loss["statement"], color)))
     if loss["lost_event_ranges"]:
         out.print(f"   lost event ids: {loss['lost_event_ranges']}")
     if r.get("receipt_id"):

@@ -10,7 +10,15 @@ import typer
 from rich.table import Table
 
 from ..ledger import Event
-from .common import HomeOpt, JsonOpt, handles_errors, open_ledger, out, print_json
+from .common import (
+    HomeOpt,
+    JsonOpt,
+    handles_errors,
+    open_ledger,
+    out,
+    print_json,
+    styled,
+)
 
 app = typer.Typer(help="Events: the ledger's history, one row per state change.",
                   no_args_is_help=True)
@@ -86,5 +94,5 @@ def _emit(events: list[Event], as_json: bool) -> None:
         if as_json:
             print(json.dumps(e.to_dict(), ensure_ascii=False), flush=True)
         else:
-            out.print(f"#{e.id} {e.ts} [bold]{e.kind}[/bold] {e.actor} {e.subject or ''}",
+            out.print(styled(f"#{e.id} {e.ts} ", (e.kind, "bold"), f" {e.actor} {e.subject or ''}"),
                       highlight=False)

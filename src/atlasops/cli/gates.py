@@ -26,10 +26,12 @@ from .common import (
     capabilities,
     err,
     handles_errors,
+    mark,
     open_ledger,
     out,
     principal,
     print_json,
+    styled,
 )
 
 token_app = typer.Typer(help="Tokens: who may act. The owner approves; agents draft.",
@@ -130,7 +132,7 @@ def lane_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     for col in ("lane", "state", "channel", "cap/day", "cooldown h", "approval", "why"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], "[green]open[/green]" if r["open"] else "[red]closed[/red]",
+        table.add_row(r["name"], mark(r["open"], "open", "closed"),
                       r["channel"] or "-", str(r["daily_cap"]), f"{r['cooldown_hours']:g}",
                       "each item" if r["needs_approval"] else "no", r["reason"])
     out.print(table)
@@ -287,8 +289,8 @@ def drafts_show(draft_id: Annotated[int, typer.Argument(metavar="ID")], home: Ho
     if as_json:
         print_json(d)
         return
-    out.print(f"[bold]Draft {d['id']}[/bold] ({d['display_state']}) lane {d['lane']} via "
-              f"{d['channel']}")
+    out.print(styled((f"Draft {d['id']}", "bold"), f" ({d['display_state']}) lane {d['lane']} "
+                     f"via {d['channel']}"))
     out.print(f"To: {d['to_addr']}\nSubject: {d['subject']}\n\n{d['body']}", highlight=False)
     if d["approval_hash"]:
         out.print(f"\napproved by {d['approved_by']} at {d['approved_at']}, expires "
@@ -337,7 +339,7 @@ def _conditions_table(title: str, conds: list[dict[str, Any]]) -> Table:
     for col in ("condition", "result", "why"):
         table.add_column(col, overflow="fold")
     for c in conds:
-        table.add_row(c["name"], "[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]",
+        table.add_row(c["name"], mark(c["passed"]),
                       c["why"])
     return table
 
@@ -352,7 +354,7 @@ def gate_explain(draft_id: Annotated[int, typer.Argument(metavar="ID")],
     if as_json:
         print_json(data)
         return
-    out.print(f"[bold]Draft {draft_id}[/bold] is {data['display_state']}.")
+    out.print(styled((f"Draft {draft_id}", "bold"), f" is {data['display_state']}."))
     out.print(_conditions_table("send-ready (the content)", data["send_ready"]))
     out.print(_conditions_table("approval-ready (the business gate)", data["approval_ready"]))
     if data["approval"]:
@@ -373,13 +375,13 @@ def gate_status_cmd(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         table.add_column(col, overflow="fold")
     for ln in data["lanes"]:
         counts = ", ".join(f"{k} {v}" for k, v in ln["drafts"].items()) or "-"
-        table.add_row(ln["name"], "[green]open[/green]" if ln["open"] else "[red]closed[/red]",
+        table.add_row(ln["name"], mark(ln["open"], "open", "closed"),
                       ln["channel"] or "-", counts, str(ln["sent_today"]),
                       str(ln["touches_due"]))
     out.print(table)
     for ln in data["lanes"]:
         for line in ln["held"]:
-            out.print(f"[yellow]{line}[/yellow]")
+            out.print(line, style="yellow")
 
 
 # -- approvals ----------------------------------------------------------------
@@ -455,7 +457,7 @@ def outbox_run(
         out.print(f"{len(r.sent)} sent, {len(r.failed)} failed, {len(r.retrying)} retrying, "
                   f"{len(r.ambiguous)} ambiguous. Receipt #{r.receipt_id}.")
         for line in r.hold_lines():
-            out.print(f"[yellow]{line}[/yellow]")
+            out.print(line, style="yellow")
 
 
 @outbox_app.command("resolve")

@@ -10,7 +10,17 @@ from rich.table import Table
 
 from ..errors import ImportRejected
 from ..leads import import_csv, list_leads
-from .common import HomeOpt, JsonOpt, actor, err, handles_errors, open_ledger, out, print_json
+from .common import (
+    HomeOpt,
+    JsonOpt,
+    actor,
+    err,
+    handles_errors,
+    open_ledger,
+    out,
+    print_json,
+    styled,
+)
 
 app = typer.Typer(help="Leads: import from CSV, list.", no_args_is_help=True)
 
@@ -49,7 +59,7 @@ def import_(
     if report.skipped:
         _error_table([e.__dict__ for e in report.skipped], "Skipped rows")
     if report.ignored_columns:
-        err.print(f"[yellow]ignored columns:[/yellow] {', '.join(report.ignored_columns)}")
+        err.print(styled(("ignored columns:", "yellow"), f" {', '.join(report.ignored_columns)}"))
     out.print(f"{report.created} created, {report.updated} updated, {report.unchanged} "
               f"unchanged, {len({e.row for e in report.skipped})} rows skipped "
               f"({report.rows} rows read)."

@@ -10,7 +10,17 @@ import typer
 from ..integrity import verify_workspace
 from ..ledger import Journal
 from ..ledger import rebuild as rebuild_ledger
-from .common import HomeOpt, JsonOpt, actor, err, handles_errors, open_workspace, out, print_json
+from .common import (
+    HomeOpt,
+    JsonOpt,
+    actor,
+    err,
+    handles_errors,
+    open_workspace,
+    out,
+    print_json,
+    styled,
+)
 
 app = typer.Typer(help="The ledger itself: verify it against the journal, rebuild it.",
                   no_args_is_help=True)
@@ -35,17 +45,17 @@ def verify(
     if as_json:
         print_json(result.to_dict())
     elif report.ok:
-        out.print(f"[green]ok[/green]: {report.journal_records} journal records == "
+        out.print(styled(("ok", "green"), f": {report.journal_records} journal records == "
                   f"{report.ledger_events} ledger events, hash chains intact "
-                  f"(last id {report.last_id}).")
+                  f"(last id {report.last_id})."))
     else:
-        err.print(f"[bold red]MISMATCH[/bold red]: {report.discrepancies[0].describe()}")
+        err.print(styled(("MISMATCH", "bold red"), f": {report.discrepancies[0].describe()}"))
         for d in report.discrepancies[1:10]:
             err.print(f"  also: {d.describe()}")
         if len(report.discrepancies) > 10:
             err.print(f"  ... {len(report.discrepancies) - 10} more (see --json)")
     if result.receipt_error and not as_json:
-        err.print(f"[yellow]receipt not recorded:[/yellow] {result.receipt_error}")
+        err.print(styled(("receipt not recorded:", "yellow"), f" {result.receipt_error}"))
     if not report.ok:
         raise typer.Exit(1)
 
@@ -64,5 +74,5 @@ def rebuild(
     if as_json:
         print_json(result.__dict__)
         return
-    out.print(f"Replayed {result.events} events into [bold]{result.path}[/bold] "
-              f"(last id {result.last_id}).")
+    out.print(styled(f"Replayed {result.events} events into ", (str(result.path), "bold"),
+                     f" (last id {result.last_id})."))

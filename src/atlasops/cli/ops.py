@@ -21,9 +21,11 @@ from .common import (
     capabilities,
     err,
     handles_errors,
+    mark,
     open_ledger,
     out,
     print_json,
+    styled,
 )
 
 jobs_app = typer.Typer(help="Jobs: agent work with declared capabilities and a receipt.",
@@ -81,7 +83,7 @@ def jobs_run(name: Annotated[str, typer.Argument(help="The job.")], home: HomeOp
         print_json(result)
     else:
         style = "green" if result["outcome"] == "ok" else "red"
-        out.print(f"[{style}]{result['summary']}[/{style}] Receipt #{result['receipt_id']}.")
+        out.print(styled((result["summary"], style), f" Receipt #{result['receipt_id']}."))
         tail = result["evidence"]["output_tail"].strip()
         if tail:
             out.print(tail[-1500:], style="dim", highlight=False)
@@ -155,7 +157,8 @@ def snapshot_show(snapshot_id: Annotated[int, typer.Argument(metavar="ID")],
     if as_json:
         print_json(snap)
         return
-    out.print(f"[bold]Snapshot #{snap['id']}[/bold] {snap['name']} at {snap['recorded_at']}")
+    out.print(styled((f"Snapshot #{snap['id']}", "bold"),
+                     f" {snap['name']} at {snap['recorded_at']}"))
     out.print_json(data=snap["data"])
 
 
@@ -177,9 +180,8 @@ def check_routes_cmd(
         print_json([{**r.reading.to_dict(), "receipt_id": r.receipt_id} for r in results])
     else:
         for r in results:
-            mark = "[green]pass[/green]" if r.reading.passed else "[red]FAIL[/red]"
-            out.print(f"{mark} {r.reading.route}: {r.reading.status} in {r.reading.ms:.0f} ms"
-                      f" ({r.reading.url})")
+            out.print(styled(mark(r.reading.passed), f" {r.reading.route}: {r.reading.status} "
+                             f"in {r.reading.ms:.0f} ms ({r.reading.url})"))
             for c in r.reading.checks:
                 if not c.passed:
                     out.print(f"    {c.name}: {c.detail}")
@@ -222,7 +224,7 @@ def repair(
 
 def _print_repair(r: dict[str, Any]) -> None:
     style = {"fixed": "green", "not_broken": "green"}.get(r["outcome"], "red")
-    out.print(f"[bold {style}]{r['outcome']}[/bold {style}]: {r['summary']}")
+    out.print(styled((r["outcome"], f"bold {style}"), f": {r['summary']}"))
     out.print(f"symptom: {r['symptom']['summary']}")
     for a in r.get("actions", []):
         out.print(f"  step {a['name']}: {a['result']} ({a['ms']:.0f} ms)")

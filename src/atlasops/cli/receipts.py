@@ -8,7 +8,16 @@ import typer
 from rich.table import Table
 
 from ..receipts import get_receipt, list_receipts
-from .common import HomeOpt, JsonOpt, handles_errors, open_ledger, out, print_json
+from .common import (
+    HomeOpt,
+    JsonOpt,
+    handles_errors,
+    mark,
+    open_ledger,
+    out,
+    print_json,
+    styled,
+)
 
 app = typer.Typer(help="Receipts: the structured record of every job, check and repair.",
                   no_args_is_help=True)
@@ -50,16 +59,16 @@ def show(
     if as_json:
         print_json(r)
         return
-    out.print(f"[bold]Receipt #{r['id']}[/bold] {r['kind']} — {r['outcome']}")
+    out.print(styled((f"Receipt #{r['id']}", "bold"), f" {r['kind']} — {r['outcome']}"))
     out.print(r["summary"])
     out.print(f"by {r['actor']}, {r['started_at']} → {r['finished_at']}", style="dim")
     if r.get("symptom"):
-        out.print(f"[bold]symptom:[/bold] {r['symptom']}")
+        out.print(styled(("symptom:", "bold"), f" {r['symptom']}"))
     for a in r.get("actions", []):
         out.print(f"  action {a['name']}: {a['result']} ({a.get('ms', 0):.0f} ms)")
     for c in r.get("checks", []):
-        mark = "[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]"
-        out.print(f"  check {c['name']}: {mark} {c.get('detail', '')} ({c.get('ms', 0):.0f} ms)")
+        out.print(styled(f"  check {c['name']}: ", mark(c["passed"]),
+                         f" {c.get('detail', '')} ({c.get('ms', 0):.0f} ms)"))
     eff: dict[str, Any] = r.get("effects", {})
     out.print("  effects: " + ", ".join(f"{k}={v}" for k, v in eff.items()))
     if r.get("evidence"):

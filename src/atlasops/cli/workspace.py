@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from .. import businesses
 from ..demo import run_demo
@@ -20,10 +21,12 @@ from .common import (
     actor,
     err,
     handles_errors,
+    mark,
     open_ledger,
     out,
     print_json,
     resolve_home,
+    styled,
 )
 from .durability import print_recovery
 
@@ -52,7 +55,8 @@ def init(
     ws = Workspace.init(path, owner or "", name)
     with Ledger.for_workspace(ws) as ledger:
         businesses.sync(ledger, ws.config, actor())
-    out.print(f"Workspace ready at [bold]{ws.home}[/bold] (owner {ws.config.owner.email}).")
+    out.print(styled("Workspace ready at ", (str(ws.home), "bold"),
+                     f" (owner {ws.config.owner.email})."))
     out.print("Next: add businesses to atlas.toml, then `atlas leads import FILE.csv`.")
 
 
@@ -74,9 +78,9 @@ def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     table.add_row("last event", "none" if last is None else
                   f"#{last['id']} {last['kind']} at {last['ts']} by {last['actor']}")
     j = data["journal"]
-    health = "[green]ok[/green]" if j["ok"] else "[red]" + "; ".join(j["problems"]) + "[/red]"
-    table.add_row("journal", f"{health} ({j['segments']} segment(s), {j['bytes']} bytes, "
-                  f"last id {j['last_id']})")
+    health = mark(j["ok"], "ok", "; ".join(j["problems"]))
+    table.add_row("journal", styled(health, f" ({j['segments']} segment(s), {j['bytes']} bytes, "
+                                            f"last id {j['last_id']})"))
     b = data["latest_backup"]
     table.add_row("latest backup", "none yet" if b is None else
                   f"{b['name']} ({'validated' if b['validated'] else 'NOT validated'})")
@@ -108,9 +112,9 @@ def demo(
                     "ops": result.ops.__dict__ if result.ops else None,
                     "chronicle": result.chronicle})
         return
-    out.rule("[bold]Atlas demo[/bold]")
-    out.print(f"Workspace: [bold]{result.workspace.home}[/bold]  owner "
-              f"{result.workspace.config.owner.email}")
+    out.rule(Text("Atlas demo", style="bold"))
+    out.print(styled("Workspace: ", (str(result.workspace.home), "bold"),
+                     f"  owner {result.workspace.config.owner.email}"))
     out.print(f"Businesses: {', '.join(sorted(result.workspace.config.businesses))}")
     imp = result.imported
     out.print(f"Leads import: {imp.created} new, {imp.updated} updated, "
@@ -126,33 +130,35 @@ def demo(
               f"{'ok' if j['ok'] else 'NOT ok'} ({j['segments']} segment(s)).")
     if result.gates is not None:
         g = result.gates
-        out.print(f"\n[bold]The gate[/bold]: an agent wrote {g.drafts} partner drafts; the owner "
-                  "approved 40 during a Zoho-only test window, then closed "
-                  "outbound.prospect (reply drought).")
+        out.print(styled("\n", ("The gate", "bold"), f": an agent wrote {g.drafts} partner "
+                         "drafts; the owner approved 40 during a Zoho-only test window, then "
+                         "closed outbound.prospect (reply drought)."))
         for line in g.outbox_summary:
-            out.print(f"  [yellow]{line}[/yellow]")
+            out.print(f"  {line}", style="yellow")
         out.print(f"  {g.touches_due} touches due; packet {g.packet['name']} "
                   f"({g.packet['contacts']} contacts, {g.packet['drafts']} drafts) emailed to "
                   f"the owner for review: {g.packet['maildir']}")
-        out.print(f"  [bold]{g.emails_sent} prospect emails sent.[/bold] Send-ready is not "
-                  "approval-ready.")
+        out.print(styled("  ", (f"{g.emails_sent} prospect emails sent.", "bold"),
+                         " Send-ready is not approval-ready."))
     if result.ops is not None:
         o = result.ops
-        out.print(f"\n[bold]Operations[/bold]: the releases page lost its build output; "
-                  f"`atlas check routes` read {o.check_before['status']} "
-                  "(Internal Server Error).")
-        out.print(f"  atlas repair: [bold]{o.repair['outcome']}[/bold]. {o.repair['summary']}")
+        out.print(styled("\n", ("Operations", "bold"), ": the releases page lost its build "
+                         f"output; `atlas check routes` read {o.check_before['status']} "
+                         "(Internal Server Error)."))
+        out.print(styled("  atlas repair: ", (str(o.repair["outcome"]), "bold"),
+                         f". {o.repair['summary']}"))
         out.print(f"  {o.radar['summary']}")
         out.print(f"  {len(o.content)} content drafts added; {len(o.deploys)} deploy receipts "
                   "recorded.")
     if result.recovery is not None:
-        out.print("\n[bold]The incident[/bold]: after a validated backup, an agent marked 25 CPA "
-                  "leads contacted; then 8 pages in the middle of leads.db were overwritten. "
-                  "`atlas recover` ran:")
+        out.print(styled("\n", ("The incident", "bold"), ": after a validated backup, an agent "
+                         "marked 25 CPA leads contacted; then 8 pages in the middle of leads.db "
+                         "were overwritten. `atlas recover` ran:"))
         print_recovery(result.recovery.to_dict())
     if result.chronicle:
-        out.print("\n[bold]The chronicle[/bold] of the demo day, built only from what Atlas "
-                  "could read (the work-log file is missing, so confidence is medium):")
+        out.print(styled("\n", ("The chronicle", "bold"), " of the demo day, built only from "
+                         "what Atlas could read (the work-log file is missing, so confidence is "
+                         "medium):"))
         for path in result.chronicle:
             out.print(f"  {path}")
     out.print(f"Try: atlas --help; atlas status --home {result.workspace.home}; "
