@@ -57,10 +57,20 @@ def test_init_requires_owner_for_a_new_workspace(cli: Any, tmp_path: Path) -> No
     assert Workspace.open(tmp_path / "new").config.owner.email == "me@mine.example"
 
 
-def test_init_rejects_a_bad_owner(cli: Any, tmp_path: Path) -> None:
+def test_init_rejects_a_bad_owner_and_leaves_nothing_behind(cli: Any, tmp_path: Path) -> None:
     r = cli("init", "--owner", "nope", home=tmp_path / "bad")
-    assert r.exit_code == 4
+    assert r.exit_code == 2
     assert "owner.email" in r.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_init_again_with_another_owner_is_a_conflict(cli: Any, ws: Workspace) -> None:
+    r = cli("init", "--owner", ws.config.owner.email.upper())
+    assert r.exit_code == 0, r.stderr  # the same owner, spelled differently: fine
+    r = cli("init", "--owner", "someone@else.example")
+    assert r.exit_code == 7
+    assert "already names the owner" in r.stderr and "edit [owner] email" in r.stderr
+    assert Workspace.open(ws.home).config.owner.email == ws.config.owner.email
 
 
 def test_missing_workspace_is_exit_4_with_next_step(cli: Any, tmp_path: Path) -> None:
@@ -148,6 +158,11 @@ def test_events_list_json_fields_and_filters(cli: Any, tmp_path: Path) -> None:
     assert [e["id"] for e in after] == [3]
     prefix = cli("events", "list", "--kind", "business.*", "--json").json()
     assert len(prefix) == 2
+    r = cli("events", "list", "--limit", "2", "--json")
+    assert [e["id"] for e in r.json()] == [1, 2]
+    assert "there are more: continue with --after 2" in r.stderr
+    r = cli("events", "list", "--after", str(len(events) - 1), "--limit", "1")
+    assert "there are more" not in r.stderr
     assert "lead.created" in cli("events", "list").stdout
 
 
@@ -211,6 +226,23 @@ def test_ledger_verify_ok_then_tampered(cli: Any, ledger: Ledger) -> None:
     assert r.json()["first_discrepancy"].startswith("[ledger] event 2")
 
 
+def test_ledger_verify_tables_finds_a_row_changed_behind_atlas(cli: Any, ledger: Ledger,
+                                                               tmp_path: Path) -> None:
+    csv_path = write_csv(tmp_path / "l.csv", [["a@b.example", "A", "", "cpa", ""],
+                                              ["c@d.example", "C", "", "cpa", ""]])
+    assert cli("leads", "import", str(csv_path)).exit_code == 0
+    r = cli("ledger", "verify", "--tables", "--json")
+    assert r.exit_code == 0, r.stdout
+    # A row changed directly in SQLite, not through an event: the events still verify...
+    ledger.conn.execute("UPDATE leads SET status='won', name='Tampered' WHERE email='c@d.example'")
+    assert cli("ledger", "verify", "--no-receipt").exit_code == 0
+    # ...but replaying the journal does not reproduce the table.
+    r = cli("ledger", "verify", "--tables", "--no-receipt", "--json")
+    assert r.exit_code == 1
+    first = r.json()["first_discrepancy"]
+    assert first.startswith("[tables]") and "table leads" in first and "Tampered" in first
+
+
 def test_ledger_rebuild(cli: Any, ledger: Ledger, tmp_path: Path) -> None:
     ledger.append("note.added", "t", {})
     target = tmp_path / "rebuilt.db"
@@ -218,6 +250,8 @@ def test_ledger_rebuild(cli: Any, ledger: Ledger, tmp_path: Path) -> None:
     assert r.exit_code == 0 and r.json()["events"] == 1
     r = cli("ledger", "rebuild", "--into", str(target))
     assert r.exit_code == 7 and "never overwrites" in r.stderr
+    r = cli("ledger", "rebuild", "--into", str(tmp_path / "no-such-dir" / "x.db"))
+    assert r.exit_code == 2 and "does not exist" in r.stderr
 
 
 def test_corrupt_database_is_exit_5_with_next_step_not_a_traceback(cli: Any, ws: Workspace,
@@ -234,14 +268,55 @@ def test_corrupt_database_is_exit_5_with_next_step_not_a_traceback(cli: Any, ws:
     assert "Traceback" not in r.stderr + r.stdout
 
 
-def test_unwritable_journal_is_a_clear_error(cli: Any, ws: Workspace, tmp_path: Path) -> None:
-    # A journal directory replaced by a file cannot be written by anyone, root included.
-    ws.journal_dir.rmdir()
-    ws.journal_dir.write_text("")
-    r = cli("leads", "import", str(write_csv(tmp_path / "l.csv", [["a@b.example", "A", "", "",
-                                                                   ""]])))
-    assert r.exit_code in (4, 5)
+def unprivileged(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``atlas ARGS`` so that file permissions apply: as root (CI), drop the capabilities
+    that override them (util-linux ``setpriv``); as another user, run it as it is."""
+    cmd = [str(Path(sys.executable).parent / "atlas"), *args]
+    if os.geteuid() == 0:
+        drop = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", "--", *cmd]
+    env = {k: v for k, v in os.environ.items() if k != "ATLAS_HOME"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_unreadable_workspace_is_exit_4_not_a_usage_error(ws: Workspace) -> None:
+    os.chmod(ws.home, 0)
+    try:
+        r = unprivileged("status", "--home", str(ws.home), "--json")
+    finally:
+        os.chmod(ws.home, 0o700)
+    assert r.returncode == 4, r.stderr
+    assert "not readable by this user" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads(r.stdout)["error"]
+
+
+@pytest.mark.parametrize("target", ["journal", "database"])
+def test_unwritable_journal_or_database_is_exit_5_and_nothing_is_written(
+        ws: Workspace, ledger: Ledger, tmp_path: Path, target: str) -> None:
+    ledger.append("note.added", "t", {})
+    ledger.close()
+    before = ledger.journal.tail().last_id
+    if target == "journal":
+        paths = [*ws.journal_dir.glob("*.journal"), ws.journal_dir]
+    else:
+        paths = [ws.db_path, ws.db_dir]
+    modes = {p: p.stat().st_mode for p in paths}
+    for p in paths:
+        os.chmod(p, 0o500 if p.is_dir() else 0o400)
+    try:
+        csv_path = write_csv(tmp_path / "l.csv", [["a@b.example", "A", "", "", ""]])
+        r = unprivileged("leads", "import", str(csv_path), "--home", str(ws.home))
+    finally:
+        for p, m in modes.items():
+            os.chmod(p, m)
+    assert r.returncode == 5, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
+    expected = ("cannot open the journal segment" if target == "journal"
+                else "attempt to write a readonly database")
+    assert expected in r.stderr and "next:" in r.stderr
+    with Ledger.for_workspace(ws) as again:
+        assert again.journal.tail().last_id == before
+        assert again.count("leads") == 0
 
 
 def test_demo_builds_and_resets_only_demo_workspaces(cli: Any, tmp_path: Path) -> None:

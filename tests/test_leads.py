@@ -126,6 +126,16 @@ def test_bad_header(ws: Workspace, ledger: Ledger, tmp_path: Path, content: str,
         import_csv(ledger, ws.config, path, actor="t")
 
 
+def test_unterminated_quote_rejects_the_file(ws: Workspace, ledger: Ledger,
+                                             tmp_path: Path) -> None:
+    path = tmp_path / "q.csv"
+    path.write_text('email,name\nok@x.example,Ok\nq@x.example,"unterminated\n')
+    before = ledger.count("events")
+    with pytest.raises(InputError, match="not valid CSV"):
+        import_csv(ledger, ws.config, path, actor="t")
+    assert ledger.count("events") == before
+
+
 def test_unknown_default_business(ws: Workspace, ledger: Ledger, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown business"):
         import_csv(ledger, ws.config, write_csv(tmp_path / "x.csv", GOOD), actor="t",

@@ -47,6 +47,31 @@ def test_invalid_event_kind_rejected_before_anything_is_written(ledger: Ledger) 
     assert ledger.journal.tail().last_id == 0
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (NewEvent("lead.created", "t", {}), "lacks the key 'email'"),
+        (NewEvent("lead.updated", "t", {"id": 1, "changes": {}}), "no lead field to change"),
+        (NewEvent("lead.updated", "t", {"id": 99999, "changes": {"name": "X"}}),
+         "no lead with id 99999"),
+        (NewEvent("receipt.recorded", "t", {"kind": "x", "actor": "t", "started_at": "a",
+                                            "finished_at": "b", "outcome": "ok",
+                                            "summary": "s"}), "lacks the key 'effects'"),
+        (NewEvent("receipt.recorded", "t", {"kind": "x", "actor": "t", "started_at": "a",
+                                            "finished_at": "b", "outcome": "ok", "summary": "s",
+                                            "effects": {"emails_sent": 0}}),
+         "must count emails_sent"),
+    ],
+)
+def test_payload_a_projection_cannot_apply_is_bad_input(ledger: Ledger, bad: NewEvent,
+                                                         message: str) -> None:
+    ledger.append("note.added", "t", {})
+    with pytest.raises(InputError, match=message):
+        ledger.append_many([NewEvent("note.added", "t"), bad])
+    assert [e.id for e in ledger.events()] == [1]
+    assert ledger.journal.tail().last_id == 1
+
+
 def test_missing_database_is_rebuilt_from_the_journal(ws: Workspace) -> None:
     with Ledger.for_workspace(ws) as led:
         led.append_many([lead(f"p{i}@x.example") for i in range(20)])

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from atlasops.config import parse_config
-from atlasops.errors import ConfigError, WorkspaceError
+from atlasops.errors import ConfigError, Conflict, WorkspaceError
+from atlasops.ledger import Ledger
 from atlasops.workspace import Workspace
 
 
@@ -26,15 +27,23 @@ def test_init_creates_private_layout(ws: Workspace) -> None:
 
 def test_init_is_idempotent_and_keeps_config(ws: Workspace) -> None:
     ws.config_path.write_text(ws.config_path.read_text() + "\n# my edit\n")
-    again = Workspace.init(ws.home, "someone-else@other.example")
+    again = Workspace.init(ws.home, "")
     assert again.config.owner.email == ws.config.owner.email
+    assert "# my edit" in ws.config_path.read_text()
+    with pytest.raises(Conflict):
+        Workspace.init(ws.home, "someone-else@other.example")
     assert "# my edit" in ws.config_path.read_text()
 
 
-def test_ledger_files_are_private(ledger: object, ws: Workspace) -> None:
-    assert mode(ws.db_path) == 0o600
-    for seg in ws.journal_dir.glob("*.journal"):
-        assert mode(seg) == 0o600
+def test_ledger_files_are_private_once_written(ws: Workspace) -> None:
+    with Ledger.for_workspace(ws) as ledger:
+        ledger.append("note.added", "t", {"text": "x"})
+    segments = list(ws.journal_dir.glob("*.journal"))
+    assert segments, "the append wrote no journal segment"
+    for path in [ws.db_path, *segments, ws.lock_path, ws.config_path]:
+        assert mode(path) == 0o600, path
+    for path in [ws.home, *ws.layout()]:
+        assert mode(path) == 0o700, path
 
 
 def test_open_missing_workspace(tmp_path: Path) -> None:

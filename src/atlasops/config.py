@@ -33,7 +33,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _normal_email(value: str) -> str:
+def normal_email(value: str) -> str:
+    """The normalised form of an email address (syntax only, no DNS); ValueError if invalid."""
     try:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError as exc:
@@ -48,12 +49,12 @@ class Owner(_Strict):
     @field_validator("email")
     @classmethod
     def _valid_email(cls, value: str) -> str:
-        return _normal_email(value)
+        return normal_email(value)
 
     @field_validator("review_addresses")
     @classmethod
     def _valid_emails(cls, value: list[str]) -> list[str]:
-        return [_normal_email(v) for v in value]
+        return [normal_email(v) for v in value]
 
     def addresses(self) -> set[str]:
         """Every address that counts as the owner's (compared case-insensitively)."""
@@ -103,7 +104,7 @@ class Channel(_Strict):
     @field_validator("from_address")
     @classmethod
     def _valid_from(cls, value: str | None) -> str | None:
-        return None if value is None else _normal_email(value)
+        return None if value is None else normal_email(value)
 
 
 DEFAULT_MUST_NOT_CONTAIN = ["Internal Server Error", "Application error"]
@@ -300,12 +301,10 @@ def parse_config(text: str, *, source: str = "atlas.toml") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        problems = [f"{_key(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(
-            f"{source}: key {_key(first['loc'])}: {first['msg']}",
-            problems=problems,
-        ) from exc
+        problems = [f"key {_key(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        head = (f"{source}: {problems[0]}" if len(problems) == 1 else
+                f"{source} has {len(problems)} problems: " + "; ".join(problems))
+        raise ConfigError(head, problems=problems) from exc
 
 
 def load_config(path: Path) -> Config:
@@ -314,7 +313,9 @@ def load_config(path: Path) -> Config:
     except FileNotFoundError as exc:
         raise ConfigError(f"{path} is missing") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} cannot be read: {exc}") from exc
+        raise ConfigError(f"{path} cannot be read: {exc}",
+                          hint="atlas.toml must be a UTF-8 file readable by this user "
+                          "(Atlas creates it 0600).") from exc
     return parse_config(text, source=str(path))
 
 
@@ -365,6 +366,7 @@ __all__ = [
     "RouteAuth",
     "Runbook",
     "Step",
+    "normal_email",
     "default_channels",
     "default_lanes",
     "Config",

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AtlasError
-from .ledger import Journal, Ledger, VerifyReport, dump_tables, rebuild, utc_now, verify
+from .ledger import Journal, Ledger, VerifyReport, compare_tables, rebuild, utc_now, verify
+from .ledger.verify import Discrepancy
 from .receipts import Check, Receipt, record
 from .workspace import Workspace
 
@@ -32,11 +33,37 @@ def _journal(ws: Workspace) -> Journal:
     return Journal(ws.journal_dir, ws.config.journal.segment_bytes)
 
 
-def verify_workspace(ws: Workspace, actor: str, *, record_receipt: bool = True) -> Verified:
-    """Verify the files as they are (nothing is healed first), then record a receipt."""
+def replay_differences(ws: Workspace) -> tuple[int, list[str]]:
+    """Replay the journal into a scratch database and compare every projected table with
+    the ledger's. Returns (events replayed, the first differences)."""
+    with tempfile.TemporaryDirectory(prefix="atlas-replay-") as tmp:
+        target = Path(tmp) / "replay.db"
+        result = rebuild(_journal(ws), target)
+        return result.events, compare_tables(ws.db_path, target)
+
+
+def verify_workspace(ws: Workspace, actor: str, *, record_receipt: bool = True,
+                     tables: bool = False) -> Verified:
+    """Verify the files as they are (nothing is healed first), then record a receipt.
+
+    With ``tables``, also replay the journal into a scratch database and compare every
+    projected table: a row changed behind Atlas's back (not through an event) is found."""
     started, t0 = utc_now(), time.perf_counter()
     report = verify(ws.db_path, _journal(ws))
     ms = (time.perf_counter() - t0) * 1000
+    checks = [Check(name="ledger == journal, hash chains", passed=report.ok,
+                    detail=(report.discrepancies[0].describe() if report.discrepancies
+                            else f"{report.journal_records} records compared"), ms=ms)]
+    if tables:
+        t1 = time.perf_counter()
+        try:
+            replayed, diffs = replay_differences(ws)
+            detail = diffs[0] if diffs else f"{replayed} events replayed; every table matches"
+        except AtlasError as exc:
+            diffs, detail = [exc.message], f"the journal cannot be replayed: {exc.message}"
+        report.discrepancies += [Discrepancy("tables", None, d) for d in diffs]
+        checks.append(Check(name="tables == replay of the journal", passed=not diffs,
+                            detail=detail, ms=(time.perf_counter() - t1) * 1000))
     if not record_receipt:
         return Verified(report, None, None)
     first = report.discrepancies[0].describe() if report.discrepancies else ""
@@ -44,12 +71,12 @@ def verify_workspace(ws: Workspace, actor: str, *, record_receipt: bool = True) 
         kind="ledger.verify", subject="ledger", actor=actor, started_at=started,
         finished_at=utc_now(), outcome="ok" if report.ok else "failed",
         summary=(f"The ledger and the journal hold the same {report.last_id} events and both "
-                 "hash chains verify." if report.ok else
+                 "hash chains verify" + (", and replaying the journal reproduces every table."
+                                         if tables else ".") if report.ok else
                  f"The ledger does not match the journal: {first}"),
         symptom=None if report.ok else {"first_discrepancy": first,
                                         "count": len(report.discrepancies)},
-        checks=[Check(name="ledger == journal, hash chains", passed=report.ok,
-                      detail=first or f"{report.journal_records} records compared", ms=ms)],
+        checks=checks,
         evidence={"journal_records": report.journal_records,
                   "ledger_events": report.ledger_events, "last_id": report.last_id},
     )
@@ -64,22 +91,20 @@ def verify_workspace(ws: Workspace, actor: str, *, record_receipt: bool = True) 
 def replay_check(ws: Workspace, ledger: Ledger, actor: str) -> int:
     """Replay the journal into a scratch database and compare every table; record a receipt."""
     started, t0 = utc_now(), time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="atlas-replay-") as tmp:
-        target = Path(tmp) / "replay.db"
-        result = rebuild(_journal(ws), target)
-        same = dump_tables(target) == dump_tables(ws.db_path)
+    events, diffs = replay_differences(ws)
+    same = not diffs
     ms = (time.perf_counter() - t0) * 1000
     receipt = Receipt(
         kind="ledger.replay_check", subject="ledger", actor=actor, started_at=started,
         finished_at=utc_now(), outcome="ok" if same else "failed",
-        summary=(f"Replaying the journal's {result.events} events into an empty database "
+        summary=(f"Replaying the journal's {events} events into an empty database "
                  "reproduces every table of the ledger." if same else
                  "Replaying the journal does NOT reproduce the ledger's tables."),
         checks=[Check(name="replay reproduces tables", passed=same,
-                      detail=f"{result.events} events replayed", ms=ms)],
-        evidence={"events": result.events, "last_hash": result.last_hash},
+                      detail=diffs[0] if diffs else f"{events} events replayed", ms=ms)],
+        evidence={"events": events},
     )
     return record(ledger, receipt).id
 
 
-__all__ = ["Verified", "replay_check", "verify_workspace"]
+__all__ = ["Verified", "replay_check", "replay_differences", "verify_workspace"]

@@ -90,7 +90,8 @@ def parse_csv(path: Path, config: Config, default_business: str | None
         raise InputError(f"unknown business {default_business!r}",
                          hint="Businesses are declared in atlas.toml under [businesses.SLUG].")
     text, digest = _decode(path)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: an unterminated quote is an error, not a value that runs to the end of the file.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration as exc:

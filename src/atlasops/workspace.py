@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Business, Config, load_config, render_config
-from .errors import Conflict, WorkspaceError
+from .config import Business, Config, load_config, normal_email, render_config
+from .errors import ConfigError, Conflict, InputError, WorkspaceError
 
 CONFIG_NAME = "atlas.toml"
 DIR_MODE = 0o700
@@ -118,19 +118,43 @@ class Workspace:
         home = Path(home).expanduser().absolute()
         if home.exists() and not home.is_dir():
             raise Conflict(f"{home} exists and is not a directory")
-        try:
-            _mkdir_private(home)
-            config_path = home / CONFIG_NAME
-            if not config_path.exists():
+        config_path = home / CONFIG_NAME
+        text = None
+        if not config_path.exists():
+            # Validate before anything is created: a bad --owner leaves no directory behind.
+            try:
                 text = render_config(owner_email, owner_name, businesses, demo=demo,
                                      extra=extra_config)
+            except ConfigError as exc:
+                raise InputError(f"cannot create the workspace: {exc.message}",
+                                 hint="atlas init --owner you@yourbusiness.com") from exc
+        try:
+            _mkdir_private(home)
+            if text is not None:
                 _write_private(config_path, text)
             ws = cls(home=home, config=load_config(config_path))
+            if text is None and owner_email:
+                _same_owner(ws, owner_email)
             for path in ws.layout():
                 _mkdir_private(path)
         except PermissionError as exc:
             raise WorkspaceError(f"cannot create the workspace at {home}: {exc}") from exc
         return ws
+
+
+def _same_owner(ws: Workspace, owner_email: str) -> None:
+    """``init`` on an existing workspace never rewrites atlas.toml: a different --owner is a
+    conflict to resolve by hand, not something to ignore silently."""
+    try:
+        wanted = normal_email(owner_email)
+    except ValueError as exc:
+        raise InputError(f"--owner {owner_email!r} is not a valid email address: {exc}") from exc
+    if wanted.casefold() != ws.config.owner.email.casefold():
+        raise Conflict(
+            f"{ws.home / CONFIG_NAME} already names the owner {ws.config.owner.email}, "
+            f"not {wanted}; atlas init never rewrites atlas.toml",
+            hint="To change the owner, edit [owner] email in atlas.toml.",
+        )
 
 
 def _mkdir_private(path: Path) -> None:

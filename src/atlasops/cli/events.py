@@ -13,6 +13,7 @@ from ..ledger import Event
 from .common import (
     HomeOpt,
     JsonOpt,
+    err,
     handles_errors,
     open_ledger,
     out,
@@ -50,11 +51,16 @@ def list_(
 ) -> None:
     """List events in id order (JSON: id, ts, kind, actor, subject, payload, prev_hash, hash)."""
     with open_ledger(home) as (_ws, ledger):
-        events = ledger.events(after=after, kind=kind, limit=limit)
+        events = ledger.events(after=after, kind=kind, limit=limit + 1)
+    more = len(events) > limit
+    events = events[:limit]
     if as_json:
         print_json([e.to_dict() for e in events])
-        return
-    out.print(_table(events))
+    else:
+        out.print(_table(events))
+    if more:  # on stderr, so the JSON on stdout stays one array
+        err.print(f"{limit} event(s) shown; there are more: continue with --after "
+                  f"{events[-1].id}, or raise --limit.", style="yellow")
 
 
 @app.command("tail")

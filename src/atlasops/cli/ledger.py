@@ -33,21 +33,26 @@ def verify(
     as_json: JsonOpt = False,
     no_receipt: Annotated[bool, typer.Option("--no-receipt", help="Do not record a receipt "
                                              "of this check.")] = False,
+    tables: Annotated[bool, typer.Option("--tables", help="Also replay the journal into a "
+                                         "scratch database and compare every table (finds rows "
+                                         "changed behind Atlas's back; slower).")] = False,
 ) -> None:
     """Check both hash chains and that the ledger holds exactly the journal's events.
 
     Reads the files as they are (nothing is repaired first). Exit 1 with the first
-    discrepancy when they differ.
+    discrepancy when they differ. With --tables, also check that every table is what
+    replaying the journal produces.
     """
     ws = open_workspace(home)
-    result = verify_workspace(ws, actor(), record_receipt=not no_receipt)
+    result = verify_workspace(ws, actor(), record_receipt=not no_receipt, tables=tables)
     report = result.report
     if as_json:
         print_json(result.to_dict())
     elif report.ok:
         out.print(styled(("ok", "green"), f": {report.journal_records} journal records == "
                   f"{report.ledger_events} ledger events, hash chains intact "
-                  f"(last id {report.last_id})."))
+                  f"(last id {report.last_id})"
+                  + ("; every table matches a replay of the journal." if tables else ".")))
     else:
         err.print(styled(("MISMATCH", "bold red"), f": {report.discrepancies[0].describe()}"))
         for d in report.discrepancies[1:10]:

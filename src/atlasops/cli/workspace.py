@@ -78,9 +78,10 @@ def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     table.add_row("last event", "none" if last is None else
                   f"#{last['id']} {last['kind']} at {last['ts']} by {last['actor']}")
     j = data["journal"]
-    health = mark(j["ok"], "ok", "; ".join(j["problems"]))
+    health = mark(j["ok"], "tail ok", "; ".join(j["problems"]))
     table.add_row("journal", styled(health, f" ({j['segments']} segment(s), {j['bytes']} bytes, "
-                                            f"last id {j['last_id']})"))
+                                            f"last id {j['last_id']}; every record: "
+                                            f"`{j['full_check']}`)"))
     b = data["latest_backup"]
     table.add_row("latest backup", "none yet" if b is None else
                   f"{b['name']} ({'validated' if b['validated'] else 'NOT validated'})")

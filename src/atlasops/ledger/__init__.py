@@ -3,7 +3,7 @@
 from .events import GENESIS_HASH, Event, NewEvent, canonical_json, utc_now
 from .journal import Journal
 from .store import Ledger, OpenReport
-from .verify import RebuildReport, VerifyReport, dump_tables, rebuild, verify
+from .verify import RebuildReport, VerifyReport, compare_tables, dump_tables, rebuild, verify
 
 __all__ = [
     "GENESIS_HASH",
@@ -15,6 +15,7 @@ __all__ = [
     "RebuildReport",
     "VerifyReport",
     "canonical_json",
+    "compare_tables",
     "dump_tables",
     "rebuild",
     "utc_now",

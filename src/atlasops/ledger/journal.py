@@ -160,12 +160,13 @@ class Problem:
 
     segment: str
     offset: int
-    line: int
+    line: int  # -1 when unknown (the tail is read from the end of the segment)
     reason: str
     torn: bool = False  # an unterminated final line: a write that never completed
 
     def describe(self) -> str:
-        return f"{self.segment} line {self.line} (byte {self.offset}): {self.reason}"
+        where = f"line {self.line}, byte {self.offset}" if self.line >= 0 else f"byte {self.offset}"
+        return f"{self.segment} ({where}): {self.reason}"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 
+from ..errors import InputError
 from .events import Event, canonical_json
 
 Projection = Callable[[sqlite3.Connection, Event], None]
@@ -51,11 +52,20 @@ def apply_all(conn: sqlite3.Connection, events: list[Event]) -> None:
 
 
 def apply(conn: sqlite3.Connection, event: Event) -> None:
-    """Insert the event row and apply it to the tables (inside the caller's transaction)."""
+    """Insert the event row and apply it to the tables (inside the caller's transaction).
+
+    A payload its projection cannot apply (a missing key, a wrong type) is bad input: it
+    raises :class:`InputError` before anything reaches the journal."""
     insert_event(conn, event)
     fn = PROJECTIONS.get(event.kind)
     if fn is not None:
-        fn(conn, event)
+        try:
+            fn(conn, event)
+        except KeyError as exc:
+            raise InputError(f"event {event.kind}: the payload lacks the key {exc}") from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"event {event.kind}: the payload cannot be applied: {exc}"
+                             ) from exc
     if event.kind == "receipt.recorded" and event.payload.get("kind") == "job.run":
         conn.execute("UPDATE job_runs SET receipt_id=?, outcome=? WHERE run_id=?",
                      (event.id, event.payload["outcome"],
@@ -88,20 +98,30 @@ def _lead_created(conn: sqlite3.Connection, e: Event) -> None:
 @projection("lead.updated")
 def _lead_updated(conn: sqlite3.Connection, e: Event) -> None:
     changes = {k: v for k, v in e.payload["changes"].items() if k in LEAD_FIELDS}
+    if not changes:
+        raise ValueError(f"no lead field to change (fields: {', '.join(LEAD_FIELDS)})")
     sets = ", ".join(f"{k}=?" for k in changes)
     values: list[object] = list(changes.values())
     if "email" in changes:
         sets += ", email_key=?"
         values.append(str(changes["email"]).casefold())
-    conn.execute(
+    cur = conn.execute(
         f"UPDATE leads SET {sets}, updated_at=?, updated_event=? WHERE id=?",
         (*values, e.ts, e.id, e.payload["id"]),
     )
+    if cur.rowcount != 1:
+        raise ValueError(f"there is no lead with id {e.payload['id']!r}")
+
+
+EFFECT_COUNTERS = ("emails_sent", "public_posts", "cta_changes", "spend_cents")
 
 
 @projection("receipt.recorded")
 def _receipt_recorded(conn: sqlite3.Connection, e: Event) -> None:
     p = e.payload
+    effects = p["effects"]
+    if not all(isinstance(effects.get(c), int) for c in EFFECT_COUNTERS):
+        raise ValueError(f"a receipt's effects must count {', '.join(EFFECT_COUNTERS)}")
     conn.execute(
         "INSERT INTO receipts(id, kind, subject, actor, started_at, finished_at, outcome,"
         " summary, body) VALUES (?,?,?,?,?,?,?,?,?)",

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Conflict, JournalCorrupt
+from ..errors import Conflict, InputError, JournalCorrupt
 from . import projections
 from .chain import Chain, Gap, read_gaps
 from .events import Event, StoredEvent
@@ -19,13 +19,14 @@ from .store import connect, connect_ro, event_from_row, storage_error, stored_ev
 
 @dataclass
 class Discrepancy:
-    where: str  # "journal" | "ledger" | "both"
+    where: str  # "journal" | "ledger" | "both" | "tables"
     event_id: int | None
     problem: str
 
     def describe(self) -> str:
-        at = f"event {self.event_id}" if self.event_id is not None else "-"
-        return f"[{self.where}] {at}: {self.problem}"
+        if self.event_id is None:
+            return f"[{self.where}] {self.problem}"
+        return f"[{self.where}] event {self.event_id}: {self.problem}"
 
 
 @dataclass
@@ -172,6 +173,9 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None) -> Re
     if into.exists():
         raise Conflict(f"{into} already exists; Atlas never overwrites a database",
                        hint="Choose a new path, or move the existing file away first.")
+    if not into.parent.is_dir():
+        raise InputError(f"cannot write {into}: the directory {into.parent} does not exist",
+                         hint="Create the directory first, or choose another path.")
     conn = connect(into)
     count = 0
     chain = Chain(read_gaps(journal.directory))
@@ -203,6 +207,32 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None) -> Re
     return RebuildReport(str(into), count, last.id if last else 0, last.hash if last else None)
 
 
+def compare_tables(a_path: Path, b_path: Path, *, limit: int = 10) -> list[str]:
+    """The first ``limit`` differences between the projected tables of two ledgers, table by
+    table in primary-key order (streamed: neither ledger is loaded whole)."""
+    a, b = connect_ro(a_path), connect_ro(b_path)
+    found: list[str] = []
+    try:
+        for table in projections.PROJECTED_TABLES:
+            sql = f"SELECT * FROM {table} ORDER BY 1"
+            rows_a, rows_b = a.execute(sql), b.execute(sql)
+            while len(found) < limit:
+                ra, rb = rows_a.fetchone(), rows_b.fetchone()
+                if ra is None and rb is None:
+                    break
+                if ra != rb:
+                    key = (ra or rb)[0]
+                    found.append(f"table {table}, row {key!r}: "
+                                 f"{'missing' if ra is None else tuple(ra)!r} in the ledger, "
+                                 f"{'missing' if rb is None else tuple(rb)!r} in the replay")
+                    if ra is None or rb is None or ra[0] != rb[0]:
+                        break  # rows no longer line up; one report per table is enough
+    finally:
+        a.close()
+        b.close()
+    return found
+
+
 def dump_tables(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every projected table, in primary-key order (for comparing two ledgers)."""
     conn = connect_ro(db_path)
@@ -215,4 +245,5 @@ def dump_tables(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
-__all__ = ["Discrepancy", "RebuildReport", "VerifyReport", "dump_tables", "rebuild", "verify"]
+__all__ = ["Discrepancy", "RebuildReport", "VerifyReport", "compare_tables", "dump_tables",
+           "rebuild", "verify"]
