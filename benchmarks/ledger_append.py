@@ -9,6 +9,8 @@ reported as the median rate in events per second:
   one event row and one lead row per transaction.
 * ``atlas_batch``: ``Ledger.append_many`` with ``--batch`` events per call.
 * ``raw_batch``: plain sqlite3, one transaction per ``--batch`` events with ``executemany``.
+* ``raw_single_inserts``, ``raw_batch_inserts``: the same two baselines with every row
+  (JSON, hash) built before the clock starts, so that only SQLite's inserts are timed.
 
 The baseline uses the same tables, columns and indexes as the ledger and does the work
 any application storing such rows must do (timestamp, JSON payload, SHA-256 hash chain),
@@ -264,19 +266,70 @@ def raw_batch(workdir: Path, payloads: list[Payload], batch: int) -> float:
     return elapsed
 
 
+def prepared_rows(payloads: list[Payload]) -> list[tuple[EventRow, LeadRow]]:
+    """Every row built before the clock starts: the inserts-only baselines time SQLite alone."""
+    ts, prev, rows = utc_now(), GENESIS, []
+    for id_, payload in enumerate(payloads, start=1):
+        event, lead = raw_rows(id_, ts, prev, payload)
+        rows.append((event, lead))
+        prev = event[7]
+    return rows
+
+
+def raw_single_inserts(workdir: Path, payloads: list[Payload], _batch: int) -> float:
+    rows = prepared_rows(payloads)
+    conn = open_raw(workdir)
+    try:
+        execute = conn.execute
+        start = time.perf_counter()
+        for event, lead in rows:
+            execute("BEGIN IMMEDIATE")
+            execute(INSERT_EVENT, event)
+            execute(INSERT_LEAD, lead)
+            execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        raw_check_count(conn, len(payloads))
+    finally:
+        conn.close()
+    return elapsed
+
+
+def raw_batch_inserts(workdir: Path, payloads: list[Payload], batch: int) -> float:
+    rows = prepared_rows(payloads)
+    batches = [([e for e, _ in rows[i:i + batch]], [lead for _, lead in rows[i:i + batch]])
+               for i in range(0, len(rows), batch)]
+    conn = open_raw(workdir)
+    try:
+        start = time.perf_counter()
+        for events, leads in batches:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(INSERT_EVENT, events)
+            conn.executemany(INSERT_LEAD, leads)
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        raw_check_count(conn, len(payloads))
+    finally:
+        conn.close()
+    return elapsed
+
+
 # -- running -------------------------------------------------------------------
 
 MEASURES: dict[str, Measure] = {
     "atlas_single": atlas_single,
     "raw_single": raw_single,
+    "raw_single_inserts": raw_single_inserts,
     "atlas_batch": atlas_batch,
     "raw_batch": raw_batch,
+    "raw_batch_inserts": raw_batch_inserts,
 }
 LABELS = {
     "atlas_single": "Atlas append (1 event/commit)",
     "raw_single": "raw sqlite3 WAL+FULL (1/commit)",
+    "raw_single_inserts": "  the same, inserts only",
     "atlas_batch": "Atlas append_many (batch)",
     "raw_batch": "raw sqlite3 executemany (batch)",
+    "raw_batch_inserts": "  the same, inserts only",
 }
 
 
@@ -333,20 +386,27 @@ def machine() -> dict[str, Any]:
 
 
 def summary(results: dict[str, Result], args: argparse.Namespace) -> dict[str, Any]:
-    single = results["atlas_single"].median / results["raw_single"].median
-    batch = results["atlas_batch"].median / results["raw_batch"].median
+    def ratio(atlas: str, raw: str) -> float:
+        return round(results[atlas].median / results[raw].median, 3)
+
+    # Two readings of "raw sqlite3 doing the same inserts": with the per-event work an
+    # application needs for the same guarantee (timestamp, JSON, SHA-256 chain) timed too,
+    # and SQLite's inserts alone (rows prepared before the clock starts). Goals are judged
+    # on both; the stricter one is the second.
+    goals = {}
+    for key, goal, atlas, raw in (("single", GOAL_SINGLE, "atlas_single", "raw_single"),
+                                  ("batch", GOAL_BATCH, "atlas_batch", "raw_batch")):
+        for suffix, baseline in (("", raw), ("_inserts_only", f"{raw}_inserts")):
+            r = ratio(atlas, baseline)
+            goals[key + suffix] = {"goal": goal, "ratio": r, "met": r >= goal,
+                                   "baseline": baseline}
     return {
         "config": {"events": args.events, "batch": args.batch, "repeat": args.repeat,
                    "dir": str(args.dir), "segment_bytes": SEGMENT_BYTES},
         "machine": machine(),
         "results": {name: r.as_dict() for name, r in results.items()},
-        "ratios": {"single": round(single, 3), "batch": round(batch, 3)},
-        "goals": {
-            "single": {"goal": GOAL_SINGLE, "ratio": round(single, 3),
-                       "met": single >= GOAL_SINGLE},
-            "batch": {"goal": GOAL_BATCH, "ratio": round(batch, 3),
-                      "met": batch >= GOAL_BATCH},
-        },
+        "ratios": {k: g["ratio"] for k, g in goals.items()},
+        "goals": goals,
     }
 
 
@@ -368,8 +428,8 @@ def print_table(report: dict[str, Any]) -> None:
     print()
     for key, goal in report["goals"].items():
         verdict = "PASS" if goal["met"] else "MISS"
-        print(f"{key:<6} atlas/raw = {goal['ratio']:.2f}x   goal >= {goal['goal']:.2f}x   "
-              f"{verdict}")
+        print(f"{key:<19} atlas/{goal['baseline']:<18} = {goal['ratio']:.2f}x   "
+              f"goal >= {goal['goal']:.2f}x   {verdict}")
 
 
 def profile_single(events: int, base: Path, top: int) -> str:
