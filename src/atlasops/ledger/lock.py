@@ -1,7 +1,9 @@
 """The writer lock: one ``flock`` on ``data/writer.lock`` orders every writer.
 
-The lock file is opened once and kept open; taking the lock is one
-``flock`` call. It is re-entrant within a process (a recovery that holds it
+Taking the lock opens the lock file and makes one ``flock`` call; releasing it
+closes the file (so a workspace deleted and made again, as ``atlas demo --reset``
+does, never leaves a process locking the old file's inode). It is re-entrant within
+a process (a recovery that holds it
 can still record its receipt through a :class:`Ledger`), and exclusive
 between processes. The kernel releases it when a process dies, so a killed
 writer never leaves the workspace locked.
