@@ -15,13 +15,20 @@ FOOTER = "\n\nReply STOP to opt out."
 PASSING = ("--spf", "pass", "--dkim", "pass", "--dmarc", "pass")
 
 
+def init_owner_token(cli: Any) -> str:
+    """`atlas init` (here re-run on a workspace that has no owner token yet) prints the
+    owner's token once, on a line of its own."""
+    r = cli("init")
+    assert r.exit_code == 0, r.stderr
+    (token,) = [ln for ln in r.stdout.splitlines() if ln.startswith("atl_")]
+    return token
+
+
 @pytest.fixture
 def setup(cli: Any, ws: Workspace, smtp: Any, monkeypatch: pytest.MonkeyPatch,
           tmp_path: Path) -> dict[str, str]:
     gate_workspace(ws, smtp.port)
-    r = cli("token", "create", "--role", "owner", "--name", "matt", "--json")
-    assert r.exit_code == 0, r.stderr
-    owner = r.json()["token"]
+    owner = init_owner_token(cli)
     monkeypatch.setenv("ATLAS_TOKEN", owner)
     agent = cli("token", "create", "--role", "agent", "--name", "outreach", "--json").json()
     rows = [[f"c{i}@cpa{i}.example", f"CPA {i}", f"Firm {i}", "cpa", "wimper"]
@@ -40,7 +47,7 @@ def as_owner(monkeypatch: pytest.MonkeyPatch, tokens: dict[str, str]) -> None:
 
 def test_tokens(cli: Any, setup: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     rows = cli("token", "list", "--json").json()
-    assert {(r["name"], r["role"]) for r in rows} == {("matt", "owner"), ("outreach", "agent")}
+    assert {(r["name"], r["role"]) for r in rows} == {("owner", "owner"), ("outreach", "agent")}
     assert "atl_" not in cli("token", "list").stdout
     as_agent(monkeypatch, setup)
     r = cli("token", "create", "--role", "agent", "--name", "x")
@@ -200,3 +207,27 @@ def test_read_only_capabilities_refuse_review_send(cli: Any, setup: dict[str, st
     assert r.exit_code == 8 and "read-only" in r.stderr
     refused = cli("receipts", "list", "--kind", "effect.refused", "--json").json()
     assert len(refused) == 1 and refused[0]["outcome"] == "refused"
+
+
+def test_init_mints_the_owner_token_once_and_only_the_owner_makes_more(
+        cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "fresh"
+    r = cli("init", "--owner", "me@mine.example", home=home)
+    assert r.exit_code == 0, r.stderr
+    (token,) = [ln for ln in r.stdout.splitlines() if ln.startswith("atl_")]
+    assert "shown once" in r.stdout and "ATLAS_TOKEN" in r.stdout
+    again = cli("init", home=home)
+    assert again.exit_code == 0 and "atl_" not in again.stdout
+    monkeypatch.delenv("ATLAS_TOKEN", raising=False)
+    r = cli("token", "create", "--role", "owner", "--name", "mine", home=home)
+    assert r.exit_code == 8 and "only the owner" in r.stderr and "atlas init" in r.stderr
+    monkeypatch.setenv("ATLAS_TOKEN", token)
+    agent = cli("token", "create", "--role", "agent", "--name", "a", "--json", home=home)
+    assert agent.exit_code == 0
+    monkeypatch.setenv("ATLAS_TOKEN", agent.json()["token"])
+    assert cli("token", "create", "--role", "owner", "--name", "x", home=home).exit_code == 8
+    monkeypatch.setenv("ATLAS_TOKEN", token)
+    assert cli("token", "create", "--role", "owner", "--name", "laptop", home=home
+               ).exit_code == 0
+    assert {r["name"] for r in cli("token", "list", "--json", home=home).json()} == {
+        "owner", "a", "laptop"}

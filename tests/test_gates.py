@@ -466,3 +466,20 @@ def test_refused_passes_do_not_use_up_the_retry_budget(gws: Workspace, owner: Pr
             run(gws, led, caps=Capabilities(read_only=True))
         assert drafts.get_draft(led, d["id"])["attempts"] == 0
         assert run(gws, led).sent == [d["id"]]
+
+
+def test_first_owner_token_only_by_bootstrap_and_approvals_name_the_token(
+        gws: Workspace) -> None:
+    from atlasops.auth import bootstrap_owner_token
+
+    with Ledger.for_workspace(gws) as led:
+        with pytest.raises(PermissionDenied):  # no owner token yet: still not for anyone
+            create_token(led, Principal("local", "someone"), role="owner", name="mine")
+        token, _ = bootstrap_owner_token(led, name="laptop") or ("", 0)
+        assert bootstrap_owner_token(led) is None  # only once, ever
+        owner = authenticate(led, gws.config, token)
+        assert owner.actor == f"owner:{gws.config.owner.email} (token laptop)"
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        (approved,) = drafts.approve(led, gws.config, owner, [d["id"]])
+        assert approved["approved_by"] == f"owner:{gws.config.owner.email} (token laptop)"

@@ -99,7 +99,7 @@ class Conflict(AtlasError):
 class PermissionDenied(AtlasError):
     exit_code = 8
     default_hint = ("Only the owner may do this. Set ATLAS_TOKEN to the owner's token "
-                    "(`atlas token create --role owner` prints one once).")
+                    "(`atlas init` printed it once).")
 
 
 __all__ = [

@@ -74,10 +74,10 @@ def token_create(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a token and print it once; only its sha256 is stored.
+    """Create a token (owner only) and print it once; only its sha256 is stored.
 
-    The first owner token can be created by anyone who can write the workspace;
-    after that only the owner (ATLAS_TOKEN set to an owner token) creates tokens.
+    The first owner token comes from `atlas init`; every later token, owner or agent,
+    needs ATLAS_TOKEN set to an owner token.
     """
     with open_ledger(home) as (ws, ledger):
         token, event_id = auth.create_token(ledger, principal(ws, ledger),
