@@ -468,6 +468,88 @@ def test_refused_passes_do_not_use_up_the_retry_budget(gws: Workspace, owner: Pr
         assert run(gws, led).sent == [d["id"]]
 
 
+# -- review fixes (issue 4 audit) ----------------------------------------------------
+
+def reopen(ws: Workspace, extra: str) -> Workspace:
+    """Append to atlas.toml and open the workspace again (the config is read at open)."""
+    with open(ws.config_path, "a", encoding="utf-8") as fh:
+        fh.write(extra)
+    return Workspace.open(ws.home)
+
+
+ZOHO_ONLY = """
+[channels.zoho]
+type = "smtp"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+from_address = "matt@sender.test-biz.example"
+timeout = 5
+
+[lanes."outbound.prospect"]
+channel = "zoho"
+"""
+
+
+def test_a_lane_section_keeps_the_defaults_it_does_not_set(ws: Workspace, smtp: Any) -> None:
+    from atlasops.config import default_lanes
+
+    gws = reopen(ws, ZOHO_ONLY.format(port=smtp.port))
+    lane = gws.config.all_lanes()["outbound.prospect"]
+    default = default_lanes()["outbound.prospect"]
+    assert lane.channel == "zoho"
+    assert lane.footer == default.footer and lane.footer is not None
+    assert lane.posture_max_age_days == default.posture_max_age_days == 30
+    assert (lane.daily_cap, lane.cooldown_hours) == (default.daily_cap, default.cooldown_hours)
+    with Ledger.for_workspace(gws) as led:
+        owner = authenticate(led, gws.config, owner_token(led))
+        d = new_draft(led, gws, body="No footer at all.")
+        assert d["state"] == "draft" and d["problems"][0]["name"] == "footer_present"
+        lanes.set_lane(led, gws.config, owner, "outbound.prospect", open_=True, reason="t")
+        ok = new_draft(led, gws)
+        with pytest.raises(Conflict, match="deliverability_posture_recent"):
+            drafts.approve(led, gws.config, owner, [ok["id"]])
+    assert smtp.messages == []
+
+
+def test_overriding_the_review_lane_keeps_it_owner_only(ws: Workspace, smtp: Any) -> None:
+    gws = reopen(ws, ZOHO_ONLY.format(port=smtp.port)
+                 + '\n[lanes."outbound.review"]\nopen = true\nchannel = "zoho"\n')
+    assert gws.config.all_lanes()["outbound.review"].owner_only is True
+    with Ledger.for_workspace(gws) as led:
+        owner = authenticate(led, gws.config, owner_token(led))
+        d = drafts.create(led, gws.config, AGENT, to="stranger@else.example", subject="s",
+                          body="b", lane="outbound.review")
+        assert d["state"] == "draft" and d["problems"][0]["name"] == "recipient_is_owner"
+        with pytest.raises(Conflict, match="not send-ready"):
+            drafts.approve(led, gws.config, owner, [d["id"]])
+        run(gws, led)
+    assert smtp.messages == []
+
+
+def test_a_config_that_turns_off_owner_only_on_the_review_lane_is_refused(
+        ws: Workspace) -> None:
+    from atlasops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"outbound\.review.*owner_only"):
+        reopen(ws, '\n[lanes."outbound.review"]\nowner_only = false\n')
+
+
+def test_credentials_over_cleartext_smtp_are_refused_unless_loopback(ws: Workspace) -> None:
+    from atlasops.config import parse_config
+    from atlasops.errors import ConfigError
+
+    base = ws.config_path.read_text()
+    channel = ('\n[channels.zoho]\ntype = "smtp"\nhost = "{host}"\ntls = "none"\n'
+               'user_env = "U"\npassword_env = "P"\nfrom_address = "m@x.example"\n')
+    with pytest.raises(ConfigError, match=r"channels\.zoho.*cleartext"):
+        parse_config(base + channel.format(host="smtp.zoho.example"))
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert parse_config(base + channel.format(host=host)).channels["zoho"].host == host
+    assert parse_config(base + channel.format(host="smtp.zoho.example").replace(
+        'tls = "none"', 'tls = "starttls"'))
+
+
 def test_first_owner_token_only_by_bootstrap_and_approvals_name_the_token(
         gws: Workspace) -> None:
     from atlasops.auth import bootstrap_owner_token
