@@ -231,3 +231,42 @@ def test_init_mints_the_owner_token_once_and_only_the_owner_makes_more(
                ).exit_code == 0
     assert {r["name"] for r in cli("token", "list", "--json", home=home).json()} == {
         "owner", "a", "laptop"}
+
+
+def test_touches_done_and_gate_status_reflect_it(cli: Any, setup: dict[str, str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    as_agent(monkeypatch, setup)
+    assert cli("touches", "add", "--lead", "c1@cpa1.example", "--due", "2020-01-01"
+               ).exit_code == 0
+    (touch,) = cli("touches", "due", "--json").json()
+    assert cli("gate", "status", "--json").json()["touches_due"] == 1
+    r = cli("touches", "done", str(touch["id"]), "--note", "called", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json()["status"] == "done"
+    assert cli("touches", "due", "--json").json() == []
+    assert cli("gate", "status", "--json").json()["touches_due"] == 0
+    assert cli("touches", "done", str(touch["id"])).exit_code == 7
+    assert cli("touches", "done", "99999").exit_code == 6
+
+
+def test_send_review_over_smtp_that_fails_is_exit_1_with_a_receipt(
+        cli: Any, setup: dict[str, str], ws: Workspace, smtp: Any) -> None:
+    with open(ws.config_path, "a", encoding="utf-8") as fh:
+        fh.write('\n[lanes."outbound.review"]\nchannel = "zoho"\n')
+    assert cli("packet", "create", "p", "--segment", "cpa").exit_code == 0
+    smtp.set_reply("451 4.3.0 try again later")
+    r = cli("packet", "send-review", "p")
+    assert r.exit_code == 1
+    assert "not sent for review" in r.stderr and "451" in r.stderr and "Try again" in r.stderr
+    (receipt,) = cli("receipts", "list", "--kind", "packet.review", "--json").json()
+    assert receipt["outcome"] == "failed"
+    assert smtp.messages == []
+
+
+def test_gate_status_names_what_holds_send_ready_drafts(cli: Any, setup: dict[str, str]
+                                                        ) -> None:
+    for i in range(3):
+        assert cli("drafts", "create", "--to", f"c{i}@cpa{i}.example", "--subject", "S",
+                   "--body", "B" + FOOTER).exit_code == 0
+    out = cli("gate", "status").stdout
+    assert "3 send-ready draft(s) await approval-ready: lane outbound.prospect is closed" in out
