@@ -99,10 +99,12 @@ def gate_workspace(ws: Workspace, port: int, *, cap: int = 1000, cooldown: float
 
 
 def owner_token(ledger: Ledger) -> str:
-    from atlasops.auth import Principal, create_token
+    """The workspace's first owner token, minted as `atlas init` mints it."""
+    from atlasops.auth import bootstrap_owner_token
 
-    token, _ = create_token(ledger, Principal("local", "setup"), role="owner", name="owner")
-    return token
+    minted = bootstrap_owner_token(ledger)
+    assert minted is not None, "the workspace has an owner token already"
+    return minted[0]
 
 
 @pytest.fixture

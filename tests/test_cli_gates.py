@@ -15,13 +15,20 @@ FOOTER = "\n\nReply STOP to opt out."
 PASSING = ("--spf", "pass", "--dkim", "pass", "--dmarc", "pass")
 
 
+def init_owner_token(cli: Any) -> str:
+    """`atlas init` (here re-run on a workspace that has no owner token yet) prints the
+    owner's token once, on a line of its own."""
+    r = cli("init")
+    assert r.exit_code == 0, r.stderr
+    (token,) = [ln for ln in r.stdout.splitlines() if ln.startswith("atl_")]
+    return token
+
+
 @pytest.fixture
 def setup(cli: Any, ws: Workspace, smtp: Any, monkeypatch: pytest.MonkeyPatch,
           tmp_path: Path) -> dict[str, str]:
     gate_workspace(ws, smtp.port)
-    r = cli("token", "create", "--role", "owner", "--name", "matt", "--json")
-    assert r.exit_code == 0, r.stderr
-    owner = r.json()["token"]
+    owner = init_owner_token(cli)
     monkeypatch.setenv("ATLAS_TOKEN", owner)
     agent = cli("token", "create", "--role", "agent", "--name", "outreach", "--json").json()
     rows = [[f"c{i}@cpa{i}.example", f"CPA {i}", f"Firm {i}", "cpa", "wimper"]
@@ -40,7 +47,7 @@ def as_owner(monkeypatch: pytest.MonkeyPatch, tokens: dict[str, str]) -> None:
 
 def test_tokens(cli: Any, setup: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     rows = cli("token", "list", "--json").json()
-    assert {(r["name"], r["role"]) for r in rows} == {("matt", "owner"), ("outreach", "agent")}
+    assert {(r["name"], r["role"]) for r in rows} == {("owner", "owner"), ("outreach", "agent")}
     assert "atl_" not in cli("token", "list").stdout
     as_agent(monkeypatch, setup)
     r = cli("token", "create", "--role", "agent", "--name", "x")
@@ -200,3 +207,66 @@ def test_read_only_capabilities_refuse_review_send(cli: Any, setup: dict[str, st
     assert r.exit_code == 8 and "read-only" in r.stderr
     refused = cli("receipts", "list", "--kind", "effect.refused", "--json").json()
     assert len(refused) == 1 and refused[0]["outcome"] == "refused"
+
+
+def test_init_mints_the_owner_token_once_and_only_the_owner_makes_more(
+        cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "fresh"
+    r = cli("init", "--owner", "me@mine.example", home=home)
+    assert r.exit_code == 0, r.stderr
+    (token,) = [ln for ln in r.stdout.splitlines() if ln.startswith("atl_")]
+    assert "shown once" in r.stdout and "ATLAS_TOKEN" in r.stdout
+    again = cli("init", home=home)
+    assert again.exit_code == 0 and "atl_" not in again.stdout
+    monkeypatch.delenv("ATLAS_TOKEN", raising=False)
+    r = cli("token", "create", "--role", "owner", "--name", "mine", home=home)
+    assert r.exit_code == 8 and "only the owner" in r.stderr and "atlas init" in r.stderr
+    monkeypatch.setenv("ATLAS_TOKEN", token)
+    agent = cli("token", "create", "--role", "agent", "--name", "a", "--json", home=home)
+    assert agent.exit_code == 0
+    monkeypatch.setenv("ATLAS_TOKEN", agent.json()["token"])
+    assert cli("token", "create", "--role", "owner", "--name", "x", home=home).exit_code == 8
+    monkeypatch.setenv("ATLAS_TOKEN", token)
+    assert cli("token", "create", "--role", "owner", "--name", "laptop", home=home
+               ).exit_code == 0
+    assert {r["name"] for r in cli("token", "list", "--json", home=home).json()} == {
+        "owner", "a", "laptop"}
+
+
+def test_touches_done_and_gate_status_reflect_it(cli: Any, setup: dict[str, str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    as_agent(monkeypatch, setup)
+    assert cli("touches", "add", "--lead", "c1@cpa1.example", "--due", "2020-01-01"
+               ).exit_code == 0
+    (touch,) = cli("touches", "due", "--json").json()
+    assert cli("gate", "status", "--json").json()["touches_due"] == 1
+    r = cli("touches", "done", str(touch["id"]), "--note", "called", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json()["status"] == "done"
+    assert cli("touches", "due", "--json").json() == []
+    assert cli("gate", "status", "--json").json()["touches_due"] == 0
+    assert cli("touches", "done", str(touch["id"])).exit_code == 7
+    assert cli("touches", "done", "99999").exit_code == 6
+
+
+def test_send_review_over_smtp_that_fails_is_exit_1_with_a_receipt(
+        cli: Any, setup: dict[str, str], ws: Workspace, smtp: Any) -> None:
+    with open(ws.config_path, "a", encoding="utf-8") as fh:
+        fh.write('\n[lanes."outbound.review"]\nchannel = "zoho"\n')
+    assert cli("packet", "create", "p", "--segment", "cpa").exit_code == 0
+    smtp.set_reply("451 4.3.0 try again later")
+    r = cli("packet", "send-review", "p")
+    assert r.exit_code == 1
+    assert "not sent for review" in r.stderr and "451" in r.stderr and "Try again" in r.stderr
+    (receipt,) = cli("receipts", "list", "--kind", "packet.review", "--json").json()
+    assert receipt["outcome"] == "failed"
+    assert smtp.messages == []
+
+
+def test_gate_status_names_what_holds_send_ready_drafts(cli: Any, setup: dict[str, str]
+                                                        ) -> None:
+    for i in range(3):
+        assert cli("drafts", "create", "--to", f"c{i}@cpa{i}.example", "--subject", "S",
+                   "--body", "B" + FOOTER).exit_code == 0
+    out = cli("gate", "status").stdout
+    assert "3 send-ready draft(s) await approval-ready: lane outbound.prospect is closed" in out

@@ -466,3 +466,450 @@ def test_refused_passes_do_not_use_up_the_retry_budget(gws: Workspace, owner: Pr
             run(gws, led, caps=Capabilities(read_only=True))
         assert drafts.get_draft(led, d["id"])["attempts"] == 0
         assert run(gws, led).sent == [d["id"]]
+
+
+# -- review fixes (issue 4 audit) ----------------------------------------------------
+
+def reopen(ws: Workspace, extra: str) -> Workspace:
+    """Append to atlas.toml and open the workspace again (the config is read at open)."""
+    with open(ws.config_path, "a", encoding="utf-8") as fh:
+        fh.write(extra)
+    return Workspace.open(ws.home)
+
+
+ZOHO_ONLY = """
+[channels.zoho]
+type = "smtp"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+from_address = "matt@sender.test-biz.example"
+timeout = 5
+
+[lanes."outbound.prospect"]
+channel = "zoho"
+"""
+
+
+def test_a_lane_section_keeps_the_defaults_it_does_not_set(ws: Workspace, smtp: Any) -> None:
+    from atlasops.config import default_lanes
+
+    gws = reopen(ws, ZOHO_ONLY.format(port=smtp.port))
+    lane = gws.config.all_lanes()["outbound.prospect"]
+    default = default_lanes()["outbound.prospect"]
+    assert lane.channel == "zoho"
+    assert lane.footer == default.footer and lane.footer is not None
+    assert lane.posture_max_age_days == default.posture_max_age_days == 30
+    assert (lane.daily_cap, lane.cooldown_hours) == (default.daily_cap, default.cooldown_hours)
+    with Ledger.for_workspace(gws) as led:
+        owner = authenticate(led, gws.config, owner_token(led))
+        d = new_draft(led, gws, body="No footer at all.")
+        assert d["state"] == "draft" and d["problems"][0]["name"] == "footer_present"
+        lanes.set_lane(led, gws.config, owner, "outbound.prospect", open_=True, reason="t")
+        ok = new_draft(led, gws)
+        with pytest.raises(Conflict, match="deliverability_posture_recent"):
+            drafts.approve(led, gws.config, owner, [ok["id"]])
+    assert smtp.messages == []
+
+
+def test_overriding_the_review_lane_keeps_it_owner_only(ws: Workspace, smtp: Any) -> None:
+    gws = reopen(ws, ZOHO_ONLY.format(port=smtp.port)
+                 + '\n[lanes."outbound.review"]\nopen = true\nchannel = "zoho"\n')
+    assert gws.config.all_lanes()["outbound.review"].owner_only is True
+    with Ledger.for_workspace(gws) as led:
+        owner = authenticate(led, gws.config, owner_token(led))
+        d = drafts.create(led, gws.config, AGENT, to="stranger@else.example", subject="s",
+                          body="b", lane="outbound.review")
+        assert d["state"] == "draft" and d["problems"][0]["name"] == "recipient_is_owner"
+        with pytest.raises(Conflict, match="not send-ready; recipient_is_owner"):
+            drafts.approve(led, gws.config, owner, [d["id"]])
+        run(gws, led)
+    assert smtp.messages == []
+
+
+def test_a_config_that_turns_off_owner_only_on_the_review_lane_is_refused(
+        ws: Workspace) -> None:
+    from atlasops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"outbound\.review.*owner_only"):
+        reopen(ws, '\n[lanes."outbound.review"]\nowner_only = false\n')
+
+
+def test_credentials_over_cleartext_smtp_are_refused_unless_loopback(ws: Workspace) -> None:
+    from atlasops.config import parse_config
+    from atlasops.errors import ConfigError
+
+    base = ws.config_path.read_text()
+    channel = ('\n[channels.zoho]\ntype = "smtp"\nhost = "{host}"\ntls = "none"\n'
+               'user_env = "U"\npassword_env = "P"\nfrom_address = "m@x.example"\n')
+    with pytest.raises(ConfigError, match=r"channels\.zoho.*cleartext"):
+        parse_config(base + channel.format(host="smtp.zoho.example"))
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert parse_config(base + channel.format(host=host)).channels["zoho"].host == host
+    assert parse_config(base + channel.format(host="smtp.zoho.example").replace(
+        'tls = "none"', 'tls = "starttls"'))
+
+
+def test_a_non_ascii_local_part_is_refused_when_the_draft_is_written(gws: Workspace) -> None:
+    with Ledger.for_workspace(gws) as led:
+        with pytest.raises(InputError, match="non-ASCII local part"):
+            new_draft(led, gws, to="josé@firm.example")
+        assert led.count("drafts") == 0
+
+
+def test_an_internationalised_domain_is_sent_as_punycode(gws: Workspace, owner: Principal,
+                                                         smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws, to="jose@bücher.example")
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        assert run(gws, led).sent == [d["id"]]
+        (got,) = smtp.messages
+        assert got.to == "jose@xn--bcher-kva.example"
+        assert got.content_sha256() == drafts.get_draft(led, d["id"])["content_sha256"]
+
+
+def test_a_draft_that_cannot_be_sent_fails_alone_and_the_pass_goes_on(
+        gws: Workspace, owner: Principal, smtp: Any) -> None:
+    """A draft written before non-ASCII local parts were refused at draft time (recorded
+    straight as an event, as an older Atlas did) fails with its reason; the next draft is
+    still sent and the run's receipt is written."""
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        bad = led.append("draft.created", "agent:old", {
+            "lane": "outbound.prospect", "channel": "zoho", "to": "josé@firm.example",
+            "subject": "Hi", "body": "Hello." + FOOTER, "state": "send_ready",
+            "problems": []}).id
+        good = new_draft(led, gws)["id"]
+        drafts.approve(led, gws.config, owner, [bad, good])
+        report = run(gws, led)
+        assert report.failed == [bad] and report.sent == [good]
+        assert "non-ASCII" in drafts.get_draft(led, bad)["reason"]
+        assert report.receipt_id is not None
+        assert [m.to for m in smtp.messages] == ["cpa@firm.example"]
+        # and no later pass turns the unsent draft into 'ambiguous'
+        run(gws, led)
+        assert drafts.get_draft(led, bad)["state"] == "failed"
+
+
+def test_smtp_errors_before_data_are_known_not_sent_failures(gws: Workspace,
+                                                             smtp: Any) -> None:
+    from email.message import EmailMessage
+
+    from atlasops.gates.channels import PermanentFailure, SmtpSender
+
+    msg = EmailMessage()
+    msg["From"] = "matt@sender.test-biz.example"
+    msg["To"] = "josé@firm.example"
+    msg["Subject"] = "s"
+    msg.set_content("b")
+    sender = SmtpSender("zoho", gws.config.all_channels()["zoho"], {})
+    with pytest.raises(PermanentFailure, match="plain-ASCII"):
+        sender.send(msg)
+    assert smtp.messages == []
+
+
+def test_a_running_worker_rereads_atlas_toml_before_every_pass(
+        gws: Workspace, owner: Principal, smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        lanes.set_lane(led, gws.config, owner, "outbound.prospect", open_=False, reason="wait")
+        passes: list[int] = []
+
+        def between_passes() -> bool:
+            passes.append(1)
+            if len(passes) == 1:  # the owner changes the policy while the worker runs
+                text = gws.config_path.read_text().replace("daily_cap = 1000",
+                                                           "daily_cap = 0")
+                gws.config_path.write_text(text)
+                lanes.set_lane(led, gws.config, owner, "outbound.prospect", open_=True,
+                               reason="go")
+                return False
+            return True
+
+        reports = outbox.run(gws, led, actor="agent:worker", caps=CAPS, env={}, once=False,
+                             interval=0, should_stop=between_passes)
+        assert len(reports) == 2 and reports[0].held and reports[1].voided == [d["id"]]
+        assert smtp.messages == []
+        assert drafts.get_draft(led, d["id"])["state"] == "send_ready"
+
+
+def test_an_unreadable_atlas_toml_fails_closed(gws: Workspace, owner: Principal,
+                                               smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        gws.config_path.write_text(gws.config_path.read_text() + "\n[lanes\n")
+        report = run(gws, led)
+        assert report.sent == [] and report.config_error is not None
+        receipt = led.query("SELECT outcome, summary FROM receipts WHERE id=?",
+                            (report.receipt_id,))[0]
+        assert receipt["outcome"] == "failed"
+        assert receipt["summary"].startswith("Nothing was sent") and "TOML" in receipt["summary"]
+        assert drafts.get_draft(led, d["id"])["state"] == "approved"
+    assert smtp.messages == []
+
+
+REVIEW_OVER_SMTP = '\n[lanes."outbound.review"]\nchannel = "zoho"\n'
+
+
+def test_send_review_over_smtp_failures_leave_a_receipt_and_a_clear_error(
+        ws: Workspace, smtp: Any, tmp_path: Any) -> None:
+    from atlasops.errors import SendFailed
+
+    creds = 'tls = "none"\nuser_env = "ZOHO_USER"\npassword_env = "ZOHO_PASS"'
+    gws = gate_workspace(ws, smtp.port, extra=REVIEW_OVER_SMTP)
+    gws.config_path.write_text(gws.config_path.read_text().replace('tls = "none"', creds))
+    gws = Workspace.open(gws.home)
+    rows = [[f"c{i}@cpa{i}.example", f"CPA {i}", "", "cpa", "wimper"] for i in range(3)]
+    with Ledger.for_workspace(gws) as led:
+        import_csv(led, gws.config, write_csv(tmp_path / "l.csv", rows), actor="t")
+        packets.create_packet(led, gws.config, AGENT, "p", segments=["cpa"])
+        with pytest.raises(SendFailed, match="ZOHO_PASS") as missing:
+            packets.send_review(gws, led, AGENT, "p", caps=CAPS, env={"ZOHO_USER": "u"})
+        assert "environment" in missing.value.hint
+    gws.config_path.write_text(gws.config_path.read_text().replace(creds, 'tls = "none"'))
+    gws = Workspace.open(gws.home)
+    smtp.set_reply("554 5.7.1 refused")
+    with Ledger.for_workspace(gws) as led:
+        with pytest.raises(SendFailed, match="554") as refused:
+            packets.send_review(gws, led, AGENT, "p", caps=CAPS, env={})
+        assert "Nothing was sent" in refused.value.hint
+        failed = led.query("SELECT outcome, body FROM receipts WHERE kind='packet.review' "
+                           "ORDER BY id")
+        assert [r["outcome"] for r in failed] == ["failed", "failed"]
+        assert packets.get_packet(led, "p")["review_event"] is None
+    assert smtp.messages == []
+
+
+def test_mail_counts_as_sent_unless_every_recipient_is_the_owner(
+        gws: Workspace, owner: Principal, smtp: Any) -> None:
+    from email.message import EmailMessage
+
+    def message(to: str, cc: str | None = None) -> EmailMessage:
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "matt@sender.test-biz.example", to, "s"
+        if cc:
+            msg["Cc"] = cc
+        msg.set_content("b")
+        return msg
+
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        owner_addr = gws.config.owner.email
+        # the review lane refuses a stranger hidden in Cc (it would have counted 0)
+        with pytest.raises(EffectRefused, match="only sends to the owner"):
+            perform(led, gws.config, gws.home, actor="agent:x", caps=CAPS, env={},
+                    effect=Effect("email", "outbound.review", "sneak",
+                                  message=message(owner_addr, "stranger@else.example")))
+        _, to_owner = perform(led, gws.config, gws.home, actor="agent:x", caps=CAPS, env={},
+                              effect=Effect("email", "outbound.prospect", "self test",
+                                            message=message(owner_addr.upper())))
+        _, to_prospect = perform(led, gws.config, gws.home, actor="agent:x", caps=CAPS,
+                                 env={}, effect=Effect("email", "outbound.prospect", "pitch",
+                                                       message=message("p@firm.example")))
+        assert (to_owner.emails_sent, to_prospect.emails_sent) == (0, 1)
+        # an approved draft to the owner's own address is review mail, never hidden
+        d = new_draft(led, gws, to=owner_addr)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        report = run(gws, led)
+        assert report.sent == [d["id"]] and report.emails_sent == 0
+        assert report.review_emails == 1
+        body = led.query("SELECT body, summary FROM receipts WHERE id=?",
+                         (report.receipt_id,))[0]
+        assert '"review_emails":1' in body["body"] and "review mail" in body["summary"]
+    assert len(smtp.messages) == 3
+
+
+def test_suppression_that_lands_just_before_the_claim_stops_the_send(
+        gws: Workspace, owner: Principal, smtp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: a concurrent owner action lands after the outbox listed the
+    approved drafts and just before it claims one. The claim decides everything under
+    the writer lock, in the transaction that records the intent."""
+    real = outbox._Pass._claim
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+
+        def late_unsubscribe(self: Any, *args: Any) -> Any:
+            suppress(led, owner, ["cpa@firm.example"], "unsubscribe")
+            return real(self, *args)
+
+        monkeypatch.setattr(outbox._Pass, "_claim", late_unsubscribe)
+        report = run(gws, led)
+        assert report.failed == [d["id"]] and report.sent == []
+        assert led.query("SELECT count(*) AS n FROM events WHERE kind='draft.sending'"
+                         )[0]["n"] == 0
+    assert smtp.messages == []
+
+
+def test_capabilities_are_checked_before_any_intent_is_recorded(
+        gws: Workspace, owner: Principal, smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        report = run(gws, led, caps=Capabilities(read_only=True, job_run="radar-1"))
+        assert report.refused == [d["id"]]
+        kinds = [r["kind"] for r in led.query("SELECT kind FROM events WHERE id > ?",
+                                              (d["id"],))]
+        assert "draft.queued" not in kinds and "draft.sending" not in kinds
+        assert led.query("SELECT count(*) AS n FROM receipts WHERE kind='effect.refused'"
+                         )[0]["n"] == 1
+    assert smtp.messages == []
+
+
+def test_sending_a_leads_draft_completes_its_due_touch(gws: Workspace, owner: Principal,
+                                                       smtp: Any, tmp_path: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        import_csv(led, gws.config, write_csv(tmp_path / "l.csv",
+                                              [["t@x.example", "T", "", "cpa", ""]]), actor="t")
+        lead = int(led.query("SELECT id FROM leads")[0]["id"])
+        packets.add_touches(led, gws.config, AGENT, [
+            {"lead": lead, "due": "2020-01-01", "step": 1},
+            {"lead": lead, "due": "2999-01-01", "step": 2}])
+        step1, step2 = (int(r["id"]) for r in led.query("SELECT id FROM touches ORDER BY step"))
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws, to="t@x.example", lead_id=lead)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        assert [t["id"] for t in packets.due_touches(led)] == [step1]
+        report = run(gws, led)
+        assert report.sent == [d["id"]] and report.touches_done == [step1]
+        assert packets.due_touches(led) == []
+        rows = {int(r["id"]): dict(r) for r in led.query("SELECT * FROM touches")}
+        assert rows[step1]["status"] == "done" and rows[step1]["draft_id"] == d["id"]
+        assert rows[step2]["status"] == "due"  # not due yet: sending did not complete it
+        assert packets.complete_touch(led, AGENT, step2, "called")["status"] == "done"
+        with pytest.raises(Conflict):
+            packets.complete_touch(led, AGENT, step2)
+
+
+def test_the_review_lanes_cap_applies_to_packets(ws: Workspace, tmp_path: Any) -> None:
+    from atlasops.gates.status import gate_status
+
+    gws = reopen(ws, '\n[lanes."outbound.review"]\nopen = true\nchannel = "owner-maildir"\n'
+                 'owner_only = true\nneeds_approval = false\ncooldown_hours = 0\n'
+                 'daily_cap = 2\n')
+    rows = [[f"c{i}@cpa{i}.example", f"CPA {i}", "", "cpa", "wimper"] for i in range(3)]
+    with Ledger.for_workspace(gws) as led:
+        import_csv(led, gws.config, write_csv(tmp_path / "l.csv", rows), actor="t")
+        packets.create_packet(led, gws.config, AGENT, "p", segments=["cpa"])
+        for _ in range(2):
+            packets.send_review(gws, led, AGENT, "p", caps=CAPS, env={})
+        with pytest.raises(EffectRefused, match="2 of 2 sent today"):
+            packets.send_review(gws, led, AGENT, "p", caps=CAPS, env={})
+        status = {ln["name"]: ln for ln in gate_status(led, gws.config)["lanes"]}
+        assert status["outbound.review"]["sent_today"] == 2
+        assert led.query("SELECT count(*) AS n FROM receipts WHERE kind='effect.refused'"
+                         )[0]["n"] == 1
+    assert len(list(mailbox.Maildir(gws.home / "data/maildir/owner", create=False))) == 2
+
+
+def test_a_run_where_every_send_failed_is_failed(gws: Workspace, owner: Principal,
+                                                 smtp: Any) -> None:
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        ids = [new_draft(led, gws, to=f"f{i}@firm.example")["id"] for i in range(2)]
+        drafts.approve(led, gws.config, owner, ids)
+        smtp.set_reply("550 5.1.1 no such user")
+        report = run(gws, led)
+        assert sorted(report.failed) == ids
+        receipt = led.query("SELECT outcome, summary FROM receipts WHERE id=?",
+                            (report.receipt_id,))[0]
+        assert receipt["outcome"] == "failed"
+        assert receipt["summary"].startswith("No email was sent: all 2 attempted send(s) "
+                                             "failed")
+
+
+def test_gate_status_says_what_holds_send_ready_drafts_and_shows_expired_approvals(
+        gws: Workspace, owner: Principal, smtp: Any) -> None:
+    from atlasops.gates.status import gate_status
+
+    with Ledger.for_workspace(gws) as led:
+        waiting = [new_draft(led, gws, to=f"w{i}@firm.example")["id"] for i in range(2)]
+        status = {ln["name"]: ln for ln in gate_status(led, gws.config)["lanes"]}
+        assert status["outbound.prospect"]["held"] == [
+            "2 send-ready draft(s) await approval-ready: lane outbound.prospect is closed"]
+        open_lane(led, gws, owner)
+        drafts.approve(led, gws.config, owner, [waiting[0]], expires=timedelta(0))
+        status = {ln["name"]: ln for ln in gate_status(led, gws.config)["lanes"]}
+        assert status["outbound.prospect"]["drafts"] == {"approval_ready": 1, "expired": 1}
+        assert any(line.startswith("1 approval(s) expired")
+                   for line in status["outbound.prospect"]["held"])
+        assert drafts.explain(led, gws.config, waiting[0])["display_state"] == "expired"
+        assert [d["id"] for d in drafts.list_drafts(led, gws.config, state="expired")] == [
+            waiting[0]]
+        # approving again replaces the expired approval (with a void event first)
+        (again,) = drafts.approve(led, gws.config, owner, [waiting[0]])
+        assert again["state"] == "approved"
+        assert drafts.display_state(led, gws.config, again) == "approved"
+        assert led.query("SELECT count(*) AS n FROM events WHERE kind='draft.approval_voided'"
+                         )[0]["n"] == 1
+        with pytest.raises(Conflict, match="is approved until"):
+            drafts.approve(led, gws.config, owner, [waiting[0]])
+
+
+def test_messages_are_opaque_carry_list_unsubscribe_and_maildir_files_are_private(
+        gws: Workspace, owner: Principal, smtp: Any, tmp_path: Any) -> None:
+    import stat
+
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        run(gws, led)
+        (got,) = smtp.messages
+        assert b"X-Atlas-Draft" not in got.raw
+        assert f".{d['id']}." not in got.message_id
+        assert (b"List-Unsubscribe: <mailto:matt@sender.test-biz.example?subject=unsubscribe>"
+                in got.raw)
+        import_csv(led, gws.config, write_csv(tmp_path / "l.csv",
+                                              [["c@cpa.example", "C", "", "cpa", ""]]),
+                   actor="t")
+        packets.create_packet(led, gws.config, AGENT, "p", segments=["cpa"])
+        packets.send_review(gws, led, AGENT, "p", caps=CAPS, env={})
+    files = list((gws.home / "data/maildir/owner/new").iterdir())
+    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    (review,) = mailbox.Maildir(gws.home / "data/maildir/owner", create=False)
+    assert review["List-Unsubscribe"] is None  # the owner's review mail needs none
+
+
+def test_resolving_as_sent_records_when_it_was_resolved_not_a_send_time(ws: Workspace) -> None:
+    server = DroppingServer().start()
+    try:
+        gws = gate_workspace(ws, server.port)
+        with Ledger.for_workspace(gws) as led:
+            owner = authenticate(led, gws.config, owner_token(led))
+            open_lane(led, gws, owner)
+            d = new_draft(led, gws)
+            drafts.approve(led, gws.config, owner, [d["id"]])
+            assert run(gws, led).ambiguous == [d["id"]]
+            outbox.resolve(led, owner, d["id"], sent=True)
+            row = drafts.get_draft(led, d["id"])
+            assert row["state"] == "sent" and row["sent_at"] is None
+            assert "resolved as sent" in row["reason"] and "unknown" in row["reason"]
+            event = led.query("SELECT payload FROM events WHERE kind='draft.resolved'")[0]
+            assert '"resolved_at"' in event["payload"]
+    finally:
+        server.stop()
+
+
+def test_first_owner_token_only_by_bootstrap_and_approvals_name_the_token(
+        gws: Workspace) -> None:
+    from atlasops.auth import bootstrap_owner_token
+
+    with Ledger.for_workspace(gws) as led:
+        with pytest.raises(PermissionDenied):  # no owner token yet: still not for anyone
+            create_token(led, Principal("local", "someone"), role="owner", name="mine")
+        token, _ = bootstrap_owner_token(led, name="laptop") or ("", 0)
+        assert bootstrap_owner_token(led) is None  # only once, ever
+        owner = authenticate(led, gws.config, token)
+        assert owner.actor == f"owner:{gws.config.owner.email} (token laptop)"
+        open_lane(led, gws, owner)
+        d = new_draft(led, gws)
+        (approved,) = drafts.approve(led, gws.config, owner, [d["id"]])
+        assert approved["approved_by"] == f"owner:{gws.config.owner.email} (token laptop)"

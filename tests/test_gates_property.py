@@ -30,6 +30,7 @@ from tests.smtp_servers import Recorder
 
 FOOTER = "\n\nReply STOP to opt out."
 AGENT = Principal("agent", "prop")
+FROM = "matt@sender.test-biz.example"
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("create"), st.integers(0, 3)),
@@ -78,6 +79,7 @@ def check(ws: Workspace, led: Ledger, owner: Principal, server: Recorder,
           script: list[tuple[Any, ...]]) -> None:
     ids: list[int] = []
     approved: dict[int, tuple[str, str, str]] = {}  # the model: content at approval time
+    approvals: dict[str, int] = {}  # the Message-ID each approval was given -> its draft
     lane_open = False
     delivered: set[int] = set()
     seen = 0
@@ -94,8 +96,9 @@ def check(ws: Workspace, led: Ledger, owner: Principal, server: Recorder,
                 approved.pop(pick, None)
             elif kind == "approve" and pick is not None:
                 d = drafts.get_draft(led, pick)
-                drafts.approve(led, ws.config, owner, [pick])
+                (row,) = drafts.approve(led, ws.config, owner, [pick])
                 approved[pick] = (d["to_addr"], d["subject"], d["body"])
+                approvals[outbox.message_id(row, FROM)] = pick
             elif kind == "reject" and pick is not None:
                 drafts.reject(led, owner, pick, "no")
                 approved.pop(pick, None)
@@ -112,7 +115,7 @@ def check(ws: Workspace, led: Ledger, owner: Principal, server: Recorder,
                 outbox.run_once(ws, led, actor="agent:outbox", caps=Capabilities(), env={},
                                 now=now)
                 for msg in server.messages[seen:]:
-                    draft_id = int(msg.raw.split(b"X-Atlas-Draft: ")[1].split(b"\r\n")[0])
+                    draft_id = approvals.get(msg.message_id, -1)
                     assert lane_open, "delivered while the lane was closed"
                     assert not late, "delivered on an expired approval"
                     assert draft_id in approved, "delivered without a valid approval"

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from atlasops.ledger import Ledger
 from atlasops.workspace import Workspace
-from tests.conftest import write_csv
+from tests.conftest import owner_token, write_csv
 from tests.smtp_servers import free_port
 
 TOKEN = "site-secret-token-1234"
@@ -340,7 +341,8 @@ def test_content_and_deploys(cli: Any, ws: Workspace, tmp_path: Path) -> None:
 
 def test_a_job_never_inherits_the_owners_token_or_escapes_its_parent(
         cli: Any, ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    token = cli("token", "create", "--role", "owner", "--name", "o", "--json").json()["token"]
+    with Ledger.for_workspace(ws) as led:
+        token = owner_token(led)
     monkeypatch.setenv("ATLAS_TOKEN", token)
     atlas = f"{sys.executable} -m atlasops"
     add_jobs(ws, f"""

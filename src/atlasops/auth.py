@@ -4,6 +4,11 @@ The owner approves, opens lanes and recovers; agents (scoped tokens) record,
 draft and request, and can never approve. Identity comes from a token (the
 CLI reads ``$ATLAS_TOKEN``), never from an argument. Only the sha256 of a
 token is stored; it is compared in constant time.
+
+The first owner token is minted by ``atlas init`` (:func:`bootstrap_owner_token`);
+every later token needs the owner. Tokens are enforced at Atlas's faces: a
+process running as the same Unix user can call this library or edit the files
+directly, so tokens are not a sandbox.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ TOKEN_PREFIX = "atl_"
 class Principal:
     role: Role
     name: str
+    token: str | None = None  # the name of the owner token that authenticated
 
     @property
     def actor(self) -> str:
-        return f"{self.role}:{self.name}"
+        via = f" (token {self.token})" if self.token else ""
+        return f"{self.role}:{self.name}{via}"
 
     @property
     def is_owner(self) -> bool:
@@ -61,16 +68,29 @@ def authenticate(ledger: Ledger, config: Config, token: str | None,
                                hint="Check the token, or ask the owner for a new one.")
     name, role = match
     if role == "owner":
-        return Principal("owner", config.owner.email)
+        return Principal("owner", config.owner.email, token=name)
     return Principal("agent", name)
 
 
 def create_token(ledger: Ledger, principal: Principal, *, role: Role, name: str
                  ) -> tuple[str, int]:
-    """Create a token and return it (shown once) with its event id.
+    """Create a token (owner only) and return it (shown once) with its event id."""
+    principal.require_owner("create tokens")
+    minted = _mint(ledger, principal.actor, role, name, first_owner=False)
+    assert minted is not None
+    return minted
 
-    The first owner token may be created by anyone who can write the workspace
-    (bootstrap); after that only the owner creates tokens."""
+
+def bootstrap_owner_token(ledger: Ledger, *, name: str = "owner",
+                          actor: str = "system:init") -> tuple[str, int] | None:
+    """Mint the workspace's first owner token (``atlas init`` does), or return None when
+    an owner token has ever existed: revoking the owner's token must not let anyone
+    else mint a new one this way."""
+    return _mint(ledger, actor, "owner", name, first_owner=True)
+
+
+def _mint(ledger: Ledger, actor: str, role: Role, name: str, *, first_owner: bool
+          ) -> tuple[str, int] | None:
     if role not in ("owner", "agent"):
         raise InputError("a token's role is owner or agent")
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
@@ -78,20 +98,16 @@ def create_token(ledger: Ledger, principal: Principal, *, role: Role, name: str
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
 
     def build(conn: sqlite3.Connection) -> list[NewEvent]:
-        # Bootstrap only while no owner token has *ever* existed: revoking the owner's
-        # token must not let anyone else mint a new one.
-        owners = ledger.query("SELECT name FROM tokens WHERE role='owner'")
-        if owners and not principal.is_owner:
-            raise PermissionDenied("only the owner may create tokens once an owner token "
-                                   "has existed")
-        if any(r["name"] == name for r in ledger.query("SELECT name FROM tokens")):
+        if first_owner and conn.execute("SELECT 1 FROM tokens WHERE role='owner'").fetchone():
+            return []
+        if conn.execute("SELECT 1 FROM tokens WHERE name=?", (name,)).fetchone():
             raise Conflict(f"a token named {name!r} exists already")
-        return [NewEvent("token.created", principal.actor,
+        return [NewEvent("token.created", actor,
                          {"name": name, "role": role, "sha256": digest(token)},
                          subject=f"token:{name}")]
 
-    event = ledger.transact(build)[0]
-    return token, event.id
+    events = ledger.transact(build)
+    return (token, events[0].id) if events else None
 
 
 def revoke_token(ledger: Ledger, principal: Principal, name: str) -> int:
@@ -108,5 +124,5 @@ def list_tokens(ledger: Ledger) -> list[dict[str, object]]:
         "SELECT name, role, created_event, revoked_event FROM tokens ORDER BY created_event")]
 
 
-__all__ = ["Principal", "authenticate", "create_token", "digest", "list_tokens",
-           "revoke_token"]
+__all__ = ["Principal", "authenticate", "bootstrap_owner_token", "create_token", "digest",
+           "list_tokens", "revoke_token"]

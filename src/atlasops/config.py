@@ -8,6 +8,7 @@ the *environment variables* that hold them.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -105,6 +106,18 @@ class Channel(_Strict):
     @classmethod
     def _valid_from(cls, value: str | None) -> str | None:
         return None if value is None else normal_email(value)
+
+
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: traffic that never leaves the machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 DEFAULT_MUST_NOT_CONTAIN = ["Internal Server Error", "Application error"]
@@ -244,6 +257,11 @@ class Config(_Strict):
             if name not in LANE_EFFECTS:
                 raise ValueError(f"unknown lane {name!r}; lanes are "
                                  + ", ".join(LANE_EFFECTS))
+        review = value.get("outbound.review")
+        if review is not None and "owner_only" in review.model_fields_set \
+                and not review.owner_only:
+            raise ValueError('lanes."outbound.review".owner_only = false is refused: the '
+                             "review lane only ever sends to the owner's addresses")
         return value
 
     @model_validator(mode="after")
@@ -259,6 +277,11 @@ class Config(_Strict):
             if ch.type == "smtp" and not (ch.host and ch.from_address):
                 raise ValueError(f"channels.{name}: an smtp channel needs host and "
                                  "from_address")
+            if (ch.tls == "none" and (ch.user_env or ch.password_env)
+                    and not is_loopback(str(ch.host))):
+                raise ValueError(f'channels.{name}: tls = "none" with credentials would send '
+                                 "the password in cleartext; use starttls or ssl (tls = "
+                                 '"none" with credentials is allowed only on a loopback host)')
         for name, route in self.routes.items():
             if route.runbook is not None and route.runbook not in self.runbooks:
                 raise ValueError(f"routes.{name}.runbook names {route.runbook!r}, which is "
@@ -272,8 +295,15 @@ class Config(_Strict):
         return self
 
     def all_lanes(self) -> dict[str, Lane]:
-        """The five lanes: atlas.toml's settings over the safe defaults."""
-        return {**default_lanes(), **self.lanes}
+        """The five lanes: each key atlas.toml sets, over that lane's safe defaults.
+
+        Only the keys written in atlas.toml replace defaults: a section that sets only
+        ``channel`` keeps the default footer, posture rule, cap and cooldown."""
+        lanes = default_lanes()
+        for name, lane in self.lanes.items():
+            lanes[name] = lanes[name].model_copy(
+                update={key: getattr(lane, key) for key in lane.model_fields_set})
+        return lanes
 
     def all_channels(self) -> dict[str, Channel]:
         return {**default_channels(), **self.channels}

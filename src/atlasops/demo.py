@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import businesses
-from .auth import Principal, authenticate, create_token
+from .auth import Principal, authenticate, bootstrap_owner_token
 from .chronicle.compose import compose
 from .chronicle.render import write
 from .config import Business
@@ -84,6 +84,7 @@ class GateScene:
     outbox_summary: list[str]
     emails_sent: int
     status: dict[str, object]
+    owner_token_file: str
 
 
 DEMO_OPS = """
@@ -299,9 +300,14 @@ def _gate_scene(ws: Workspace, receipts: list[int]) -> GateScene:
     agent = Principal("agent", "outreach")
     caps = Capabilities()
     with Ledger.for_workspace(ws) as ledger:
-        token, _ = create_token(ledger, Principal("local", "demo"), role="owner",
-                                name="demo-owner")
-        owner = authenticate(ledger, ws.config, token)
+        minted = bootstrap_owner_token(ledger, name="demo-owner", actor="system:demo")
+        assert minted is not None  # a fresh demo workspace has no owner token yet
+        # It's a demo: the owner's token is kept for the user in a private file.
+        token_file = ws.home / "owner-token.txt"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(minted[0] + "\n")
+        owner = authenticate(ledger, ws.config, minted[0])
         partners = [lead for lead in list_leads(ledger, business="wimper")
                     if lead["segment"] in ("cpa", "broker", "fractional_cfo")][:60]
         ids = []
@@ -339,7 +345,7 @@ def _gate_scene(ws: Workspace, receipts: list[int]) -> GateScene:
                      {"name": packet["name"], "contacts": len(packet["lead_ids"]),
                       "drafts": len(packet["draft_ids"]), "to": review["to"],
                       "maildir": str(ws.home / "data/maildir/owner")},
-                     report.hold_lines(), report.emails_sent, status)
+                     report.hold_lines(), report.emails_sent, status, str(token_file))
 
 
 def _recovery_scene(ws: Workspace, actor: str, receipts: list[int]) -> RecoveryResult:

@@ -6,6 +6,7 @@ what to do next; the faces (CLI, HTTP, MCP) only translate them::
 
     AtlasError                      exit 1
     ├── VerificationFailed          exit 1   a check found a discrepancy
+    ├── SendFailed                  exit 1   a send failed or its outcome is unknown
     ├── InputError                  exit 2   bad input, rejected whole
     │   └── ImportRejected          exit 2   a CSV batch with row errors
     ├── WorkspaceError              exit 4   workspace missing or unreadable
@@ -54,6 +55,12 @@ class VerificationFailed(AtlasError):
     exit_code = 1
 
 
+class SendFailed(AtlasError):
+    """A channel did not take a message (or may have): the receipt says which and why."""
+
+    exit_code = 1
+
+
 class InputError(AtlasError):
     exit_code = 2
 
@@ -99,12 +106,13 @@ class Conflict(AtlasError):
 class PermissionDenied(AtlasError):
     exit_code = 8
     default_hint = ("Only the owner may do this. Set ATLAS_TOKEN to the owner's token "
-                    "(`atlas token create --role owner` prints one once).")
+                    "(`atlas init` printed it once).")
 
 
 __all__ = [
     "PermissionDenied",
     "AtlasError",
+    "SendFailed",
     "Conflict",
     "ConfigError",
     "DatabaseCorrupt",

@@ -74,10 +74,10 @@ def token_create(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a token and print it once; only its sha256 is stored.
+    """Create a token (owner only) and print it once; only its sha256 is stored.
 
-    The first owner token can be created by anyone who can write the workspace;
-    after that only the owner (ATLAS_TOKEN set to an owner token) creates tokens.
+    The first owner token comes from `atlas init`; every later token, owner or agent,
+    needs ATLAS_TOKEN set to an owner token.
     """
     with open_ledger(home) as (ws, ledger):
         token, event_id = auth.create_token(ledger, principal(ws, ledger),
@@ -258,7 +258,8 @@ def drafts_create(
 @handles_errors
 def drafts_list(
     state: Annotated[str | None, typer.Option("--state", help="draft, send_ready, "
-                                              "approval_ready, approved, sent, ...")] = None,
+                                              "approval_ready, approved, expired, sent, "
+                                              "...")] = None,
     lane: Annotated[str | None, typer.Option("--lane")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
     home: HomeOpt = None,
@@ -454,6 +455,10 @@ def outbox_run(
         print_json([r.to_dict() for r in reports])
         return
     for r in reports:
+        if r.config_error is not None:
+            err.print(f"Nothing was sent: {r.config_error}. Receipt #{r.receipt_id}.",
+                      style="red")
+            continue
         out.print(f"{len(r.sent)} sent, {len(r.failed)} failed, {len(r.retrying)} retrying, "
                   f"{len(r.ambiguous)} ambiguous. Receipt #{r.receipt_id}.")
         for line in r.hold_lines():
@@ -496,6 +501,25 @@ def touches_due(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         table.add_row(str(t["id"]), t["email"], t["sequence"], str(t["step"]), t["due_at"],
                       t["lane"])
     out.print(table)
+
+
+@touches_app.command("done")
+@handles_errors
+def touches_done(
+    touch_id: Annotated[int, typer.Argument(metavar="ID", help="The touch's id (see "
+                                            "`atlas touches due`).")],
+    note: Annotated[str, typer.Option("--note", help="What was done, e.g. 'called'.")] = "",
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mark a touch done by hand (a step that happened outside Atlas). Sending a draft
+    for the lead on the touch's lane marks it done by itself."""
+    with open_ledger(home) as (ws, ledger):
+        t = packets_lib.complete_touch(ledger, principal(ws, ledger), touch_id, note)
+    if as_json:
+        print_json(t)
+        return
+    out.print(f"Touch {touch_id} is done.")
 
 
 @touches_app.command("add")

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import businesses
+from ..auth import bootstrap_owner_token
 from ..demo import run_demo
 from ..errors import InputError
 from ..ledger import Ledger
@@ -46,6 +47,7 @@ def init(
 ) -> None:
     """Create a workspace (atlas.toml, the ledger, the journal, backup dirs), private to you.
 
+    Prints the owner's token once: the first and only token minted without an owner.
     Safe to run again: it only adds what is missing and never overwrites atlas.toml.
     """
     path = resolve_home(home)
@@ -55,8 +57,15 @@ def init(
     ws = Workspace.init(path, owner or "", name)
     with Ledger.for_workspace(ws) as ledger:
         businesses.sync(ledger, ws.config, actor())
+        minted = bootstrap_owner_token(ledger)
     out.print(styled("Workspace ready at ", (str(ws.home), "bold"),
                      f" (owner {ws.config.owner.email})."))
+    if minted is not None:
+        out.print("The owner's token, shown once (Atlas keeps only its sha256). It approves "
+                  "sends and opens lanes: keep it out of agents' environments.")
+        print(minted[0])
+        out.print("Use it as ATLAS_TOKEN for owner commands; agents get their own with "
+                  "`atlas token create --role agent --name NAME` (run as the owner).")
     out.print("Next: add businesses to atlas.toml, then `atlas leads import FILE.csv`.")
 
 
@@ -141,6 +150,8 @@ def demo(
                   f"the owner for review: {g.packet['maildir']}")
         out.print(styled("  ", (f"{g.emails_sent} prospect emails sent.", "bold"),
                          " Send-ready is not approval-ready."))
+        out.print(f"  The demo owner's token is in {g.owner_token_file} (0600); act as the "
+                  f"owner with: export ATLAS_TOKEN=$(cat {g.owner_token_file})")
     if result.ops is not None:
         o = result.ops
         out.print(styled("\n", ("Operations", "bold"), ": the releases page lost its build "

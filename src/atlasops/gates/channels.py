@@ -4,21 +4,27 @@ and Maildir (a local folder; what the demo and dry runs use).
 A send either returns the server's reply, or raises one of three failures that
 decide what happens to the draft: temporary (retry with backoff), permanent
 (failed, with the reason), or ambiguous (the server may have the message: never
-re-sent without a human).
+re-sent without a human). Every error before the message is handed over is a
+known not-sent failure; every unexplained error after that is ambiguous.
 """
 
 from __future__ import annotations
 
 import email.policy
-import mailbox
+import os
+import secrets
 import smtplib
+import socket
 import ssl
+import time
 from collections.abc import Mapping
 from email.message import EmailMessage
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Protocol
 
 from ..config import Channel
+from ..fsutil import PRIVATE, fsync_dir, write_all
 
 
 class SendFailure(Exception):
@@ -52,6 +58,9 @@ class Sender(Protocol):
 
 
 class MaildirSender:
+    """Delivers the Maildir way (write into tmp/, rename into new/), each message 0600:
+    it holds lead data."""
+
     def __init__(self, name: str, path: Path) -> None:
         self.name, self.path = name, path
 
@@ -60,11 +69,29 @@ class MaildirSender:
 
     def send(self, message: EmailMessage) -> str:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            box = mailbox.Maildir(self.path, create=True)
-            key = box.add(message)
+            data = message.as_bytes(policy=email.policy.default)
+        except Exception as exc:
+            raise PermanentFailure(f"the message cannot be written: {exc}") from exc
+        key = (f"{time.time_ns()}.P{os.getpid()}R{secrets.token_hex(8)}."
+               + socket.gethostname().replace("/", "-").replace(":", "-"))
+        tmp, new = self.path / "tmp" / key, self.path / "new" / key
+        try:
+            for sub in ("tmp", "new", "cur"):
+                (self.path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, new)
         except OSError as exc:
+            tmp.unlink(missing_ok=True)
             raise TemporaryFailure(f"cannot write to the Maildir {self.path}: {exc}") from exc
+        try:
+            fsync_dir(new.parent)
+        except OSError as exc:  # it is in new/ but may not survive a crash
+            raise AmbiguousFailure(f"delivered to {new} but not made durable: {exc}") from exc
         return f"delivered to Maildir {self.path} as {key}"
 
 
@@ -89,13 +116,24 @@ class SmtpSender:
     def send(self, message: EmailMessage) -> str:
         creds = self._credentials()
         host = str(self.s.host)
+        try:  # plain-ASCII SMTP: anything that cannot be said in it fails here, unsent
+            data = message.as_bytes(policy=email.policy.SMTP)
+            (_name, sender), = getaddresses([str(message["From"])])
+            sender.encode("ascii")
+            rcpts = [a for _n, a in getaddresses(
+                [str(v) for h in ("To", "Cc", "Bcc") for v in message.get_all(h, [])]) if a]
+            for rcpt in rcpts:
+                rcpt.encode("ascii")
+        except Exception as exc:
+            raise PermanentFailure(f"the message cannot be sent as plain-ASCII SMTP: "
+                                   f"{exc}") from exc
         try:
             if self.s.tls == "ssl":
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, self.s.port, timeout=self.s.timeout,
                                                       context=ssl.create_default_context())
             else:
                 smtp = smtplib.SMTP(host, self.s.port, timeout=self.s.timeout)
-        except (OSError, smtplib.SMTPException) as exc:
+        except Exception as exc:  # nothing was handed over
             raise TemporaryFailure(f"cannot connect to {host}:{self.s.port}: {exc}") from exc
         try:
             try:
@@ -105,25 +143,29 @@ class SmtpSender:
                     smtp.ehlo()
                 if creds is not None:
                     smtp.login(*creds)
-                code, resp = smtp.mail(str(message["From"]))
+                code, resp = smtp.mail(sender)
                 _raise_for(code, resp, "MAIL FROM")
-                code, resp = smtp.rcpt(str(message["To"]))
-                _raise_for(code, resp, "RCPT TO")
+                for rcpt in rcpts:
+                    code, resp = smtp.rcpt(rcpt)
+                    _raise_for(code, resp, "RCPT TO")
+            except SendFailure:
+                raise
             except smtplib.SMTPAuthenticationError as exc:
                 raise PermanentFailure(f"authentication refused: {exc.smtp_code} "
                                        f"{exc.smtp_error!r}") from exc
-            except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
-                if isinstance(exc, SendFailure):
-                    raise
+            except (smtplib.SMTPException, OSError) as exc:
                 raise TemporaryFailure(f"before the message was sent: {exc}") from exc
+            except Exception as exc:  # nothing was handed over: known not sent
+                raise PermanentFailure(f"before the message was sent: {type(exc).__name__}: "
+                                       f"{exc}") from exc
             # From here on the server may have the message: failures are ambiguous
             # unless the server answers with a clear refusal code.
             try:
-                code, resp = smtp.data(message.as_bytes(policy=email.policy.SMTP))
+                code, resp = smtp.data(data)
             except smtplib.SMTPDataError as exc:
                 _raise_for(exc.smtp_code, exc.smtp_error, "DATA")
-                raise
-            except (TimeoutError, smtplib.SMTPException, OSError) as exc:
+                raise AmbiguousFailure(f"DATA answered {exc.smtp_code}") from exc
+            except Exception as exc:
                 raise AmbiguousFailure(f"connection lost during DATA: {exc}") from exc
             _raise_for(code, resp, "DATA")
             return f"{code} {resp.decode('utf-8', 'replace')}"

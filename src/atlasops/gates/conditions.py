@@ -25,4 +25,10 @@ def describe(conditions: list[Condition]) -> str:
     return "; ".join(f"{c.name}: {c.why}" for c in bad) if bad else "every condition holds"
 
 
-__all__ = ["Condition", "describe", "failing"]
+def hold_reason(lane: str, bad: list[Condition]) -> str:
+    """What holds an item, in one phrase: its first failing condition."""
+    first = bad[0]
+    return f"lane {lane} is closed" if first.name == "lane_open" else f"{first.name}: {first.why}"
+
+
+__all__ = ["Condition", "describe", "failing", "hold_reason"]

@@ -27,12 +27,15 @@ from ..errors import Conflict, InputError, NotFound
 from ..ledger import Ledger, NewEvent, canonical_json
 from ..receipts import Receipt
 from .conditions import Condition, describe, failing
-from .lanes import cooldown_ok, get_lane, latest_posture, parse_ts, policy_version, sent_today
-from .suppression import is_suppressed, normalize
+from .lanes import get_lane, latest_posture, limit_conditions, parse_ts, policy_version
+from .suppression import is_suppressed, normalize, wire_address
 
 MAX_SUBJECT = 300
-STATES = ("draft", "send_ready", "approval_ready", "approved", "queued", "sending", "sent",
-          "failed", "ambiguous", "withdrawn", "rejected")
+STATES = ("draft", "send_ready", "approval_ready", "approved", "expired", "queued", "sending",
+          "sent", "failed", "ambiguous", "withdrawn", "rejected")
+# Two states are views, evaluated when asked: approval-ready is a send-ready draft that
+# passes every gate condition now; expired is an approved draft whose approval has run out.
+STORED_AS = {"approval_ready": "send_ready", "expired": "approved"}
 EDITABLE = ("draft", "send_ready", "approved", "rejected")
 
 
@@ -52,6 +55,11 @@ def validate_input(config: Config, lane: str, to: str, subject: str, body: str) 
     if _has_crlf(to) or _has_crlf(subject):
         raise InputError("CR/LF in the recipient or subject (header injection) is refused")
     address = normalize(to)
+    if wire_address(address) is None:
+        raise InputError(f"{address} has a non-ASCII local part (before the @); Atlas's "
+                         "channels send plain-ASCII SMTP without SMTPUTF8, so it cannot be "
+                         "delivered", hint="Use the recipient's ASCII address. Internationalised "
+                         "domains are fine: they are sent as punycode.")
     if len(subject) > MAX_SUBJECT:
         raise InputError(f"the subject is longer than {MAX_SUBJECT} characters")
     limit = lanes[lane].max_body_bytes
@@ -127,12 +135,7 @@ def gate_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
                 why += f"; not passing: {', '.join(failing_checks)}"
             conds.append(Condition("deliverability_posture_recent",
                                    recent and not failing_checks, why))
-    count = sent_today(ledger, lane.name, now)
-    conds.append(Condition("daily_cap_respected", count < s.daily_cap,
-                           f"{count} of {s.daily_cap} sent today"))
-    ok, why = cooldown_ok(ledger, s, str(draft["to_addr"]).casefold(), now)
-    conds.append(Condition("cooldown_respected", ok, why))
-    return conds
+    return conds + limit_conditions(ledger, lane, str(draft["to_addr"]).casefold(), now)
 
 
 def approval_hash(config: Config, draft: dict[str, Any]) -> str:
@@ -144,8 +147,25 @@ def approval_hash(config: Config, draft: dict[str, Any]) -> str:
 
 
 def content_hash(to: str, subject: str, body: str) -> str:
-    return hashlib.sha256(canonical_json({"to": to.casefold(), "subject": subject,
+    """sha256 of the content as delivered (the recipient in the form SMTP carries it)."""
+    wire = wire_address(to) or to
+    return hashlib.sha256(canonical_json({"to": wire.casefold(), "subject": subject,
                                           "body": body}).encode()).hexdigest()
+
+
+def approval_conditions(config: Config, draft: dict[str, Any],
+                        now: datetime) -> list[Condition]:
+    """An approved draft's approval: still bound to this content and policy, unexpired."""
+    ok = draft["approval_hash"] == approval_hash(config, draft)
+    expired = approval_expired(draft, now)
+    return [Condition("approval_matches_content", ok, "the approved hash matches the content"
+                      if ok else "the content or the lane policy changed since approval"),
+            Condition("approval_unexpired", not expired,
+                      f"{'expired' if expired else 'expires'} {draft['expires_at']}")]
+
+
+def approval_expired(draft: dict[str, Any], now: datetime) -> bool:
+    return draft["state"] == "approved" and parse_ts(draft["expires_at"]) <= now
 
 
 def get_draft(ledger: Ledger, draft_id: int) -> dict[str, Any]:
@@ -165,8 +185,18 @@ def ready_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
             + gate_conditions(ledger, config, draft, now))
 
 
+def send_time_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
+                         now: datetime) -> list[Condition]:
+    """Everything the outbox requires of an approved draft at the moment of sending."""
+    return approval_conditions(config, draft, now) + ready_conditions(ledger, config, draft,
+                                                                      now)
+
+
 def display_state(ledger: Ledger, config: Config, draft: dict[str, Any],
                   now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    if approval_expired(draft, now):
+        return "expired"
     if draft["state"] == "send_ready" and not failing(ready_conditions(ledger, config, draft,
                                                                         now)):
         return "approval_ready"
@@ -263,7 +293,7 @@ def list_drafts(ledger: Ledger, config: Config, *, state: str | None = None,
     args: list[Any] = []
     if state is not None:
         sql += " AND state=?"
-        args.append("send_ready" if state == "approval_ready" else state)
+        args.append(STORED_AS.get(state, state))
     if lane is not None:
         sql += " AND lane=?"
         args.append(lane)
@@ -285,18 +315,11 @@ def explain(ledger: Ledger, config: Config, draft_id: int) -> dict[str, Any]:
     d = get_draft(ledger, draft_id)
     send_ready = send_ready_conditions(ledger, config, d["lane"], d["to_addr"], d["subject"],
                                        d["body"])
-    gate = gate_conditions(ledger, config, d)
-    approval: list[Condition] = []
-    if d["state"] == "approved":
-        ok = d["approval_hash"] == approval_hash(config, d)
-        approval.append(Condition("approval_matches_content", ok,
-                                  "the approved hash matches the content" if ok else
-                                  "the content or lane policy changed since approval"))
-        expired = parse_ts(d["expires_at"]) <= datetime.now(UTC)
-        approval.append(Condition("approval_unexpired", not expired,
-                                  f"expires {d['expires_at']}"))
+    now = datetime.now(UTC)
+    gate = gate_conditions(ledger, config, d, now)
+    approval = approval_conditions(config, d, now) if d["state"] == "approved" else []
     return {"id": draft_id, "state": d["state"],
-            "display_state": display_state(ledger, config, d),
+            "display_state": display_state(ledger, config, d, now),
             "send_ready": [c.to_dict() for c in send_ready],
             "approval_ready": [c.to_dict() for c in gate],
             "approval": [c.to_dict() for c in approval],
@@ -320,13 +343,22 @@ def approve(ledger: Ledger, config: Config, principal: Principal, ids: list[int]
         events: list[NewEvent] = []
         for draft_id in ids:
             d = get_draft(ledger, draft_id)
-            if d["state"] != "send_ready":
-                refusals.append(f"draft {draft_id} is {d['state']}, not send-ready")
+            expired = approval_expired(d, now)
+            if d["state"] != "send_ready" and not expired:
+                refusals.append(f"draft {draft_id} is {d['state']}" + (
+                    f" until {d['expires_at']}" if d["state"] == "approved" else
+                    ", not send-ready" + "".join(f"; {p['name']}: {p['why']}"
+                                                 for p in d["problems"])))
                 continue
             bad = failing(ready_conditions(ledger, config, d, now))
             if bad:
                 refusals.append(f"draft {draft_id} is not approval-ready: {describe(bad)}")
                 continue
+            if expired:  # the old approval ran out: void it, then approve afresh
+                events.append(NewEvent("draft.approval_voided", principal.actor, {
+                    "id": draft_id, "state": "send_ready",
+                    "reason": f"the approval expired at {d['expires_at']}"},
+                    subject=f"draft:{draft_id}"))
             events.append(NewEvent("draft.approved", principal.actor, {
                 "id": draft_id, "approval_hash": approval_hash(config, d),
                 "expires_at": (now + expires).strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
@@ -372,7 +404,9 @@ def reject(ledger: Ledger, principal: Principal, draft_id: int, reason: str) -> 
     ledger.transact(build)
 
 
-__all__ = ["STATES", "approval_hash", "approve", "content_hash", "create", "display_state",
+__all__ = ["STATES", "approval_conditions", "approval_expired", "approval_hash", "approve",
+           "content_hash", "create", "display_state",
            "edit", "explain", "gate_conditions", "get_draft", "list_drafts",
-           "ready_conditions", "reject", "send_ready_conditions", "validate_input",
+           "ready_conditions", "reject", "send_ready_conditions", "send_time_conditions",
+           "validate_input",
            "withdraw"]

@@ -3,25 +3,33 @@ spend, deploy).
 
 Work runs with :class:`Capabilities` (a read-only job, or the lanes it may use).
 :func:`perform` checks the capability, then the lane (open, its one channel,
-owner-only recipients), and only then talks to the channel. A refusal is
-recorded as a receipt (what was attempted, why refused) and raised as
-:class:`EffectRefused`; counters of a refused effect stay 0.
+owner-only recipients, daily cap, per-recipient cooldown), and only then talks to
+the channel. A refusal is recorded as a receipt (what was attempted, why refused)
+and raised as :class:`EffectRefused`; counters of a refused effect stay 0.
+
+An email counts as ``emails_sent`` unless every recipient is one of the owner's
+addresses (mail to the owner is review mail, counted by the callers' receipts as
+``review_emails``), whatever lane carried it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Literal
 
 from ..config import LANE_EFFECTS, Config
 from ..errors import AtlasError
-from ..ledger import Ledger, utc_now
+from ..ledger import Ledger, NewEvent, utc_now
 from ..receipts import Effects, Receipt
 from .channels import Sender, sender_for
-from .lanes import get_lane
+from .conditions import describe, failing
+from .lanes import get_lane, limit_conditions
+from .suppression import address_key
 
 Kind = Literal["email", "post", "cta_change", "spend", "deploy"]
 COUNTER = {"email": "emails_sent", "post": "public_posts", "cta_change": "cta_changes",
@@ -73,29 +81,52 @@ class Effect:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def _refuse(ledger: Ledger, actor: str, caps: Capabilities, effect: Effect, why: str) -> None:
+def refusal_event(actor: str, caps: Capabilities, effect: Effect, why: str) -> NewEvent:
+    """The receipt of a refused effect: what was attempted and why it was refused."""
     now = utc_now()
-    receipt = Receipt(
+    return Receipt(
         kind="effect.refused", subject=f"lane:{effect.lane}", actor=actor, started_at=now,
         finished_at=now, outcome="refused",
         summary=f"Refused: {effect.summary}. {why}",
         evidence={"attempted": {"kind": effect.kind, "lane": effect.lane,
                                 "summary": effect.summary, **effect.detail},
                   "capabilities": caps.describe(), "job_run": caps.job_run, "why": why},
-    )
-    event = ledger.append_many([receipt.as_event()])[0]
+    ).as_event()
+
+
+def _refuse(ledger: Ledger, actor: str, caps: Capabilities, effect: Effect, why: str) -> None:
+    event = ledger.append_many([refusal_event(actor, caps, effect, why)])[0]
     raise EffectRefused(f"{effect.summary}: refused. {why}", receipt_id=event.id)
 
 
-def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Capabilities,
-            effect: Effect, env: Mapping[str, str]) -> tuple[str, Effects]:
-    """Perform one side effect, or refuse it with a receipt. Returns (reply, counters)."""
+def recipient_keys(message: EmailMessage) -> set[str]:
+    """Every recipient of the message (To, Cc, Bcc)."""
+    headers = [str(v) for h in ("To", "Cc", "Bcc") for v in message.get_all(h, [])]
+    return {address_key(addr) for _name, addr in getaddresses(headers) if addr}
+
+
+def only_to_owner(config: Config, message: EmailMessage) -> bool:
+    """True when every recipient is one of the owner's addresses."""
+    keys = recipient_keys(message)
+    return bool(keys) and keys <= {address_key(a) for a in config.owner.addresses()}
+
+
+def capability_refusal(caps: Capabilities, lane: str) -> str | None:
+    """Why the work's capabilities do not allow an effect on this lane, or None."""
     if caps.read_only:
-        _refuse(ledger, actor, caps, effect, "The work runs read-only: it may not cause "
-                "side effects.")
-    if caps.lanes is not None and effect.lane not in caps.lanes:
-        _refuse(ledger, actor, caps, effect, f"Its capabilities ({caps.describe()}) do not "
-                f"include lane {effect.lane}.")
+        return "The work runs read-only: it may not cause side effects."
+    if caps.lanes is not None and lane not in caps.lanes:
+        return f"Its capabilities ({caps.describe()}) do not include lane {lane}."
+    return None
+
+
+def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Capabilities,
+            effect: Effect, env: Mapping[str, str],
+            now: datetime | None = None) -> tuple[str, Effects]:
+    """Perform one side effect, or refuse it with a receipt. Returns (reply, counters)."""
+    refused = capability_refusal(caps, effect.lane)
+    if refused is not None:
+        _refuse(ledger, actor, caps, effect, refused)
     if effect.lane not in LANE_EFFECTS:
         _refuse(ledger, actor, caps, effect, f"There is no lane {effect.lane}.")
     if effect.kind != "deploy" and LANE_EFFECTS[effect.lane] != effect.kind:
@@ -112,17 +143,22 @@ def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Cap
         _refuse(ledger, actor, caps, effect, f"No provider for {effect.kind} effects is "
                 f"available on channel {lane.channel}.")
     assert effect.message is not None
-    if lane.settings.owner_only:
-        to = str(effect.message["To"]).casefold()
-        if to not in config.owner.addresses():
-            _refuse(ledger, actor, caps, effect, f"Lane {lane.name} only sends to the owner's "
-                    "addresses.")
+    if lane.settings.owner_only and not only_to_owner(config, effect.message):
+        _refuse(ledger, actor, caps, effect, f"Lane {lane.name} only sends to the owner's "
+                "addresses.")
+    now = now or datetime.now(UTC)
+    draft = effect.detail.get("draft")  # a draft's own recorded intent is not a prior send
+    over = [c for key in sorted(recipient_keys(effect.message))
+            for c in failing(limit_conditions(ledger, lane, key, now, exclude_draft=draft))]
+    if over:
+        _refuse(ledger, actor, caps, effect, f"Lane {lane.name}: {describe(over)}.")
     sender: Sender = sender_for(lane.channel, channels[lane.channel], home, env)
     reply = sender.send(effect.message)
     counters = Effects()
-    if effect.lane != "outbound.review":  # a review mail to the owner is not an outbound send
+    if not only_to_owner(config, effect.message):  # mail only to the owner is review mail
         setattr(counters, COUNTER[effect.kind], 1)
     return reply, counters
 
 
-__all__ = ["Capabilities", "Effect", "EffectRefused", "perform"]
+__all__ = ["Capabilities", "Effect", "EffectRefused", "capability_refusal", "only_to_owner",
+           "perform", "recipient_keys", "refusal_event"]

@@ -1,5 +1,8 @@
 """Lanes: their effective state (config default, then the owner's changes), policy
-versions, caps and cooldowns, and the deliverability posture."""
+versions, caps and cooldowns, and the deliverability posture.
+
+atlas.toml's ``open`` is a lane's starting state only: once ``atlas lane open`` or
+``close`` has been used on a lane, the newest decision in the ledger wins."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from ..config import LANE_EFFECTS, Config, Lane
 from ..errors import InputError, NotFound
 from ..ledger import Ledger, NewEvent, canonical_json, utc_now
 from ..receipts import Receipt
+from .conditions import Condition
 
 
 @dataclass(frozen=True)
@@ -118,34 +122,57 @@ def fmt_ts(dt: datetime) -> str:
 
 
 # A send whose outcome is unknown may have reached the recipient: it counts toward the
-# cap and the cooldown as if it had (from the moment its intent was recorded).
+# cap and the cooldown as if it had (from the moment its intent was recorded). Packets
+# sent for review count toward the lane they went through (``packet.review_sent``).
 MAYBE_SENT = "state IN ('sent', 'sending', 'ambiguous')"
 SENT_AT = "COALESCE(sent_at, updated_at)"
+REVIEW_SENT = ("kind = 'packet.review_sent' AND json_extract(payload, '$.lane') = ?")
 
 
-def sent_today(ledger: Ledger, lane: str, now: datetime) -> int:
+def sent_today(ledger: Ledger, lane: str, now: datetime, *,
+               exclude_draft: int | None = None) -> int:
+    """Sends through the lane since midnight UTC; ``exclude_draft`` is the send being
+    judged itself (its intent is already recorded)."""
     midnight = fmt_ts(now.replace(hour=0, minute=0, second=0, microsecond=0))
-    rows = ledger.query(f"SELECT count(*) AS n FROM drafts WHERE lane=? AND {MAYBE_SENT}"
-                        f" AND {SENT_AT} >= ?", (lane, midnight))
-    return int(rows[0]["n"])
+    drafts = ledger.query(f"SELECT count(*) AS n FROM drafts WHERE lane=? AND {MAYBE_SENT}"
+                          f" AND {SENT_AT} >= ? AND id != ?",
+                          (lane, midnight, exclude_draft or 0))
+    reviews = ledger.query(f"SELECT count(*) AS n FROM events WHERE {REVIEW_SENT}"
+                           " AND ts >= ?", (lane, midnight))
+    return int(drafts[0]["n"]) + int(reviews[0]["n"])
 
 
-def last_sent_to(ledger: Ledger, to_key: str) -> str | None:
-    rows = ledger.query(f"SELECT max({SENT_AT}) AS t FROM drafts WHERE to_key=? AND "
-                        f"{MAYBE_SENT}", (to_key,))
-    return None if rows[0]["t"] is None else str(rows[0]["t"])
+def last_sent_to(ledger: Ledger, lane: str, to_key: str, *,
+                 exclude_draft: int | None = None) -> str | None:
+    """The latest send to this recipient: a draft on any lane, or a packet on this lane."""
+    drafts = ledger.query(f"SELECT max({SENT_AT}) AS t FROM drafts WHERE to_key=? AND "
+                          f"{MAYBE_SENT} AND id != ?", (to_key, exclude_draft or 0))
+    reviews = ledger.query(f"SELECT max(ts) AS t FROM events WHERE {REVIEW_SENT} AND "
+                           "json_extract(payload, '$.to_key') = ?", (lane, to_key))
+    times = [str(r[0]["t"]) for r in (drafts, reviews) if r[0]["t"] is not None]
+    return max(times, default=None)
 
 
-def cooldown_ok(ledger: Ledger, lane: Lane, to_key: str, now: datetime) -> tuple[bool, str]:
-    last = last_sent_to(ledger, to_key)
-    if last is None or lane.cooldown_hours == 0:
-        return True, "no earlier send to this recipient" if last is None else "no cooldown"
-    until = parse_ts(last) + timedelta(hours=lane.cooldown_hours)
-    if now >= until:
-        return True, f"last send {last}; cooldown of {lane.cooldown_hours:g} h has passed"
-    return False, f"last send {last}; cooldown runs until {fmt_ts(until)}"
+def limit_conditions(ledger: Ledger, lane: LaneView, to_key: str, now: datetime, *,
+                     exclude_draft: int | None = None) -> list[Condition]:
+    """The lane's daily cap and its per-recipient cooldown, evaluated now."""
+    s = lane.settings
+    count = sent_today(ledger, lane.name, now, exclude_draft=exclude_draft)
+    conds = [Condition("daily_cap_respected", count < s.daily_cap,
+                       f"{count} of {s.daily_cap} sent today")]
+    last = last_sent_to(ledger, lane.name, to_key, exclude_draft=exclude_draft)
+    if last is None or s.cooldown_hours == 0:
+        conds.append(Condition("cooldown_respected", True, "no earlier send to this "
+                               "recipient" if last is None else "no cooldown"))
+        return conds
+    until = parse_ts(last) + timedelta(hours=s.cooldown_hours)
+    conds.append(Condition("cooldown_respected", now >= until,
+                           f"last send {last}; cooldown of {s.cooldown_hours:g} h has passed"
+                           if now >= until else
+                           f"last send {last}; cooldown runs until {fmt_ts(until)}"))
+    return conds
 
 
-__all__ = ["LaneView", "all_lanes", "cooldown_ok", "fmt_ts", "get_lane", "last_sent_to",
-           "latest_posture", "parse_ts", "policy_version", "record_posture", "sent_today",
+__all__ = ["LaneView", "all_lanes", "fmt_ts", "get_lane", "last_sent_to", "latest_posture",
+           "limit_conditions", "parse_ts", "policy_version", "record_posture", "sent_today",
            "set_lane"]

@@ -1,10 +1,13 @@
 """The outbox: the one path by which an approved draft becomes a sent email.
 
-For each approved draft, at the moment of sending, it re-checks the approval
-hash, the expiry, the suppression list, the lane (still open?), the channel,
-the cap and the cooldown. It records the intent (``draft.sending``, with a
-deterministic Message-ID derived from the approval) *before* talking to the
-channel, and the outcome after. A draft found in ``sending`` when an outbox
+Every pass reads atlas.toml afresh (and sends nothing if it cannot). For each
+approved draft, at the moment of sending and under the writer lock, in the
+transaction that records the intent, it re-checks the approval hash, the
+expiry, the suppression list, the lane (still open?), the channel, the cap, the
+cooldown and the work's capabilities. It records the intent (``draft.sending``,
+with a deterministic, opaque Message-ID derived from the approval) *before*
+talking to the channel, and the outcome after; one draft's failure never stops
+the pass. A draft found in ``sending`` when an outbox
 starts was interrupted between the two: it becomes ``ambiguous`` and is never
 re-sent without a human (``atlas outbox resolve``). Only one outbox runs at a
 time (its own lock), so an in-flight send is never mistaken for a dead one.
@@ -12,6 +15,7 @@ time (its own lock), so an in-flight send is never mistaken for a dead one.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -19,11 +23,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 from ..auth import Principal
-from ..config import Config
-from ..errors import Conflict, InputError
+from ..config import Config, load_config
+from ..errors import AtlasError, ConfigError, Conflict, InputError
 from ..ledger import Ledger, NewEvent, utc_now
 from ..ledger.lock import WriterLock
 from ..receipts import Effects, Outcome, Receipt
@@ -35,10 +40,20 @@ from .channels import (
     TemporaryFailure,
     sender_for,
 )
-from .conditions import Condition, describe, failing
-from .drafts import approval_hash, content_hash, get_draft, ready_conditions
-from .effects import Capabilities, Effect, EffectRefused, perform
-from .lanes import fmt_ts, parse_ts
+from .conditions import Condition, describe, failing, hold_reason
+from .drafts import content_hash, get_draft, send_time_conditions
+from .effects import (
+    Capabilities,
+    Effect,
+    EffectRefused,
+    capability_refusal,
+    only_to_owner,
+    perform,
+    refusal_event,
+)
+from .lanes import fmt_ts
+from .packets import touch_done_events
+from .suppression import wire_address
 
 MAX_ATTEMPTS = 5
 BACKOFF_SECONDS = 60
@@ -53,7 +68,10 @@ class OutboxReport:
     voided: list[int] = field(default_factory=list)
     held: dict[str, list[int]] = field(default_factory=dict)
     refused: list[int] = field(default_factory=list)
+    touches_done: list[int] = field(default_factory=list)
     emails_sent: int = 0
+    review_emails: int = 0
+    config_error: str | None = None
     receipt_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,33 +80,37 @@ class OutboxReport:
     def hold_lines(self) -> list[str]:
         return [f"{len(ids)} approved draft(s) held: {why}" for why, ids in self.held.items()]
 
+    def failures(self) -> int:
+        """Sends attempted this pass that did not (knowingly) reach the server."""
+        return len(self.failed) + len(self.retrying) + len(self.ambiguous)
+
 
 def message_id(draft: dict[str, Any], from_address: str) -> str:
-    """Deterministic: the same approval always yields the same Message-ID."""
+    """Deterministic (the same approval always yields the same Message-ID) and opaque: it
+    reveals neither the draft's id nor how many drafts exist."""
     domain = from_address.rsplit("@", 1)[-1]
-    return f"<atlas.{draft['id']}.{str(draft['approval_hash'])[:24]}@{domain}>"
+    digest = hashlib.sha256(f"{draft['id']}:{draft['approval_hash']}".encode()).hexdigest()
+    return f"<atlas.{digest[:32]}@{domain}>"
 
 
-def build_message(draft: dict[str, Any], from_address: str, msg_id: str) -> EmailMessage:
+def build_message(draft: dict[str, Any], from_address: str, msg_id: str, *,
+                  unsubscribe: bool) -> EmailMessage:
+    """The email as it is sent; ``unsubscribe`` adds a List-Unsubscribe header (prospect
+    lanes) that mails the channel's from address with the subject 'unsubscribe'."""
+    to = wire_address(draft["to_addr"])
+    if to is None:
+        raise ValueError(f"{draft['to_addr']} has a non-ASCII local part, which plain-ASCII "
+                         "SMTP cannot carry")
     msg = EmailMessage()
     msg["From"] = from_address
-    msg["To"] = draft["to_addr"]
+    msg["To"] = to
     msg["Subject"] = draft["subject"]
     msg["Message-ID"] = msg_id
     msg["Date"] = format_datetime(datetime.now(UTC))
-    msg["X-Atlas-Draft"] = str(draft["id"])
+    if unsubscribe:
+        msg["List-Unsubscribe"] = f"<mailto:{from_address}?subject=unsubscribe>"
     msg.set_content(draft["body"])
     return msg
-
-
-def send_time_conditions(ledger: Ledger, config: Config, d: dict[str, Any],
-                         now: datetime) -> list[Condition]:
-    ok = d["approval_hash"] == approval_hash(config, d)
-    conds = [Condition("approval_matches_content", ok, "matches" if ok else
-                       "the content or the lane policy changed since approval")]
-    expired = parse_ts(d["expires_at"]) <= now
-    conds.append(Condition("approval_unexpired", not expired, f"expires {d['expires_at']}"))
-    return conds + ready_conditions(ledger, config, d, now)
 
 
 def _from_address(config: Config, channel: str) -> str:
@@ -118,157 +140,238 @@ def _mark_interrupted(ledger: Ledger, actor: str, report: OutboxReport) -> None:
 
 def run_once(ws: Workspace, ledger: Ledger, *, actor: str, caps: Capabilities,
              env: Mapping[str, str], now: datetime | None = None) -> OutboxReport:
-    """One pass over the approved drafts. Holds the outbox lock for the whole pass."""
-    config = ws.config
+    """One pass over the approved drafts. Holds the outbox lock for the whole pass.
+
+    atlas.toml is read afresh for every pass, so a policy change made while a worker
+    runs voids approvals at once; if it cannot be read, nothing is sent (fail closed)."""
     report = OutboxReport()
     started = utc_now()
     lock = WriterLock(ws.data_dir / "outbox.lock", timeout=0)
     with lock:
         _mark_interrupted(ledger, actor, report)
-        fixed_now = now
-        start = fixed_now or datetime.now(UTC)
-        rows = ledger.query("SELECT id FROM drafts WHERE state='approved' AND "
-                            "(next_attempt_at IS NULL OR next_attempt_at <= ?) "
-                            "ORDER BY approved_at, id", (fmt_ts(start),))
-        unavailable: dict[str, str] = {}
-        for row in rows:
-            now = fixed_now or datetime.now(UTC)  # each send is judged at its own moment
-            d = get_draft(ledger, int(row["id"]))
-            conds = send_time_conditions(ledger, config, d, now)
-            bad = failing(conds)
-            if bad:
-                _handle_unsendable(ledger, actor, d, bad, report)
-                continue
-            channel = str(d["channel"])
-            if channel not in unavailable:
-                try:
-                    sender_for(channel, config.all_channels()[channel], ws.home, env).check()
-                except ChannelUnavailable as exc:
-                    unavailable[channel] = exc.reason
-            if channel in unavailable:
-                report.held.setdefault(unavailable[channel], []).append(d["id"])
-                continue
-            _send_one(ws, ledger, actor, caps, env, d, report, now)
+        try:
+            config = load_config(ws.config_path)
+        except ConfigError as exc:
+            report.config_error = exc.message
+        else:
+            _Pass(ws.home, config, ledger, actor, caps, env, report).run(now)
         report.receipt_id = _run_receipt(ledger, actor, started, report, caps.job_run)
     return report
 
 
-def _handle_unsendable(ledger: Ledger, actor: str, d: dict[str, Any], bad: list[Condition],
-                       report: OutboxReport) -> None:
-    names = {c.name for c in bad}
-    if names & {"approval_matches_content", "approval_unexpired"}:
-        why = describe([c for c in bad if c.name in ("approval_matches_content",
-                                                     "approval_unexpired")])
-        ledger.append("draft.approval_voided", actor, {"id": d["id"], "reason": why,
-                                                       "state": "send_ready"},
-                      subject=f"draft:{d['id']}")
-        report.voided.append(d["id"])
-    elif "not_suppressed" in names:
-        ledger.append("draft.failed", actor, {"id": d["id"], "reason": "the recipient was "
-                      "suppressed after approval"}, subject=f"draft:{d['id']}")
-        report.failed.append(d["id"])
-    else:
-        first = bad[0]
-        key = (f"lane {d['lane']} is closed" if first.name == "lane_open"
-               else f"{first.name}: {first.why}")
-        report.held.setdefault(key, []).append(d["id"])
+@dataclass
+class _Claimed:
+    draft: dict[str, Any]
+    message: EmailMessage
 
 
-def _send_one(ws: Workspace, ledger: Ledger, actor: str, caps: Capabilities,
-              env: Mapping[str, str], d: dict[str, Any], report: OutboxReport,
-              now: datetime) -> None:
-    config = ws.config
-    from_address = _from_address(config, str(d["channel"]))
-    msg_id = message_id(d, from_address)
-    attempt = int(d["attempts"]) + 1
-    try:  # build the message before recording any intent: a bad header is not a send
-        message = build_message(d, from_address, msg_id)
-    except (ValueError, TypeError) as exc:
-        ledger.append("draft.failed", actor, {"id": d["id"], "reason": f"the message cannot "
-                      f"be built: {exc}"}, subject=f"draft:{d['id']}")
-        report.failed.append(d["id"])
-        return
+@dataclass
+class _Pass:
+    home: Path
+    config: Config
+    ledger: Ledger
+    actor: str
+    caps: Capabilities
+    env: Mapping[str, str]
+    report: OutboxReport
+    unavailable: dict[str, str] = field(default_factory=dict)
 
-    def claim(conn: sqlite3.Connection) -> list[NewEvent]:
-        current = get_draft(ledger, d["id"])
-        if current["state"] != "approved" or current["approval_hash"] != d["approval_hash"]:
-            return []
-        return [NewEvent("draft.queued", actor, {"id": d["id"]}, subject=f"draft:{d['id']}"),
-                NewEvent("draft.sending", actor, {"id": d["id"], "message_id": msg_id,
-                                                  "attempt": attempt},
-                         subject=f"draft:{d['id']}")]
+    def run(self, fixed_now: datetime | None) -> None:
+        start = fixed_now or datetime.now(UTC)
+        rows = self.ledger.query("SELECT id FROM drafts WHERE state='approved' AND "
+                                 "(next_attempt_at IS NULL OR next_attempt_at <= ?) "
+                                 "ORDER BY approved_at, id", (fmt_ts(start),))
+        for row in rows:
+            now = fixed_now or datetime.now(UTC)  # each send is judged at its own moment
+            claimed = self._claim(int(row["id"]), now)
+            if claimed is not None:
+                self._send(claimed, now)
 
-    if not ledger.transact(claim):
-        return
-    effect = Effect("email", d["lane"], f"send draft {d['id']} to {d['to_addr']}",
-                    message=message, detail={"draft": d["id"], "message_id": msg_id})
-    started = utc_now()
+    def _unavailable(self, channel: str) -> str | None:
+        """Why the channel cannot be used at all right now (credentials missing), once
+        per pass."""
+        if channel not in self.unavailable:
+            try:
+                sender_for(channel, self.config.all_channels()[channel], self.home,
+                           self.env).check()
+                return None
+            except ChannelUnavailable as exc:
+                self.unavailable[channel] = exc.reason
+        return self.unavailable[channel]
 
-    def mark(kind: str, bucket: list[int], **payload: Any) -> None:
-        ledger.append(f"draft.{kind}", actor, {"id": d["id"], **payload},
-                      subject=f"draft:{d['id']}")
+    def _claim(self, draft_id: int, now: datetime) -> _Claimed | None:
+        """Decide under the writer lock, in the transaction that records the intent:
+        every send-time condition (approval hash, expiry, suppression, lane open, channel,
+        cap, cooldown), the work's capabilities and the channel's credentials, judged on
+        the state as it is now."""
+        outcome: dict[str, Any] = {}
+
+        def build(conn: sqlite3.Connection) -> list[NewEvent]:
+            outcome.clear()
+            d = get_draft(self.ledger, draft_id)
+            if d["state"] != "approved":
+                return []
+            bad = failing(send_time_conditions(self.ledger, self.config, d, now))
+            if bad:
+                return self._unsendable(d, bad, outcome)
+            subject = f"draft:{draft_id}"
+            lane = self.config.all_lanes()[d["lane"]]
+            effect = Effect("email", d["lane"], f"send draft {draft_id} to {d['to_addr']}",
+                            detail={"draft": draft_id})
+            refused = capability_refusal(self.caps, d["lane"])
+            if refused is not None:  # before the intent: a refusal is not an attempt
+                outcome["bucket"] = self.report.refused
+                return [refusal_event(self.actor, self.caps, effect, refused)]
+            unavailable = self._unavailable(str(d["channel"]))
+            if unavailable is not None:  # nothing can be sent: hold it, no intent
+                outcome["held"] = unavailable
+                return []
+            from_address = _from_address(self.config, str(d["channel"]))
+            msg_id = message_id(d, from_address)
+            try:
+                message = build_message(d, from_address, msg_id,
+                                        unsubscribe=not lane.owner_only)
+            except (ValueError, TypeError) as exc:  # a message that cannot exist: not a send
+                outcome["bucket"] = self.report.failed
+                return [NewEvent("draft.failed", self.actor, {
+                    "id": draft_id, "reason": f"the message cannot be built: {exc}"},
+                    subject=subject)]
+            outcome["claimed"] = _Claimed(d, message)
+            return [NewEvent("draft.queued", self.actor, {"id": draft_id}, subject=subject),
+                    NewEvent("draft.sending", self.actor, {
+                        "id": draft_id, "message_id": msg_id,
+                        "attempt": int(d["attempts"]) + 1}, subject=subject)]
+
+        self.ledger.transact(build)
+        if "held" in outcome:
+            self.report.held.setdefault(outcome["held"], []).append(draft_id)
+        elif "bucket" in outcome:
+            outcome["bucket"].append(draft_id)
+        claimed: _Claimed | None = outcome.get("claimed")
+        return claimed
+
+    def _unsendable(self, d: dict[str, Any], bad: list[Condition],
+                    outcome: dict[str, Any]) -> list[NewEvent]:
+        names = {c.name for c in bad}
+        approval = [c for c in bad if c.name in ("approval_matches_content",
+                                                 "approval_unexpired")]
+        if approval:
+            outcome["bucket"] = self.report.voided
+            return [NewEvent("draft.approval_voided", self.actor, {
+                "id": d["id"], "reason": describe(approval), "state": "send_ready"},
+                subject=f"draft:{d['id']}")]
+        if "not_suppressed" in names:
+            outcome["bucket"] = self.report.failed
+            return [NewEvent("draft.failed", self.actor, {
+                "id": d["id"], "reason": "the recipient was suppressed after approval"},
+                subject=f"draft:{d['id']}")]
+        outcome["held"] = hold_reason(d["lane"], bad)
+        return []
+
+    def _mark(self, d: dict[str, Any], kind: str, bucket: list[int], **payload: Any) -> None:
+        self.ledger.append(f"draft.{kind}", self.actor, {"id": d["id"], **payload},
+                           subject=f"draft:{d['id']}")
         bucket.append(d["id"])
 
-    try:
-        reply, counters = perform(ledger, config, ws.home, actor=actor, caps=caps,
-                                  effect=effect, env=env)
-    except ChannelUnavailable as exc:  # nothing was sent: hold it for the next pass
-        mark("retry", report.held.setdefault(exc.reason, []), attempts=attempt - 1,
-             next_attempt_at=fmt_ts(now), reason=exc.reason)
-        return
-    except EffectRefused as exc:  # refused before the channel: not an attempt
-        mark("retry", report.refused, attempts=attempt - 1, next_attempt_at=fmt_ts(now),
-             reason=f"refused: {exc.message}")
-        return
-    except AmbiguousFailure as exc:
-        mark("ambiguous", report.ambiguous, reason=exc.reason)
-        return
-    except TemporaryFailure as exc:
-        if attempt >= MAX_ATTEMPTS:
-            mark("failed", report.failed,
-                 reason=f"gave up after {attempt} attempts: {exc.reason}")
-        else:
-            delay = timedelta(seconds=BACKOFF_SECONDS * 2 ** (attempt - 1))
-            mark("retry", report.retrying, attempts=attempt,
-                 next_attempt_at=fmt_ts(now + delay), reason=exc.reason)
-        return
-    except PermanentFailure as exc:
-        mark("failed", report.failed, reason=exc.reason)
-        return
-    digest = content_hash(d["to_addr"], d["subject"], d["body"])
-    receipt = Receipt(
-        kind="send", subject=f"draft:{d['id']}", actor=actor, started_at=started,
-        finished_at=utc_now(), outcome="ok",
-        summary=f"Draft {d['id']} was accepted by channel {d['channel']} for {d['to_addr']}.",
-        effects=counters,
-        evidence={"message_id": msg_id, "reply": reply, "content_sha256": digest,
-                  "approval_hash": d["approval_hash"], "lane": d["lane"],
-                  "job_run": caps.job_run},
-    )
-    ledger.append_many([
-        NewEvent("draft.sent", actor, {"id": d["id"], "message_id": msg_id, "reply": reply,
-                                       "content_sha256": digest}, subject=f"draft:{d['id']}"),
-        receipt.as_event(),
-    ])
-    report.sent.append(d["id"])
-    report.emails_sent += counters.emails_sent
+    def _send(self, claimed: _Claimed, now: datetime) -> None:
+        """Hand the message to the channel; every outcome is recorded, and no failure of
+        this draft stops the pass."""
+        d, message = claimed.draft, claimed.message
+        attempt = int(d["attempts"]) + 1
+        effect = Effect("email", d["lane"], f"send draft {d['id']} to {d['to_addr']}",
+                        message=message, detail={"draft": d["id"],
+                                                 "message_id": str(message["Message-ID"])})
+        started = utc_now()
+        try:
+            reply, counters = perform(self.ledger, self.config, self.home, actor=self.actor,
+                                      caps=self.caps, effect=effect, env=self.env, now=now)
+        except ChannelUnavailable as exc:  # nothing was sent: hold it for the next pass
+            self._mark(d, "retry", self.report.held.setdefault(exc.reason, []),
+                       attempts=attempt - 1, next_attempt_at=fmt_ts(now), reason=exc.reason)
+            return
+        except EffectRefused as exc:  # refused before the channel: not an attempt
+            self._mark(d, "retry", self.report.refused, attempts=attempt - 1,
+                       next_attempt_at=fmt_ts(now), reason=f"refused: {exc.message}")
+            return
+        except AmbiguousFailure as exc:
+            self._mark(d, "ambiguous", self.report.ambiguous, reason=exc.reason)
+            return
+        except TemporaryFailure as exc:
+            if attempt >= MAX_ATTEMPTS:
+                self._mark(d, "failed", self.report.failed,
+                           reason=f"gave up after {attempt} attempts: {exc.reason}")
+            else:
+                delay = timedelta(seconds=BACKOFF_SECONDS * 2 ** (attempt - 1))
+                self._mark(d, "retry", self.report.retrying, attempts=attempt,
+                           next_attempt_at=fmt_ts(now + delay), reason=exc.reason)
+            return
+        except PermanentFailure as exc:
+            self._mark(d, "failed", self.report.failed, reason=exc.reason)
+            return
+        except AtlasError:
+            raise  # the ledger itself failed: the intent stays, the next pass says ambiguous
+        except Exception as exc:  # unexplained, after the intent: it may have gone out
+            self._mark(d, "ambiguous", self.report.ambiguous,
+                       reason=f"unexpected error while sending: {type(exc).__name__}: {exc}")
+            return
+        self._record_sent(d, message, reply, counters, started)
+
+    def _record_sent(self, d: dict[str, Any], message: EmailMessage, reply: str,
+                     counters: Effects, started: str) -> None:
+        msg_id = str(message["Message-ID"])
+        review = only_to_owner(self.config, message)
+        digest = content_hash(d["to_addr"], d["subject"], d["body"])
+        receipt = Receipt(
+            kind="send", subject=f"draft:{d['id']}", actor=self.actor, started_at=started,
+            finished_at=utc_now(), outcome="ok",
+            summary=f"Draft {d['id']} was accepted by channel {d['channel']} for "
+                    f"{d['to_addr']}" + (" (review mail to the owner)." if review else "."),
+            effects=counters,
+            evidence={"message_id": msg_id, "reply": reply, "content_sha256": digest,
+                      "approval_hash": d["approval_hash"], "lane": d["lane"],
+                      "review_emails": int(review), "job_run": self.caps.job_run},
+        )
+        touches: list[int] = []
+
+        def build(conn: sqlite3.Connection) -> list[NewEvent]:
+            done = touch_done_events(conn, self.actor, d, utc_now())
+            touches[:] = [int(e.payload["id"]) for e in done]
+            return [NewEvent("draft.sent", self.actor, {
+                "id": d["id"], "message_id": msg_id, "reply": reply,
+                "content_sha256": digest}, subject=f"draft:{d['id']}"),
+                *done, receipt.as_event()]
+
+        self.ledger.transact(build)
+        self.report.sent.append(d["id"])
+        self.report.touches_done += touches
+        self.report.emails_sent += counters.emails_sent
+        self.report.review_emails += int(review)
 
 
 def _run_receipt(ledger: Ledger, actor: str, started: str, report: OutboxReport,
                  job_run: str | None) -> int:
-    emails = report.emails_sent
-    parts = [f"{len(report.sent)} email(s) sent"]
+    failures = report.failures()
+    if report.config_error is not None:
+        outcome: Outcome = "failed"
+        parts = [f"Nothing was sent: {report.config_error}. Approved drafts wait until "
+                 "atlas.toml is fixed"]
+    else:
+        outcome = ("failed" if failures and not report.sent
+                   else "held" if report.held and not report.sent else "ok")
+        parts = [f"No email was sent: all {failures} attempted send(s) failed"
+                 if outcome == "failed" else f"{len(report.sent)} email(s) sent"]
+        if report.review_emails:
+            parts.append(f"{report.review_emails} of them to the owner (review mail)")
     parts += report.hold_lines()
     for label, ids in (("failed", report.failed), ("retrying", report.retrying),
                        ("ambiguous", report.ambiguous), ("approval voided", report.voided),
                        ("refused", report.refused)):
         if ids:
             parts.append(f"{len(ids)} {label}")
-    outcome: Outcome = "ok" if not report.held or report.sent else "held"
     receipt = Receipt(
         kind="outbox.run", subject="outbox", actor=actor, started_at=started,
         finished_at=utc_now(), outcome=outcome, summary="; ".join(parts) + ".",
-        effects=Effects(emails_sent=emails),
+        effects=Effects(emails_sent=report.emails_sent),
         evidence={**{k: v for k, v in report.to_dict().items() if k != "receipt_id"},
                   "job_run": job_run},
     )
@@ -288,22 +391,29 @@ def run(ws: Workspace, ledger: Ledger, *, actor: str, caps: Capabilities,
 
 def resolve(ledger: Ledger, principal: Principal, draft_id: int, *, sent: bool,
             note: str = "") -> None:
-    """A human decides what happened to an ambiguous send (owner only)."""
+    """A human decides what happened to an ambiguous send (owner only).
+
+    ``--sent`` records when it was resolved; when the message really left is unknown,
+    so ``sent_at`` stays empty."""
     principal.require_owner("resolve an ambiguous send")
+    if not isinstance(sent, bool):
+        raise InputError("say --sent or --not-sent")
 
     def build(conn: sqlite3.Connection) -> list[NewEvent]:
         d = get_draft(ledger, draft_id)
         if d["state"] != "ambiguous":
             raise Conflict(f"draft {draft_id} is {d['state']}, not ambiguous")
-        payload: dict[str, Any] = {"id": draft_id, "sent": sent, "note": note}
-        if sent:
-            payload["content_sha256"] = content_hash(d["to_addr"], d["subject"], d["body"])
+        now = utc_now()
+        payload: dict[str, Any] = {"id": draft_id, "sent": sent, "note": note,
+                                   "resolved_at": now}
+        if not sent:
+            return [NewEvent("draft.resolved", principal.actor, payload,
+                             subject=f"draft:{draft_id}")]
+        payload["content_sha256"] = content_hash(d["to_addr"], d["subject"], d["body"])
         return [NewEvent("draft.resolved", principal.actor, payload,
-                         subject=f"draft:{draft_id}")]
-    if not isinstance(sent, bool):
-        raise InputError("say --sent or --not-sent")
+                         subject=f"draft:{draft_id}"),
+                *touch_done_events(conn, principal.actor, d, now)]
     ledger.transact(build)
 
 
-__all__ = ["OutboxReport", "build_message", "message_id", "resolve", "run", "run_once",
-           "send_time_conditions"]
+__all__ = ["OutboxReport", "build_message", "message_id", "resolve", "run", "run_once"]

@@ -2,8 +2,12 @@
 drafts bundled for the owner's review).
 
 Sending a packet *to the owner* goes through lane ``outbound.review`` and its
-channel. It is not a prospect send: it works while ``outbound.prospect`` is
-closed, and it does not count as an email sent.
+channel, within that lane's daily cap and cooldown. It is not a prospect send: it
+works while ``outbound.prospect`` is closed, and it counts as review mail
+(``review_emails``), not as an email sent.
+
+A touch is done when a draft for its lead on its lane is sent (or settled as sent),
+or when someone marks it done (``atlas touches done``).
 """
 
 from __future__ import annotations
@@ -15,16 +19,18 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from typing import Any
+from typing import Any, NoReturn
 
 from ..auth import Principal
 from ..config import Config
-from ..errors import Conflict, InputError, NotFound
+from ..errors import Conflict, InputError, NotFound, SendFailed
 from ..ledger import Ledger, NewEvent, utc_now
 from ..receipts import Receipt
 from ..workspace import Workspace
+from .channels import AmbiguousFailure, ChannelUnavailable, SendFailure, TemporaryFailure
 from .effects import Capabilities, Effect, perform
 from .lanes import fmt_ts
+from .suppression import address_key, wire_address
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -85,6 +91,42 @@ def due_touches(ledger: Ledger, at: datetime | None = None) -> list[dict[str, An
         "SELECT t.id, t.lead_id, l.email, t.sequence, t.step, t.due_at, t.lane, t.status"
         " FROM touches t JOIN leads l ON l.id = t.lead_id"
         " WHERE t.status='due' AND t.due_at <= ? ORDER BY t.due_at, t.id", (fmt_ts(at),))]
+
+
+def touch_done_events(conn: sqlite3.Connection, actor: str, draft: dict[str, Any],
+                      at: str) -> list[NewEvent]:
+    """The touch a sent draft completes: its lead's earliest touch on its lane that is
+    due by now and not yet done (none if the draft has no lead)."""
+    if draft.get("lead_id") is None:
+        return []
+    row = conn.execute("SELECT id FROM touches WHERE lead_id=? AND lane=? AND status='due'"
+                       " AND due_at <= ? ORDER BY due_at, id LIMIT 1",
+                       (draft["lead_id"], draft["lane"], at)).fetchone()
+    if row is None:
+        return []
+    return [NewEvent("touch.done", actor, {"id": row[0], "status": "done",
+                                            "draft_id": draft["id"],
+                                            "note": f"draft {draft['id']} was sent"},
+                     subject=f"lead:{draft['lead_id']}")]
+
+
+def complete_touch(ledger: Ledger, principal: Principal, touch_id: int,
+                   note: str = "") -> dict[str, Any]:
+    """Mark a touch done by hand (agents may: the step happened outside Atlas)."""
+    def build(conn: sqlite3.Connection) -> list[NewEvent]:
+        row = conn.execute("SELECT lead_id, status FROM touches WHERE id=?",
+                           (touch_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no touch with id {touch_id}", hint="`atlas touches due` lists "
+                           "them.")
+        if row[1] != "due":
+            raise Conflict(f"touch {touch_id} is {row[1]} already")
+        return [NewEvent("touch.done", principal.actor, {"id": touch_id, "status": "done",
+                                                         "draft_id": None, "note": note},
+                         subject=f"lead:{row[0]}")]
+
+    ledger.transact(build)
+    return dict(ledger.query("SELECT * FROM touches WHERE id=?", (touch_id,))[0])
 
 
 # -- packets ------------------------------------------------------------------
@@ -167,7 +209,10 @@ def render_packet(ledger: Ledger, packet: dict[str, Any]) -> str:
 
 def send_review(ws: Workspace, ledger: Ledger, principal: Principal, name: str, *,
                 caps: Capabilities, env: Mapping[str, str]) -> dict[str, Any]:
-    """Email the packet to the owner through lane outbound.review."""
+    """Email the packet to the owner through lane outbound.review.
+
+    A refusal (capabilities, lane, cap, cooldown) or a failed send leaves a receipt and
+    raises an error that says what to do next."""
     packet = get_packet(ledger, name)
     config = ws.config
     lane = config.all_lanes()["outbound.review"]
@@ -176,34 +221,62 @@ def send_review(ws: Workspace, ledger: Ledger, principal: Principal, name: str, 
                     else config.owner.email)
     msg = EmailMessage()
     msg["From"] = from_address
-    msg["To"] = config.owner.email
+    msg["To"] = wire_address(config.owner.email) or config.owner.email
     msg["Subject"] = f"[Atlas review] packet {name}: {len(packet['lead_ids'])} contacts"
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg_id = make_msgid(domain=from_address.rsplit("@", 1)[-1])
     msg["Message-ID"] = msg_id
     msg.set_content(render_packet(ledger, packet))
     started = utc_now()
-    reply, counters = perform(ledger, config, ws.home, actor=principal.actor, caps=caps,
-                              effect=Effect("email", "outbound.review",
-                                            f"email packet {name} to the owner for review",
-                                            message=msg, detail={"packet": name}), env=env)
+    contacts = len(packet["lead_ids"])
+    evidence = {"message_id": msg_id, "lane": "outbound.review", "contacts": contacts,
+                "job_run": caps.job_run}
+    try:
+        reply, counters = perform(ledger, config, ws.home, actor=principal.actor, caps=caps,
+                                  effect=Effect("email", "outbound.review",
+                                                f"email packet {name} to the owner for review",
+                                                message=msg, detail={"packet": name}), env=env)
+    except SendFailure as exc:
+        _review_failed(ledger, principal, name, started, evidence, exc)
     receipt = Receipt(
         kind="packet.review", subject=f"packet:{name}", actor=principal.actor,
         started_at=started, finished_at=utc_now(), outcome="ok",
-        summary=(f"Packet {name} ({len(packet['lead_ids'])} contacts) is in the owner's inbox "
-                 f"for review ({config.owner.email}); no prospect was emailed."),
+        summary=(f"Packet {name} ({contacts} contacts) is in the owner's inbox for review "
+                 f"({config.owner.email}); no prospect was emailed."),
         effects=counters,
-        evidence={"message_id": msg_id, "reply": reply, "lane": "outbound.review",
-                  "review_emails_sent": 1, "contacts": len(packet["lead_ids"]),
-                  "job_run": caps.job_run},
+        evidence={**evidence, "reply": reply, "review_emails": 1},
     )
     events = ledger.append_many([
-        NewEvent("packet.review_sent", principal.actor, {"name": name, "message_id": msg_id},
-                 subject=f"packet:{name}"),
+        NewEvent("packet.review_sent", principal.actor, {
+            "name": name, "message_id": msg_id, "lane": "outbound.review",
+            "to_key": address_key(config.owner.email)}, subject=f"packet:{name}"),
         receipt.as_event()])
     return {"packet": name, "message_id": msg_id, "reply": reply,
             "receipt_id": events[-1].id, "to": config.owner.email}
 
 
-__all__ = ["add_touches", "create_packet", "due_touches", "get_packet", "list_packets",
-           "render_packet", "send_review"]
+def _review_failed(ledger: Ledger, principal: Principal, name: str, started: str,
+                   evidence: dict[str, Any], exc: SendFailure) -> NoReturn:
+    """Record the failed review send, then raise the error with the next step."""
+    if isinstance(exc, ChannelUnavailable):
+        hint = "Set the environment variables the channel names, then run it again."
+    elif isinstance(exc, TemporaryFailure):
+        hint = f"Nothing was sent. Try again later: `atlas packet send-review {name}`."
+    elif isinstance(exc, AmbiguousFailure):
+        hint = ("The owner's server may have it: check the inbox before sending it again "
+                "(a second send would be a duplicate).")
+    else:
+        hint = "Nothing was sent. Check outbound.review's channel and the owner's address."
+    receipt = Receipt(
+        kind="packet.review", subject=f"packet:{name}", actor=principal.actor,
+        started_at=started, finished_at=utc_now(), outcome="failed",
+        summary=f"Packet {name} was not sent for review: {exc.reason}",
+        evidence={**evidence, "error": exc.reason, "failure": type(exc).__name__,
+                  "review_emails": 0})
+    event = ledger.append_many([receipt.as_event()])[0]
+    raise SendFailed(f"packet {name} was not sent for review: {exc.reason} "
+                     f"(receipt #{event.id})", hint=hint, receipt_id=event.id) from exc
+
+
+__all__ = ["add_touches", "complete_touch", "create_packet", "due_touches", "get_packet",
+           "list_packets", "render_packet", "send_review", "touch_done_events"]

@@ -19,6 +19,25 @@ def normalize(address: str) -> str:
         raise InputError(f"{address!r} is not a valid email address: {exc}") from exc
 
 
+def wire_address(address: str) -> str | None:
+    """The address as plain-ASCII SMTP carries it (an internationalised domain becomes
+    punycode), or None when its local part is not ASCII: Atlas's channels do not speak
+    SMTPUTF8, so such an address cannot be sent to."""
+    try:
+        return validate_email(address, check_deliverability=False).ascii_email
+    except EmailNotValidError:
+        return None
+
+
+def address_key(address: str) -> str:
+    """How the ledger keys an address: normalized (an internationalised domain in
+    Unicode, as punycode decodes), case-folded."""
+    try:
+        return validate_email(address, check_deliverability=False).normalized.casefold()
+    except EmailNotValidError:
+        return address.casefold()
+
+
 def read_file(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -55,4 +74,5 @@ def is_suppressed(ledger: Ledger, address: str) -> bool:
     return bool(rows)
 
 
-__all__ = ["is_suppressed", "normalize", "read_file", "suppress"]
+__all__ = ["address_key", "is_suppressed", "normalize", "read_file", "suppress",
+           "wire_address"]

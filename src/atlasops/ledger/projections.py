@@ -267,8 +267,9 @@ def _draft_ambiguous(conn: sqlite3.Connection, e: Event) -> None:
 @projection("draft.resolved")
 def _draft_resolved(conn: sqlite3.Connection, e: Event) -> None:
     p = e.payload
-    if p["sent"]:
-        _set_state(conn, e, "sent", sent_at=e.ts, reason=p.get("note", ""),
+    if p["sent"]:  # when it really left is unknown: sent_at stays empty
+        _set_state(conn, e, "sent", reason=f"resolved as sent by {e.actor} at {e.ts}; the "
+                   f"send time is unknown. {p.get('note', '')}".strip(),
                    content_sha256=p.get("content_sha256"))
     else:
         _set_state(conn, e, "send_ready", approval_hash=None, approved_by=None,
