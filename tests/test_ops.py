@@ -3,18 +3,27 @@ token, runbooks that rebuild and restart it, jobs as subprocesses."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from atlasops.config import BUILTIN_JOBS
 from atlasops.ledger import Ledger
+from atlasops.ops.jobs import BUILTINS
 from atlasops.workspace import Workspace
 from tests.conftest import owner_token, write_csv
 from tests.smtp_servers import free_port
@@ -97,7 +106,8 @@ def test_a_login_page_with_200_is_not_healthy(cli: Any, ws: Workspace,
     assert reading["status"] == 200  # the login page, after a redirect
     assert reading["passed"] is False and r.exit_code == 1
     failed = [c["name"] for c in reading["checks"] if not c["passed"]]
-    assert failed == ["contains 'WIMPER Releases'"]
+    assert failed == ["redirect", "contains 'WIMPER Releases'"]
+    assert reading["final_url"].endswith("/login")
     assert cli("check", "routes", "releases").exit_code == 0
 
 
@@ -164,6 +174,11 @@ def test_failing_step_stops_the_runbook(cli: Any, ws: Workspace, app: dict[str, 
     assert [a["name"] for a in rec["actions"]] == ["fails"]
     assert rec["actions"][0]["exit_code"] == 3 and "boom" in rec["actions"][0]["output_tail"]
     assert not marker.exists()
+    # the page was read after the failing step, and the summary says what it read
+    assert rec["readback"]["readings"][0]["status"] == 500
+    assert rec["summary"].startswith("Not fixed: runbook step 'fails' failed (exit 3); GET "
+                                     "/wimper/releases returns 200 for an authenticated user: "
+                                     "it still does NOT (status: 500 (expected 200))")
 
 
 def test_hanging_step_is_killed_with_its_process_group(cli: Any, ws: Workspace,
@@ -224,7 +239,7 @@ def test_missing_route_credentials_is_a_clear_error(cli: Any, ws: Workspace,
 
 # -- jobs ---------------------------------------------------------------------
 
-def add_jobs(ws: Workspace, text: str) -> Workspace:
+def add_config(ws: Workspace, text: str) -> Workspace:
     with open(ws.config_path, "a", encoding="utf-8") as fh:
         fh.write(text)
     return Workspace.open(ws.home)
@@ -236,7 +251,7 @@ def test_read_only_job_that_tries_to_send_is_refused_and_marked(cli: Any, ws: Wo
     assert cli("leads", "import", str(write_csv(tmp_path / "l.csv", rows))).exit_code == 0
     assert cli("packet", "create", "p", "--segment", "cpa").exit_code == 0
     atlas = f"{sys.executable} -m atlasops"
-    add_jobs(ws, f'\n[jobs.radar]\ncommand = "{atlas} packet send-review p"\nread_only = true\n'
+    add_config(ws, f'\n[jobs.radar]\ncommand = "{atlas} packet send-review p"\nread_only = true\n'
              'business = "wimper"\n')
     r = cli("jobs", "run", "radar", "--json")
     assert r.exit_code == 1
@@ -256,7 +271,7 @@ def test_read_only_job_records_snapshots_with_zero_side_effects(cli: Any, ws: Wo
     data = tmp_path / "portfolio.json"
     data.write_text(json.dumps({"date": "2026-06-27", "mrr_cents": 123400}))
     atlas = f"{sys.executable} -m atlasops"
-    add_jobs(ws, f'\n[jobs.revenue-radar]\ncommand = "{atlas} snapshot record portfolio '
+    add_config(ws, f'\n[jobs.revenue-radar]\ncommand = "{atlas} snapshot record portfolio '
              f'--file {data}"\nread_only = true\n')
     r = cli("jobs", "run", "revenue-radar", "--json")
     assert r.exit_code == 0, r.stdout
@@ -275,7 +290,7 @@ def test_read_only_job_records_snapshots_with_zero_side_effects(cli: Any, ws: Wo
 
 def test_job_timeout_and_output_bounds(cli: Any, ws: Workspace) -> None:
     py = sys.executable
-    add_jobs(ws, f"""
+    add_config(ws, f"""
 [jobs.chatty]
 entry = "tests.job_helpers:chatty"
 cwd = "{Path(__file__).resolve().parents[1]}"
@@ -304,15 +319,30 @@ command = "{py} -c 'import time; time.sleep(0.3)'"
 
 
 def test_builtin_jobs_are_jobs(cli: Any, ws: Workspace) -> None:
-    names = {j["name"] for j in cli("jobs", "list", "--json").json()}
-    assert {"backup", "db-check", "route-checks", "backup-prune"} <= names
+    listed = {j["name"]: j for j in cli("jobs", "list", "--json").json()}
+    assert {n for n, j in listed.items() if j["builtin"]} == {
+        "backup", "db-check", "route-checks", "backup-prune", "chronicle"}
+    assert set(BUILTINS) == set(BUILTIN_JOBS)
     r = cli("jobs", "run", "db-check", "--json")
     assert r.exit_code == 0 and r.json()["outcome"] == "ok"
-    assert len(cli("jobs", "runs", "--json").json()) == 1
+    assert r.json()["evidence"]["builtin"] is True
+    runs = cli("jobs", "runs", "--json").json()
+    assert len(runs) == 1 and runs[0]["builtin"] is True and runs[0]["state"] == "ok"
     assert cli("jobs", "run", "nope").exit_code == 6
+    # a built-in's timeout is configurable
+    add_config(ws, "\n[builtin_jobs.db-check]\ntimeout = 0.01\n")
+    assert {j["name"]: j for j in cli("jobs", "list", "--json").json()}[
+        "db-check"]["timeout"] == 0.01
+    rec = cli("jobs", "run", "db-check", "--json").json()
+    assert rec["evidence"]["timed_out"] is True and "0.01 s timeout" in rec["summary"]
+    with open(ws.config_path, "a") as fh:
+        fh.write("\n[builtin_jobs.nope]\ntimeout = 1\n")
+    r = cli("jobs", "list")
+    assert r.exit_code == 4 and "builtin_jobs.nope" in r.stderr
 
 
-def test_content_and_deploys(cli: Any, ws: Workspace, tmp_path: Path) -> None:
+def test_content_and_deploys(cli: Any, ws: Workspace, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
     article = tmp_path / "a.md"
     article.write_text("# Selling a retail business in Hawaii\n\nSteps...")
     r = cli("content", "add", "--business", "bbh", "--title", "Retail sellers guide",
@@ -321,7 +351,13 @@ def test_content_and_deploys(cli: Any, ws: Workspace, tmp_path: Path) -> None:
     assert cli("content", "add", "--business", "nope", "--title", "x", "--file",
                str(article)).exit_code == 2
     assert "Retail sellers guide" in cli("content", "list").stdout
-    r = cli("content", "publish", str(r.json()["id"]))
+    item = r.json()["id"]
+    r = cli("content", "publish", str(item))
+    assert r.exit_code == 8 and "only the owner" in r.stderr
+    with Ledger.for_workspace(ws) as led:
+        token = owner_token(led)
+    monkeypatch.setenv("ATLAS_TOKEN", token)
+    r = cli("content", "publish", str(item))
     assert r.exit_code == 8 and "closed" in r.stderr
     out = tmp_path / "cf.json"
     out.write_text(json.dumps({"success": True, "id": "abc123"}))
@@ -345,7 +381,7 @@ def test_a_job_never_inherits_the_owners_token_or_escapes_its_parent(
         token = owner_token(led)
     monkeypatch.setenv("ATLAS_TOKEN", token)
     atlas = f"{sys.executable} -m atlasops"
-    add_jobs(ws, f"""
+    add_config(ws, f"""
 [jobs.opener]
 command = "{atlas} lane open social.post --reason sneaky"
 lanes = ["social.post"]
@@ -388,3 +424,569 @@ def test_a_step_that_cannot_start_still_leaves_a_receipt(cli: Any, ws: Workspace
     assert r.exit_code == 1 and rec["outcome"] == "not_fixed"
     assert rec["actions"][0]["result"].startswith("could not start")
     assert rec["receipt_id"]
+
+
+# -- pages that go wrong: a real server in a subprocess (tests/route_server.py) ----------
+
+ROOT = Path(__file__).resolve().parents[1]
+ATLAS = f"{sys.executable} -m atlasops"
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the test server exited"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("the test server did not listen")
+
+
+@contextmanager
+def route_server(*tls: str) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.route_server", str(port), *tls],
+                            cwd=ROOT)
+    try:
+        wait_listening(port, proc)
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def pages() -> Iterator[str]:
+    with route_server() as base:
+        yield base
+
+
+def routes(ws: Workspace, **sections: str) -> Workspace:
+    return add_config(ws, "".join(f"\n[routes.{name}]\n{body}\n"
+                                  for name, body in sections.items()))
+
+
+def check(cli: Any, name: str) -> dict[str, Any]:
+    r = cli("check", "routes", name, "--json")
+    reading: dict[str, Any] = r.json()[0]
+    assert r.exit_code == (0 if reading["passed"] else 1)
+    return reading
+
+
+def failed_checks(reading: dict[str, Any]) -> list[str]:
+    return [c["name"] for c in reading["checks"] if not c["passed"]]
+
+
+def test_redirects_are_evidence_and_fail_unless_allowed(cli: Any, ws: Workspace,
+                                                        pages: str) -> None:
+    routes(ws, login=f'url = "{pages}/login-redirect"',
+           login_allowed=f'url = "{pages}/login-redirect"\nallow_redirect_to = ["/login"]',
+           elsewhere=f'url = "{pages}/other-host"')
+    reading = check(cli, "login")
+    assert reading["status"] == 200 and failed_checks(reading) == ["redirect"]
+    assert reading["final_url"] == f"{pages}/login"
+    assert reading["redirects"] == [{"status": 302, "url": f"{pages}/login-redirect"}]
+    receipt = cli("receipts", "show", str(cli("receipts", "list", "--kind", "route.check",
+                                              "--json").json()[0]["id"]), "--json").json()
+    assert receipt["evidence"]["final_url"] == f"{pages}/login"
+    assert "it does NOT (redirect" in receipt["summary"]
+    assert check(cli, "login_allowed")["passed"] is True
+    reading = check(cli, "elsewhere")
+    assert failed_checks(reading) == ["redirect"]
+    assert reading["final_url"].startswith("http://localhost:")
+
+
+def test_routes_that_cannot_be_judged_are_refused_at_load(cli: Any, ws: Workspace) -> None:
+    with open(ws.config_path, "a") as fh:
+        fh.write('\n[routes.head]\nurl = "http://127.0.0.1:1/"\nmethod = "HEAD"\n'
+                 'must_contain = ["Releases"]\n')
+    r = cli("check", "routes")
+    assert r.exit_code == 4 and "HEAD route has no body" in r.stderr
+    text = ws.config_path.read_text().replace('method = "HEAD"\nmust_contain = ["Releases"]',
+                                              'auth = { type = "bearer", env = "T" }')
+    ws.config_path.write_text(text)
+    r = cli("check", "routes")
+    assert r.exit_code == 4 and "a route with auth needs must_contain" in r.stderr
+
+
+def test_tls_errors_timeouts_and_latency(cli: Any, ws: Workspace, pages: str,
+                                         tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    with route_server(str(cert), str(key)) as tls:
+        routes(ws, tls=f'url = "{tls}/page"\nmust_contain = ["Releases"]',
+               slow=f'url = "{pages}/slow?ms=3000"\ntimeout = 0.5',
+               sluggish=f'url = "{pages}/slow?ms=300"\nmax_latency_ms = 100')
+        reading = check(cli, "tls")
+    assert reading["status"] is None and failed_checks(reading) == ["reachable"]
+    assert "CERTIFICATE_VERIFY_FAILED" in reading["checks"][0]["detail"]
+    reading = check(cli, "slow")
+    assert reading["status"] is None and "timed out after 0.5 s" in reading["error"]
+    reading = check(cli, "sluggish")
+    assert reading["status"] == 200 and failed_checks(reading) == ["latency"]
+    assert reading["ms"] >= 300  # the server really waited that long
+
+
+def test_route_auth_kinds_and_redaction(cli: Any, ws: Workspace, pages: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SITE_BASIC", "operator:basic-password-99")
+    monkeypatch.setenv("SITE_SESSION", "sid=cookie-value-12345")
+    routes(ws, basic=f'url = "{pages}/reflect"\nauth = {{ type = "basic", env = "SITE_BASIC" }}'
+                     '\nmust_contain = ["Releases"]',
+           cookie=f'url = "{pages}/reflect"\nauth = {{ type = "cookie", env = "SITE_SESSION" }}'
+                  '\nmust_contain = ["Releases"]')
+    basic = check(cli, "basic")
+    assert basic["passed"] is True
+    credential = base64.b64encode(b"operator:basic-password-99").decode()
+    assert "basic-password-99" not in basic["snippet"] and credential not in basic["snippet"]
+    assert "user=operator" in basic["snippet"]  # the user name is not a secret
+    cookie = check(cli, "cookie")
+    assert cookie["passed"] is True and "cookie-value-12345" not in cookie["snippet"]
+    assert "Cookie=[REDACTED]" in cookie["snippet"]
+
+
+NOOP = '\n[runbooks.noop]\nsteps = [{ name = "noop", command = "true" }]\n'
+
+
+def test_readback_count_restarts_after_a_failed_reading(cli: Any, ws: Workspace,
+                                                        pages: str) -> None:
+    # the symptom read fails (F); then the page answers pass, fail, pass, pass
+    add_config(ws, NOOP)
+    routes(ws, flappy=f'url = "{pages}/flap/FPFPP"\nmust_contain = ["Releases"]\n'
+                      'healthy_after = 2\nreadback_interval = 0.05\nrunbook = "noop"')
+    rec = cli("repair", "flappy", "--json").json()
+    assert rec["outcome"] == "fixed"
+    assert [r["status"] for r in rec["readback"]["readings"]] == [200, 500, 200, 200]
+
+
+def test_readback_never_waits_past_its_deadline(cli: Any, ws: Workspace, pages: str) -> None:
+    add_config(ws, NOOP)
+    routes(ws, slowfix=f'url = "{pages}/slow?ms=5000"\ntimeout = 30\nreadback_deadline = 1\n'
+                       'runbook = "noop"\nmax_latency_ms = 100000\nmust_contain = ["nope"]')
+    rec = cli("repair", "slowfix", "--json").json()
+    reading = rec["readback"]["readings"][-1]
+    # the route allows 30 s per reading, but only ~1 s of the deadline was left
+    assert rec["outcome"] == "not_fixed" and reading["status"] is None
+    waited = re.search(r"timed out after ([\d.]+) s", reading["error"])
+    assert waited is not None and float(waited.group(1)) <= 1.0
+
+
+def test_dry_run_on_a_broken_route_runs_nothing(cli: Any, ws: Workspace, app: dict[str, Any],
+                                                tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    configure(ws, app, '{{ name = "mark", command = "touch ' + str(marker) + '" }},')
+    before = len(cli("receipts", "list", "--json").json())
+    r = cli("repair", "releases", "--dry-run", "--json")
+    assert r.exit_code == 0
+    plan = r.json()
+    assert plan["broken"] is True and plan["would_run"] is True
+    assert plan["symptom"]["status"] == 500 and plan["plan"][0]["name"] == "mark"
+    assert not marker.exists() and len(cli("receipts", "list", "--json").json()) == before
+
+
+def test_repair_without_credentials_leaves_a_not_fixed_receipt(
+        cli: Any, ws: Workspace, app: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "ran"
+    configure(ws, app, '{{ name = "mark", command = "touch ' + str(marker) + '" }},')
+    monkeypatch.delenv("DEMO_SITE_TOKEN")
+    r = cli("repair", "releases", "--json")
+    rec = r.json()
+    assert r.exit_code == 1 and rec["outcome"] == "not_fixed" and rec["receipt_id"]
+    assert "nothing was run" in rec["summary"] and "DEMO_SITE_TOKEN" in rec["summary"]
+    assert not marker.exists()
+
+
+def test_repair_after_a_failing_step_reads_the_page_once(cli: Any, ws: Workspace,
+                                                          app: dict[str, Any]) -> None:
+    configure(ws, app, BUILD + RESTART + '{{ name = "notify", command = "echo could not '
+              'reach slack; exit 7" }},')
+    r = cli("repair", "releases", "--json")
+    rec = r.json()
+    assert r.exit_code == 1 and rec["outcome"] == "not_fixed"
+    assert rec["summary"] == ("Not fixed: runbook step 'notify' failed (exit 7); the page now "
+                              "answers 200 — read back once, not counted as fixed because the "
+                              "runbook did not complete.")
+    assert [x["status"] for x in rec["readback"]["readings"]] == [200]
+    assert rec["evidence"]["readback_status"] == 200
+    import httpx
+
+    page = httpx.get(f"http://127.0.0.1:{app['port']}/wimper/releases",
+                     headers={"Authorization": f"Bearer {TOKEN}"})
+    assert page.status_code == 200  # what the receipt says is what the page does
+
+
+def test_a_step_may_leave_a_server_running(cli: Any, ws: Workspace, tmp_path: Path) -> None:
+    www, pidfile, port = tmp_path / "www", tmp_path / "server.pid", free_port()
+    www.mkdir()
+    (www / "index.html").write_text("<h1>Releases</h1>")
+    # the server logs every request to stderr: the step's output, which outlives the step
+    add_config(ws, f'\n[runbooks.serve]\nsteps = [{{ name = "start", command = "cd {www} && '
+               f'{sys.executable} -m http.server {port} --bind 127.0.0.1 & echo $! > '
+               f'{pidfile}" }}]\n')
+    routes(ws, static=f'url = "http://127.0.0.1:{port}/index.html"\nmust_contain = '
+                      '["Releases"]\nhealthy_after = 3\nreadback_interval = 0.3\n'
+                      'readback_deadline = 15\nrunbook = "serve"')
+    try:
+        rec = cli("repair", "static", "--json").json()
+        assert rec["outcome"] == "fixed", rec["summary"]
+        step = rec["actions"][0]
+        assert step["result"] == "ok" and step["left_running"] == 1
+        assert [x["status"] for x in rec["readback"]["readings"]][-3:] == [200, 200, 200]
+        assert alive(int(pidfile.read_text()))  # still serving after the repair
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+
+
+def test_step_env_values_are_secrets_too(cli: Any, ws: Workspace, app: dict[str, Any]) -> None:
+    configure(ws, app, '{{ name = "deploy", command = "echo using $DEPLOY_KEY; exit 1", '
+              'env = {{ DEPLOY_KEY = "step-own-key-31337" }} }},')
+    rec = cli("repair", "releases", "--json").json()
+    assert "using [REDACTED]" in rec["actions"][0]["output_tail"]
+    assert "step-own-key-31337" not in json.dumps(rec)
+
+
+def test_a_secret_cut_by_the_tail_is_not_leaked(tmp_path: Path) -> None:
+    from atlasops.ops import process
+
+    secret = "s3cr3t-v4lue-abcdefgh"
+    token = "abcdefghijklmnopqrstuvwxyz0123456789"
+    # the last 8 KiB start 10 characters before the end of the secret
+    script = (f"import sys; sys.stdout.write('x' * 100 + {secret!r} + 'y' * (8192 - 11) + "
+              "'\\n')")
+    ran = process.run([sys.executable, "-c", script], env={**os.environ, "MY_TOKEN": secret},
+                      timeout=30, secrets=process.secret_values({"MY_TOKEN": secret}))
+    assert ran.output_bytes == 100 + len(secret) + 8192 - 10
+    assert secret[-10:] not in ran.output_tail and len(ran.output_tail) <= 8192
+    # a bearer token not known as a secret, cut in the middle: its line is dropped
+    script = (f"print('Authorization: Bearer {token}'); print('z' * (8192 - 20))")
+    ran = process.run([sys.executable, "-c", script], env=dict(os.environ), timeout=30)
+    assert token[-20:] not in ran.output_tail and token[-5:] not in ran.output_tail
+
+
+# -- jobs: capabilities come from the ledger ----------------------------------------------
+
+def maildir_count(ws: Workspace) -> int:
+    new = ws.home / "data/maildir/owner/new"
+    return len(list(new.iterdir())) if new.exists() else 0
+
+
+@pytest.fixture
+def packet(cli: Any, tmp_path: Path) -> str:
+    rows = [[f"c{i}@cpa{i}.example", f"C{i}", "", "cpa", "wimper"] for i in range(3)]
+    assert cli("leads", "import", str(write_csv(tmp_path / "l.csv", rows))).exit_code == 0
+    assert cli("packet", "create", "p", "--segment", "cpa").exit_code == 0
+    return "p"
+
+
+def test_a_job_cannot_widen_its_capabilities(cli: Any, ws: Workspace, packet: str) -> None:
+    add_config(ws, f"""
+[jobs.escalate]
+command = "ATLAS_CAPABILITIES=outbound.review {ATLAS} packet send-review p"
+read_only = true
+
+[jobs.undeclared]
+command = "env -u ATLAS_CAPABILITIES {ATLAS} packet send-review p"
+read_only = true
+
+[jobs.reviewer]
+command = "{ATLAS} packet send-review p"
+lanes = ["outbound.review"]
+""")
+    for name in ("escalate", "undeclared"):
+        r = cli("jobs", "run", name, "--json")
+        rec = r.json()
+        assert r.exit_code == 1 and rec["evidence"]["violation"] is True, name
+        assert rec["evidence"]["refused_attempts"] == 1, name
+        assert "read-only" in rec["evidence"]["output_tail"]
+    assert maildir_count(ws) == 0
+    # a job allowed to use the review lane: its one performed effect is counted, although
+    # a review mail to the owner carries no counter
+    rec = cli("jobs", "run", "reviewer", "--json").json()
+    assert rec["outcome"] == "ok" and maildir_count(ws) == 1
+    assert rec["evidence"]["performed_effects"] == 1 and rec["effects"]["emails_sent"] == 0
+
+
+def test_dropping_the_job_run_escapes_tagging_and_the_receipt_says_so(
+        cli: Any, ws: Workspace, packet: str) -> None:
+    """Not a sandbox: a process that drops both variables acts outside the job's
+    accounting. The receipt does not attribute the effect, but it does say one happened."""
+    add_config(ws, f'\n[jobs.escape]\ncommand = "env -u ATLAS_CAPABILITIES -u ATLAS_JOB_RUN '
+               f'{ATLAS} packet send-review p"\nread_only = true\n')
+    rec = cli("jobs", "run", "escape", "--json").json()
+    assert maildir_count(ws) == 1  # the mail went out: this cannot be prevented in-process
+    assert rec["evidence"]["violation"] is False
+    assert rec["evidence"]["untagged_effects_in_window"] == 1
+    assert "not attributed to it" in rec["summary"]
+
+
+def test_forged_or_finished_job_runs_are_refused(cli: Any, ws: Workspace, packet: str,
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "s.json"
+    data.write_text('{"x": 1}')
+    monkeypatch.setenv("ATLAS_JOB_RUN", "forged-run-123")
+    r = cli("snapshot", "record", "portfolio", "--file", str(data))
+    assert r.exit_code == 8 and "not a job run of this workspace" in r.stderr
+    r = cli("packet", "send-review", "p")
+    assert r.exit_code == 8 and "not a job run" in r.stderr
+    assert cli("deploy", "record", "--site", "s", "--provider", "p", "--url",
+               "https://s.example").exit_code == 8
+    assert cli("content", "add", "--business", "wimper", "--title", "t", "--file",
+               str(data)).exit_code == 8
+    assert cli("jobs", "run", "db-check").exit_code == 8
+    monkeypatch.delenv("ATLAS_JOB_RUN")
+    assert cli("snapshot", "list", "--json").json() == [] and maildir_count(ws) == 0
+    assert len(cli("receipts", "list", "--kind", "effect.refused", "--json").json()) == 1
+    # a run that has finished cannot be borrowed either
+    done = cli("jobs", "run", "db-check", "--json").json()["evidence"]["run_id"]
+    monkeypatch.setenv("ATLAS_JOB_RUN", done)
+    r = cli("snapshot", "record", "portfolio", "--file", str(data))
+    assert r.exit_code == 8 and "has finished" in r.stderr
+
+
+def test_a_job_cannot_leave_processes_behind(cli: Any, ws: Workspace, packet: str,
+                                             tmp_path: Path) -> None:
+    pidfile = tmp_path / "late.pid"
+    add_config(ws, f'\n[jobs.sneaky]\ncommand = "(sleep 1; {ATLAS} packet send-review p) '
+               f'>/dev/null 2>&1 & echo $! > {pidfile}; echo done"\nread_only = true\n')
+    rec = cli("jobs", "run", "sneaky", "--json").json()
+    assert rec["outcome"] == "ok" and rec["evidence"]["output_tail"] == "done\n"
+    left = rec["evidence"]["left_processes"]  # the subshell, and its sleep once forked
+    assert 1 <= left <= rec["evidence"]["killed_processes"]
+    assert f"{left} process(es) it left running were killed" in rec["summary"]
+    assert not alive(int(pidfile.read_text()))
+    time.sleep(2)  # when the leftover would have sent
+    assert cli("receipts", "list", "--kind", "effect.refused", "--json").json() == []
+    assert maildir_count(ws) == 0
+
+
+def test_a_job_duration_ends_when_the_job_does(cli: Any, ws: Workspace) -> None:
+    add_config(ws, '\n[jobs.bg]\ncommand = "(sleep 3; echo late) & echo started"\n')
+    t0 = time.perf_counter()
+    rec = cli("jobs", "run", "bg", "--json").json()
+    elapsed_ms = (time.perf_counter() - t0) * 1000
+    assert rec["evidence"]["output_tail"] == "started\n"  # never waited for "late"
+    assert rec["evidence"]["ms"] <= elapsed_ms < 3000
+    assert rec["evidence"]["left_processes"] >= 1  # the subshell (and its sleep)
+
+
+def test_a_job_timeout_kills_its_children(cli: Any, ws: Workspace, tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    add_config(ws, f'\n[jobs.hang]\ncommand = "sleep 300 & echo $! > {pidfile}; wait"\n'
+               'timeout = 1\n')
+    rec = cli("jobs", "run", "hang", "--json").json()
+    assert rec["evidence"]["timed_out"] is True and rec["evidence"]["killed_processes"] == 2
+    time.sleep(0.2)
+    assert not alive(int(pidfile.read_text()))
+
+
+def test_jobs_run_killed_by_sigterm_writes_an_interrupted_receipt(
+        cli: Any, ws: Workspace, tmp_path: Path) -> None:
+    child = tmp_path / "child.pid"
+    add_config(ws, f'\n[jobs.long]\ncommand = "sleep 300 & echo $! > {child}; wait"\n'
+               'timeout = 600\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    runner = subprocess.Popen([*ATLAS.split(), "jobs", "run", "long", "--json", "--home",
+                               str(ws.home)], env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (child.exists() and child.read_text().strip()):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    runs = cli("jobs", "runs", "--json").json()
+    assert [r["state"] for r in runs] == ["running"]
+    runner.send_signal(signal.SIGTERM)
+    stdout, _ = runner.communicate(timeout=30)
+    rec = json.loads(stdout)
+    assert runner.returncode == 1 and rec["outcome"] == "failed"
+    assert rec["evidence"]["interrupted"] == "SIGTERM" and "interrupted" in rec["summary"]
+    assert rec["evidence"]["killed_processes"] == 2
+    assert not alive(int(child.read_text()))
+    assert [r["state"] for r in cli("jobs", "runs", "--json").json()] == ["failed"]
+
+
+def test_a_runner_that_dies_shows_no_receipt(cli: Any, ws: Workspace, tmp_path: Path) -> None:
+    child = tmp_path / "child.pid"
+    add_config(ws, f'\n[jobs.long]\ncommand = "sleep 300 & echo $! > {child}; wait"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    runner = subprocess.Popen([*ATLAS.split(), "jobs", "run", "long", "--home", str(ws.home)],
+                              env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (child.exists() and child.read_text().strip()):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    runner.kill()  # SIGKILL cannot be caught: no receipt
+    runner.wait()
+    try:
+        runs = cli("jobs", "runs", "--json").json()
+        assert runs[0]["outcome"] is None and runs[0]["state"] == "no receipt (runner died)"
+    finally:  # the orphaned job keeps running (documented); the test cleans it up
+        os.killpg(os.getpgid(int(child.read_text())), signal.SIGKILL)
+
+
+def test_since_respects_the_timezone_offset(cli: Any, ws: Workspace) -> None:
+    assert cli("deploy", "record", "--site", "s", "--provider", "p", "--url",
+               "https://s.example").exit_code == 0
+    assert cli("jobs", "run", "db-check").exit_code == 0
+    now = datetime.now(UTC)
+    east, west = timezone(timedelta(hours=5)), timezone(timedelta(hours=-5))
+    before = (now - timedelta(minutes=30)).astimezone(east).isoformat()
+    after = (now + timedelta(minutes=30)).astimezone(west).isoformat()
+    for command in (("deploy", "list"), ("jobs", "runs")):
+        assert len(cli(*command, "--since", before, "--json").json()) == 1, command
+        assert cli(*command, "--since", after, "--json").json() == [], command
+
+
+# -- deploys and content ------------------------------------------------------------------
+
+def test_deploy_provider_output_is_redacted(cli: Any, ws: Workspace, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "cf-secret-token-4242"
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", secret)
+    text = tmp_path / "wrangler.txt"
+    text.write_text(f"Using token {secret}\nAuthorization: Bearer {secret}\nDeployed.\n")
+    js = tmp_path / "wrangler.json"
+    js.write_text(json.dumps({"success": True, "headers": {"auth": f"Bearer {secret}"},
+                              "token": secret}))
+    for f in (text, js):
+        r = cli("deploy", "record", "--site", "s", "--provider", "cloudflare", "--url",
+                "https://s.example", "--file", str(f), "--json")
+        assert r.exit_code == 0
+        receipt = cli("receipts", "show", str(r.json()["receipt_id"]), "--json").json()
+        assert secret not in json.dumps(receipt)
+    assert receipt["evidence"]["provider_output"]["token"] == "[REDACTED]"
+    assert receipt["evidence"]["provider_output"]["success"] is True
+    for path in (ws.home / "data").rglob("*"):  # the journal and the database, raw bytes
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_deploys_and_content_from_jobs(cli: Any, ws: Workspace, tmp_path: Path) -> None:
+    draft = tmp_path / "d.md"
+    draft.write_text("# A draft")
+    deploy = f"{ATLAS} deploy record --site wimper --provider cloudflare --url https://w.example"
+    add_config(ws, f"""
+[jobs.sneaky-deployer]
+command = "{deploy}"
+read_only = true
+
+[jobs.deployer]
+command = "{deploy}"
+lanes = ["deploy"]
+
+[jobs.writer]
+command = "{ATLAS} content add --business wimper --title Draft --file {draft}"
+read_only = true
+""")
+    rec = cli("jobs", "run", "sneaky-deployer", "--json").json()
+    assert rec["evidence"]["violation"] is True and rec["evidence"]["refused_attempts"] == 1
+    assert rec["evidence"]["deploys_recorded"] == 0 and cli("deploy", "list", "--json").json() == []
+    rec = cli("jobs", "run", "deployer", "--json").json()
+    assert rec["outcome"] == "ok" and rec["evidence"]["deploys_recorded"] == 1
+    deploys = cli("deploy", "list", "--json").json()
+    assert len(deploys) == 1 and deploys[0]["actor"] == f"job:deployer#{rec['evidence']['run_id']}"
+    rec = cli("jobs", "run", "writer", "--json").json()
+    assert rec["outcome"] == "ok" and rec["evidence"]["violation"] is False
+    added = cli("receipts", "list", "--kind", "content.add", "--json").json()[0]
+    shown = cli("receipts", "show", str(added["id"]), "--json").json()
+    assert shown["evidence"]["job_run"] == rec["evidence"]["run_id"]
+    assert cli("content", "list", "--json").json()[0]["status"] == "draft"
+
+
+PUBLISHING = """
+[channels.site-posts]
+type = "directory"
+path = "published"
+
+[lanes."social.post"]
+channel = "site-posts"
+cooldown_hours = 0
+needs_approval = {approval}
+"""
+
+
+def test_publishing_needs_the_owner_an_open_lane_and_a_channel(
+        cli: Any, ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    add_config(ws, PUBLISHING.format(approval="true"))
+    article = tmp_path / "a.md"
+    article.write_text("# Hawaii retail sellers\n\nThe guide.")
+    with Ledger.for_workspace(ws) as led:
+        owner = owner_token(led)
+    item = cli("content", "add", "--business", "bbh", "--title", "Retail sellers guide",
+               "--file", str(article), "--json").json()["id"]
+    monkeypatch.setenv("ATLAS_TOKEN", owner)
+    r = cli("content", "publish", str(item))
+    assert r.exit_code == 8 and "closed" in r.stderr
+    assert cli("lane", "open", "social.post", "--reason", "publish the guide").exit_code == 0
+    monkeypatch.delenv("ATLAS_TOKEN")
+    r = cli("content", "publish", str(item))  # not the owner
+    assert r.exit_code == 8 and "only the owner" in r.stderr
+    monkeypatch.setenv("ATLAS_TOKEN", owner)
+    r = cli("content", "publish", str(item), "--json")
+    assert r.exit_code == 0, r.stderr
+    rec = r.json()
+    published = list((ws.home / "published").iterdir())
+    assert [p.read_text() for p in published] == [article.read_text()]
+    assert rec["effects"]["public_posts"] == 1 and rec["kind"] == "content.publish"
+    assert cli("content", "list", "--json").json()[0]["status"] == "published"
+    r = cli("content", "publish", str(item))
+    assert r.exit_code == 7 and "is published" in r.stderr
+    with Ledger.for_workspace(ws) as ledger:  # archived by hand: there is no command for it
+        other = cli("content", "add", "--business", "bbh", "--title", "Old", "--file",
+                    str(article), "--json").json()["id"]
+        ledger.append("content.status_changed", "test", {"id": other, "status": "archived"})
+    r = cli("content", "publish", str(other))
+    assert r.exit_code == 7 and "is archived" in r.stderr
+    assert len(list((ws.home / "published").iterdir())) == 1
+    # a read-only job that tries to publish is refused and marked
+    draft = cli("content", "add", "--business", "bbh", "--title", "New", "--file",
+                str(article), "--json").json()["id"]
+    add_config(ws, f'\n[jobs.poster]\ncommand = "{ATLAS} content publish {draft}"\n'
+               'read_only = true\n')
+    rec = cli("jobs", "run", "poster", "--json").json()
+    assert rec["evidence"]["violation"] is True and rec["effects"]["public_posts"] == 0
+    assert len(list((ws.home / "published").iterdir())) == 1
+
+
+def test_a_job_with_the_post_lane_publishes_and_counts_it(
+        cli: Any, ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    article = tmp_path / "a.md"
+    article.write_text("# Market data\n")
+    item = cli("content", "add", "--business", "wimper", "--title", "Market data", "--file",
+               str(article), "--json").json()["id"]
+    add_config(ws, PUBLISHING.format(approval="false") + f"""
+[jobs.poster]
+command = "{ATLAS} content publish {item}"
+lanes = ["social.post"]
+""")
+    with Ledger.for_workspace(ws) as led:
+        owner = owner_token(led)
+    monkeypatch.setenv("ATLAS_TOKEN", owner)
+    assert cli("lane", "open", "social.post", "--reason", "agent posts").exit_code == 0
+    rec = cli("jobs", "run", "poster", "--json").json()
+    assert rec["outcome"] == "ok", rec["summary"]
+    assert rec["effects"]["public_posts"] == 1 and rec["evidence"]["performed_effects"] == 1
+    assert len(list((ws.home / "published").iterdir())) == 1
+
+
+def test_snapshot_provenance(cli: Any, ws: Workspace, tmp_path: Path) -> None:
+    data = {"mrr_cents": 123400, "date": "2026-06-27", "note": "ü"}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data, indent=4))
+    add_config(ws, f'\n[jobs.radar]\ncommand = "{ATLAS} snapshot record portfolio --file '
+               f'{path} --business wimper"\nread_only = true\n')
+    run = cli("jobs", "run", "radar", "--json").json()["evidence"]["run_id"]
+    snap = cli("snapshot", "list", "--json").json()[0]
+    expected = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"),
+                                         ensure_ascii=False).encode()).hexdigest()
+    assert snap["sha256"] == expected and snap["business"] == "wimper"
+    assert snap["job_run"] == run and snap["actor"] == f"job:radar#{run}"
+    shown = cli("snapshot", "show", str(snap["id"])).stdout
+    assert expected in shown and run in shown
+    assert cli("snapshot", "record", "x", "--file", str(path), "--business", "nope"
+               ).exit_code == 2

@@ -88,10 +88,11 @@ class Lane(_Strict):
 
 
 class Channel(_Strict):
-    """Where a lane's side effects go: an SMTP server, or a local Maildir folder."""
+    """Where a lane's side effects go: an SMTP server or a local Maildir folder (email), or
+    a local publish directory (posts: content files written there)."""
 
-    type: Literal["smtp", "maildir"]
-    # maildir
+    type: Literal["smtp", "maildir", "directory"]
+    # maildir, directory
     path: str | None = None
     # smtp: credentials are *names* of environment variables, never the secrets
     host: str | None = None
@@ -145,6 +146,10 @@ class Route(_Strict):
     readback_deadline: float = Field(default=60, gt=0)
     readback_interval: float = Field(default=1, gt=0)
     user_can: str | None = None  # "open the releases page": the repair summary says so
+    # Redirects are followed; landing on another path or host fails the check unless the
+    # final URL is allowed here (a path like "/login/done", or a full URL prefix).
+    follow_redirects: bool = True
+    allow_redirect_to: list[str] = Field(default_factory=list)
 
     @field_validator("url")
     @classmethod
@@ -152,6 +157,16 @@ class Route(_Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("a route url starts with http:// or https://")
         return value
+
+    @model_validator(mode="after")
+    def _judgeable(self) -> Route:
+        if self.method == "HEAD" and self.must_contain:
+            raise ValueError("a HEAD route has no body, so must_contain can never pass; "
+                             "use GET, or drop must_contain")
+        if self.auth is not None and self.method != "HEAD" and not self.must_contain:
+            raise ValueError("a route with auth needs must_contain (text only the signed-in "
+                             "page shows): a login page answers 200 too")
+        return self
 
 
 class Step(_Strict):
@@ -164,6 +179,19 @@ class Step(_Strict):
 
 class Runbook(_Strict):
     steps: list[Step] = Field(min_length=1)
+
+
+# What a job may be given: the lanes, and ``deploy`` (recording deploys).
+JOB_CAPABILITIES = (*LANE_EFFECTS, "deploy")
+# The built-in jobs (atlasops.ops.jobs.BUILTINS says what each runs).
+BUILTIN_JOBS = ("backup", "db-check", "route-checks", "backup-prune", "chronicle")
+BUILTIN_TIMEOUT = 3600.0
+
+
+class BuiltinJob(_Strict):
+    """Settings of a built-in job: ``[builtin_jobs.backup] timeout = 7200``."""
+
+    timeout: float = Field(default=BUILTIN_TIMEOUT, gt=0)
 
 
 class Job(_Strict):
@@ -248,6 +276,7 @@ class Config(_Strict):
     routes: dict[str, Route] = Field(default_factory=dict)
     runbooks: dict[str, Runbook] = Field(default_factory=dict)
     jobs: dict[str, Job] = Field(default_factory=dict)
+    builtin_jobs: dict[str, BuiltinJob] = Field(default_factory=dict)
     chronicle: ChronicleSettings = Field(default_factory=ChronicleSettings)
 
     @field_validator("lanes")
@@ -271,9 +300,13 @@ class Config(_Strict):
             if lane.channel is not None and lane.channel not in channels:
                 raise ValueError(f"lanes.{name}.channel names {lane.channel!r}, "
                                  "which is not a [channels] entry")
+            if (lane.channel is not None and LANE_EFFECTS[name] == "email"
+                    and channels[lane.channel].type == "directory"):
+                raise ValueError(f"lanes.{name}.channel: an email lane cannot use the "
+                                 f"directory channel {lane.channel!r}")
         for name, ch in channels.items():
-            if ch.type == "maildir" and not ch.path:
-                raise ValueError(f"channels.{name}: a maildir channel needs a path")
+            if ch.type in ("maildir", "directory") and not ch.path:
+                raise ValueError(f"channels.{name}: a {ch.type} channel needs a path")
             if ch.type == "smtp" and not (ch.host and ch.from_address):
                 raise ValueError(f"channels.{name}: an smtp channel needs host and "
                                  "from_address")
@@ -290,8 +323,13 @@ class Config(_Strict):
             if job.business is not None and job.business not in self.businesses:
                 raise ValueError(f"jobs.{name}.business: unknown business {job.business!r}")
             for lane_name in job.lanes:
-                if lane_name not in LANE_EFFECTS:
-                    raise ValueError(f"jobs.{name}.lanes: unknown lane {lane_name!r}")
+                if lane_name not in JOB_CAPABILITIES:
+                    raise ValueError(f"jobs.{name}.lanes: unknown lane {lane_name!r} "
+                                     f"(one of {', '.join(JOB_CAPABILITIES)})")
+        for name in self.builtin_jobs:
+            if name not in BUILTIN_JOBS:
+                raise ValueError(f"builtin_jobs.{name}: no such built-in job (one of "
+                                 f"{', '.join(BUILTIN_JOBS)})")
         return self
 
     def all_lanes(self) -> dict[str, Lane]:
@@ -384,8 +422,12 @@ def render_config(
 
 
 __all__ = [
+    "BUILTIN_JOBS",
+    "BUILTIN_TIMEOUT",
+    "JOB_CAPABILITIES",
     "LANE_EFFECTS",
     "BackupSettings",
+    "BuiltinJob",
     "Business",
     "Channel",
     "ChronicleSettings",

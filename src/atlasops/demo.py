@@ -16,23 +16,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from . import businesses
 from .auth import Principal, authenticate, bootstrap_owner_token
 from .chronicle.compose import compose
 from .chronicle.render import write
 from .config import Business
-from .durability import RecoveryResult, recover, take_backup
+from .durability import RecoveryResult, recover
 from .errors import Conflict
 from .gates import drafts, lanes, outbox, packets
-from .gates.effects import Capabilities
+from .gates.effects import Capabilities, running_job
 from .gates.status import gate_status
 from .integrity import replay_check, verify_workspace
 from .leads import ImportReport, import_csv, list_leads
 from .ledger import Ledger
 from .ops.jobs import run_job
 from .ops.records import add_content, record_deploy, record_snapshot
-from .ops.repair import check_routes, repair
+from .ops.repair import repair
 from .workspace import CONFIG_NAME, Workspace
 
 DEMO_OWNER = "matt@owner.atlas-demo.example"
@@ -232,6 +233,7 @@ def radar_job() -> None:
     ws = Workspace.open(Path(os.environ["ATLAS_HOME"]))
     caps = Capabilities.from_env(os.environ)
     with Ledger.for_workspace(ws) as ledger, tempfile.TemporaryDirectory() as tmp:
+        who = running_job(ledger, caps.job_run).actor if caps.job_run else "agent:radar"
         leads = list_leads(ledger)
         outputs = {
             "portfolio": {"date": "2026-06-27", "businesses": len(ws.config.businesses),
@@ -244,10 +246,28 @@ def radar_job() -> None:
             path = Path(tmp) / f"{name}.json"
             path.write_text(json.dumps(data), encoding="utf-8")
             record_snapshot(ledger, ws.config, name=name, path=path,
-                            actor=f"job:{caps.job_run}", job_run=caps.job_run,
+                            actor=who, job_run=caps.job_run,
                             business="wimper" if name != "identity-metrics"
                             else "humannaturefile")
     print(f"refreshed {len(outputs)} snapshots")
+
+
+def _scheduled(ledger: Ledger, ws: Workspace, job: str, actor: str, env: dict[str, str],
+               receipts: list[int], *kinds: str) -> list[dict[str, Any]]:
+    """Scheduled work runs as a built-in job (so the day's job count is honest): run it,
+    keep its job-run receipt and the receipts of ``kinds`` it wrote."""
+    run = run_job(ledger, ws.config, ws.home, job, actor=actor, env=env)
+    rows = ledger.query("SELECT id, body FROM receipts WHERE id > ? AND id < ? AND kind IN "
+                        f"({','.join('?' * len(kinds))}) ORDER BY id",
+                        [_started_event(ledger, str(run["evidence"]["run_id"])),
+                         run["receipt_id"], *kinds])
+    receipts.extend([*(int(r["id"]) for r in rows), int(run["receipt_id"])])
+    return [{"receipt_id": r["id"], **json.loads(r["body"])} for r in rows]
+
+
+def _started_event(ledger: Ledger, run_id: str) -> int:
+    return int(ledger.query("SELECT started_event FROM job_runs WHERE run_id=?",
+                            (run_id,))[0]["started_event"])
 
 
 def _ops_scene(ws: Workspace, actor: str, receipts: list[int]) -> OpsScene:
@@ -266,9 +286,10 @@ def _ops_scene(ws: Workspace, actor: str, receipts: list[int]) -> OpsScene:
         site_cmd("break")      # the production build artifacts go missing...
         site_cmd("restart")    # ...and the process restarts without them
         with Ledger.for_workspace(ws) as ledger:
-            before = check_routes(ledger, ws.config, ["wimper-releases"], actor=actor,
-                                  env=env)[0]
-            receipts.append(before.receipt_id)
+            checked = _scheduled(ledger, ws, "route-checks", actor, env, receipts,
+                                 "route.check")[0]
+            before = {"receipt_id": checked["receipt_id"], "outcome": checked["outcome"],
+                      **checked["evidence"]}
             fixed = repair(ledger, ws.config, ws.home, "wimper-releases", actor=actor,
                            env=env)
             receipts.append(int(fixed["receipt_id"]))
@@ -285,14 +306,15 @@ def _ops_scene(ws: Workspace, actor: str, receipts: list[int]) -> OpsScene:
                     content_ids.append(int(item["id"]))
             deploy_ids = []
             for business in ("businessbrokerhawaii", "selllifeinsurancepolicyflorida"):
-                d = record_deploy(ledger, site=business, provider="cloudflare",
+                d = record_deploy(ledger, ws.config, site=business, provider="cloudflare",
                                   url=f"https://{business}.example", actor="agent:deploy",
+                                  caps=Capabilities(), env=env,
                                   commit=hashlib.sha1(business.encode()).hexdigest())
                 deploy_ids.append(int(d["receipt_id"]))
             receipts.extend(deploy_ids)
     finally:
         site_cmd("stop")
-    return OpsScene(before.reading.to_dict(), fixed, radar, content_ids, deploy_ids)
+    return OpsScene(before, fixed, radar, content_ids, deploy_ids)
 
 
 def _gate_scene(ws: Workspace, receipts: list[int]) -> GateScene:
@@ -351,8 +373,7 @@ def _gate_scene(ws: Workspace, receipts: list[int]) -> GateScene:
 def _recovery_scene(ws: Workspace, actor: str, receipts: list[int]) -> RecoveryResult:
     """A validated backup, more work after it, then the live file is damaged: recover."""
     with Ledger.for_workspace(ws) as ledger:
-        _info, backup_receipt = take_backup(ws, ledger, actor=actor, label="hourly")
-        receipts.append(backup_receipt)
+        _scheduled(ledger, ws, "backup", actor, dict(os.environ), receipts, "backup")
         leads = list_leads(ledger, segment="cpa", limit=25)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "agent-status-updates.csv"

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..gates.effects import Effect, perform
+from ..gates.effects import Capabilities, running_job
+from ..ledger import Ledger
 from ..ops import jobs as jobs_lib
 from ..ops import records
 from ..ops.repair import check_routes
@@ -24,6 +25,7 @@ from .common import (
     mark,
     open_ledger,
     out,
+    principal,
     print_json,
     styled,
 )
@@ -36,6 +38,16 @@ check_app = typer.Typer(help="Checks that read what users can reach.", no_args_i
 content_app = typer.Typer(help="Content items: drafts of articles and posts.",
                           no_args_is_help=True)
 deploy_app = typer.Typer(help="Deploy receipts.", no_args_is_help=True)
+
+
+def _acting(ledger: Ledger) -> tuple[str, Capabilities]:
+    """Who acts, and with what capabilities. Work that says it is a job run
+    (``ATLAS_JOB_RUN``) must be one that is running (else exit 8), and acts as
+    ``job:NAME#RUN``."""
+    caps = capabilities()
+    if caps.job_run is None:
+        return actor(), caps
+    return running_job(ledger, caps.job_run).actor, caps
 
 
 def register(app: typer.Typer) -> None:
@@ -59,7 +71,7 @@ def jobs_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         print_json(rows)
         return
     table = Table(title=f"{len(rows)} job(s)")
-    for col in ("job", "capabilities", "timeout s", "runs"):
+    for col in ("job", "capabilities", "timeout s", "command"):
         table.add_column(col, overflow="fold")
     for j in rows:
         caps = "read-only" if j["read_only"] else (", ".join(j["lanes"]) or "no lanes")
@@ -74,7 +86,10 @@ def jobs_run(name: Annotated[str, typer.Argument(help="The job.")], home: HomeOp
              as_json: JsonOpt = False) -> None:
     """Run a job now as a subprocess and write its job-run receipt.
 
-    Exit 1 when the job failed, timed out, or (read-only) requested a side effect.
+    The job gets ATLAS_JOB_RUN and its capabilities; every side effect it asks Atlas for
+    is checked and counted. When it exits, processes it left running are killed. SIGTERM
+    or Ctrl-C kills the job and still writes the receipt. Exit 1 when the job failed,
+    timed out, was interrupted, or (read-only) requested a side effect.
     """
     with open_ledger(home) as (ws, ledger), err.status(f"Running job {name}..."):
         result = jobs_lib.run_job(ledger, ws.config, ws.home, name, actor=actor(),
@@ -95,18 +110,19 @@ def jobs_run(name: Annotated[str, typer.Argument(help="The job.")], home: HomeOp
 @handles_errors
 def jobs_runs(since: Annotated[str | None, typer.Option("--since", help="ISO date.")] = None,
               home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """Job runs, oldest first."""
+    """Job runs, oldest first. A run without a receipt is `running`, or `no receipt
+    (runner died)` once its runner is gone or its time is up."""
     with open_ledger(home) as (_ws, ledger):
         rows = jobs_lib.list_runs(ledger, since)
     if as_json:
         print_json(rows)
         return
     table = Table(title=f"{len(rows)} job run(s)")
-    for col in ("run", "started", "outcome", "summary"):
+    for col in ("run", "started", "state", "summary"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["run_id"], r["started_at"], str(r["outcome"] or "running/killed"),
-                      str(r["summary"] or ""))
+        table.add_row(r["run_id"] + (" (built-in)" if r["builtin"] else ""), r["started_at"],
+                      r["state"], str(r["summary"] or ""))
     out.print(table)
 
 
@@ -121,10 +137,13 @@ def snapshot_record(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Record a snapshot with provenance (the job run it came from, when, its hash)."""
+    """Record a snapshot with provenance (the job run it came from, when, its hash).
+
+    A read-only job may record snapshots: they are records, not side effects."""
     with open_ledger(home) as (ws, ledger):
-        snap = records.record_snapshot(ledger, ws.config, name=name, path=file, actor=actor(),
-                                       business=business, job_run=capabilities().job_run)
+        who, caps = _acting(ledger)
+        snap = records.record_snapshot(ledger, ws.config, name=name, path=file, actor=who,
+                                       business=business, job_run=caps.job_run)
     if as_json:
         print_json(snap)
         return
@@ -158,7 +177,9 @@ def snapshot_show(snapshot_id: Annotated[int, typer.Argument(metavar="ID")],
         print_json(snap)
         return
     out.print(styled((f"Snapshot #{snap['id']}", "bold"),
-                     f" {snap['name']} at {snap['recorded_at']}"))
+                     f" {snap['name']} at {snap['recorded_at']} by {snap['actor']}"))
+    out.print(f"sha256 {snap['sha256']}; business {snap['business'] or '-'}; job run "
+              f"{snap['job_run'] or '- (not recorded by a job)'}")
     out.print_json(data=snap["data"])
 
 
@@ -172,16 +193,19 @@ def check_routes_cmd(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Read each route's real page and judge it; a receipt per route. Exit 1 if any fails."""
+    """Read each route's real page once and judge it; a receipt per route. Exit 1 if any
+    fails. (A repair's readback is what needs `healthy_after` passes in a row.)"""
     with open_ledger(home) as (ws, ledger):
-        results = check_routes(ledger, ws.config, names, actor=actor(), env=os.environ,
-                               job_run=capabilities().job_run)
+        who, caps = _acting(ledger)
+        results = check_routes(ledger, ws.config, names, actor=who, env=os.environ,
+                               job_run=caps.job_run)
     if as_json:
         print_json([{**r.reading.to_dict(), "receipt_id": r.receipt_id} for r in results])
     else:
         for r in results:
+            moved = (f" -> {r.reading.final_url}" if r.reading.redirects else "")
             out.print(styled(mark(r.reading.passed), f" {r.reading.route}: {r.reading.status} "
-                             f"in {r.reading.ms:.0f} ms ({r.reading.url})"))
+                             f"in {r.reading.ms:.0f} ms ({r.reading.url}{moved})"))
             for c in r.reading.checks:
                 if not c.passed:
                     out.print(f"    {c.name}: {c.detail}")
@@ -243,15 +267,16 @@ def content_add(
     business: Annotated[str, typer.Option("--business")],
     title: Annotated[str, typer.Option("--title")],
     file: Annotated[Path, typer.Option("--file", help="The text (UTF-8, Markdown).")],
-    status: Annotated[str, typer.Option("--status", help="draft, review, approved.")
-                      ] = "draft",
+    status: Annotated[str, typer.Option("--status", help="draft or review.")] = "draft",
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add a content item (an article or post draft)."""
+    """Add a content item (an article or post draft). A draft is a record, not a side
+    effect, so a read-only job may add one; publishing is `atlas content publish`."""
     with open_ledger(home) as (ws, ledger):
+        who, caps = _acting(ledger)
         item = records.add_content(ledger, ws.config, business=business, title=title,
-                                   path=file, actor=actor(), status=status)
+                                   path=file, actor=who, status=status, job_run=caps.job_run)
     if as_json:
         print_json(item)
         return
@@ -283,17 +308,26 @@ def content_publish(
     lane: Annotated[str, typer.Option("--lane", help="The lane that publishes it.")
                     ] = "social.post",
     home: HomeOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Publish a content item: a side effect of its lane, through the effects module."""
+    """Publish a content item: a side effect of its lane, through the effects module.
+
+    The lane must be open and its channel a `directory` channel (the file is written
+    there; hosted social providers are not implemented). While the lane needs approval,
+    only the owner may publish (ATLAS_TOKEN with role owner). Archived or already
+    published items are refused (exit 7); a refusal is a receipt (exit 8).
+    """
     with open_ledger(home) as (ws, ledger):
-        item = records.get_content(ledger, content_id)
-        reply, _counters = perform(
-            ledger, ws.config, ws.home, actor=actor(), caps=capabilities(),
-            effect=Effect("post", lane, f"publish content #{content_id} {item['title']!r}",
-                          detail={"content": content_id}), env=os.environ)
-        ledger.append("content.status_changed", actor(), {"id": content_id,
-                                                         "status": "published"})
-    err.print(f"published: {reply}")
+        who, caps = _acting(ledger)
+        person = principal(ws, ledger)
+        result = records.publish_content(
+            ledger, ws.config, ws.home, content_id, lane=lane,
+            actor=person.actor if caps.job_run is None else who,
+            by_owner=person.is_owner, caps=caps, env=os.environ)
+    if as_json:
+        print_json(result)
+        return
+    out.print(f"{result['summary']} Receipt #{result['receipt_id']}.")
 
 
 @deploy_app.command("record")
@@ -308,11 +342,15 @@ def deploy_record(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Record a deploy receipt (a deploy that a provider performed)."""
-    with open_ledger(home) as (_ws, ledger):
-        result = records.record_deploy(ledger, site=site, provider=provider, url=url,
-                                       actor=actor(), commit=commit, evidence_file=file,
-                                       job_run=capabilities().job_run)
+    """Record a deploy receipt (a deploy that a provider performed).
+
+    The provider's output is kept with secrets redacted. A read-only context, or a job
+    without the `deploy` capability, is refused (exit 8, with a receipt)."""
+    with open_ledger(home) as (ws, ledger):
+        who, caps = _acting(ledger)
+        result = records.record_deploy(ledger, ws.config, site=site, provider=provider,
+                                       url=url, actor=who, caps=caps, env=os.environ,
+                                       commit=commit, evidence_file=file)
     if as_json:
         print_json(result)
         return

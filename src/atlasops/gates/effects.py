@@ -2,10 +2,13 @@
 spend, deploy).
 
 Work runs with :class:`Capabilities` (a read-only job, or the lanes it may use).
-:func:`perform` checks the capability, then the lane (open, its one channel,
-owner-only recipients, daily cap, per-recipient cooldown), and only then talks to
-the channel. A refusal is recorded as a receipt (what was attempted, why refused)
-and raised as :class:`EffectRefused`; counters of a refused effect stay 0.
+A job run's capabilities are those its ``job.started`` event recorded: what the
+process declares in its environment can only narrow them. :func:`perform` checks
+the capability, then the lane (open, its one channel, owner-only recipients,
+daily cap, per-recipient cooldown), and only then talks to the channel. A
+refusal is recorded as a receipt (what was attempted, why refused) and raised as
+:class:`EffectRefused`; counters of a refused effect stay 0. A performed effect
+is recorded as ``effect.performed``, tagged with its job run.
 
 An email counts as ``emails_sent`` unless every recipient is one of the owner's
 addresses (mail to the owner is review mail, counted by the callers' receipts as
@@ -14,21 +17,23 @@ addresses (mail to the owner is review mail, counted by the callers' receipts as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
-from ..config import LANE_EFFECTS, Config
-from ..errors import AtlasError
+from ..config import LANE_EFFECTS, Channel, Config
+from ..errors import AtlasError, PermissionDenied
 from ..ledger import Ledger, NewEvent, utc_now
 from ..receipts import Effects, Receipt
 from .channels import Sender, sender_for
 from .conditions import describe, failing
-from .lanes import get_lane, limit_conditions
+from .lanes import get_lane, limit_conditions, parse_ts
 from .suppression import address_key
 
 Kind = Literal["email", "post", "cta_change", "spend", "deploy"]
@@ -38,6 +43,69 @@ COUNTER = {"email": "emails_sent", "post": "public_posts", "cta_change": "cta_ch
 
 class EffectRefused(AtlasError):
     exit_code = 8
+
+
+class UnknownJobRun(PermissionDenied):
+    """``ATLAS_JOB_RUN`` names a run that does not exist or is no longer running."""
+
+    default_hint = ("ATLAS_JOB_RUN is set by `atlas jobs run` for the job it runs; work that "
+                    "is not a running job must not set it.")
+
+
+# A run is running from its job.started event until its job.run receipt, and at most until
+# its timeout (plus this grace for the runner to kill it and write the receipt).
+RUN_GRACE = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    run_id: str
+    name: str
+    capabilities: str
+    builtin: bool
+
+    @property
+    def actor(self) -> str:
+        return f"job:{self.name}#{self.run_id}"
+
+
+def runner_alive(started: Mapping[str, Any]) -> bool:
+    """Whether the `atlas jobs run` process a ``job.started`` payload names still exists
+    (on this machine; a payload without the pid is given the benefit of the doubt)."""
+    pid = started.get("runner_pid")
+    if pid is None:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    return True
+
+
+def running_job(ledger: Ledger, run_id: str) -> RunningJob:
+    """The job run ``run_id``, checked against the ledger: it must have been started by
+    `atlas jobs run` and not have finished. Raises :class:`UnknownJobRun` otherwise."""
+    rows = ledger.query("SELECT j.name, j.receipt_id, j.started_at, e.payload FROM job_runs j "
+                        "JOIN events e ON e.id = j.started_event WHERE j.run_id = ?", (run_id,))
+    if not rows:
+        raise UnknownJobRun(f"ATLAS_JOB_RUN={run_id!r} is not a job run of this workspace")
+    if rows[0]["receipt_id"] is not None:
+        raise UnknownJobRun(f"job run {run_id!r} has finished (receipt "
+                            f"#{rows[0]['receipt_id']}); it can no longer act")
+    started: dict[str, Any] = json.loads(rows[0]["payload"])
+    timeout = started.get("timeout")
+    if timeout is not None:
+        ends = parse_ts(str(rows[0]["started_at"])) + timedelta(seconds=float(timeout))
+        if datetime.now(UTC) > ends + RUN_GRACE:
+            raise UnknownJobRun(f"job run {run_id!r} is past its {float(timeout):g} s "
+                                "timeout; it can no longer act")
+    if not runner_alive(started):
+        raise UnknownJobRun(f"the runner of job run {run_id!r} is gone; the run can no "
+                            "longer act")
+    return RunningJob(run_id, str(rows[0]["name"]), str(started["capabilities"]),
+                      bool(started.get("builtin", False)))
 
 
 @dataclass(frozen=True)
@@ -50,18 +118,49 @@ class Capabilities:
     job_run: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Capabilities:
-        """``ATLAS_CAPABILITIES``: ``read_only``, or a comma list of lanes."""
-        raw = env.get("ATLAS_CAPABILITIES", "").strip()
-        job = env.get("ATLAS_JOB_RUN") or None
+    def parse(cls, raw: str, job_run: str | None = None) -> Capabilities:
+        """``read_only``, ``none``, a comma list of lanes, or empty (unrestricted)."""
+        raw = raw.strip()
         if not raw:
-            return cls(job_run=job)
+            return cls(job_run=job_run)
         if raw == "read_only":
-            return cls(read_only=True, lanes=frozenset(), job_run=job)
+            return cls(read_only=True, lanes=frozenset(), job_run=job_run)
         if raw == "none":
-            return cls(lanes=frozenset(), job_run=job)
+            return cls(lanes=frozenset(), job_run=job_run)
         return cls(lanes=frozenset(x.strip() for x in raw.split(",") if x.strip()),
-                   job_run=job)
+                   job_run=job_run)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Capabilities:
+        """What the process *declares* (``ATLAS_CAPABILITIES``, ``ATLAS_JOB_RUN``); a
+        declared job run is believed only after :meth:`verified`."""
+        return cls.parse(env.get("ATLAS_CAPABILITIES", ""), env.get("ATLAS_JOB_RUN") or None)
+
+    def spelled(self) -> str:
+        """The inverse of :meth:`parse`."""
+        if self.read_only:
+            return "read_only"
+        if self.lanes is None:
+            return ""
+        return ",".join(sorted(self.lanes)) or "none"
+
+    def narrow(self, other: Capabilities) -> Capabilities:
+        """No more than both allow."""
+        if self.read_only or other.read_only:
+            return replace(self, read_only=True, lanes=frozenset())
+        if other.lanes is None:
+            return self
+        lanes = other.lanes if self.lanes is None else self.lanes & other.lanes
+        return replace(self, lanes=lanes)
+
+    def verified(self, ledger: Ledger) -> Capabilities:
+        """A job run's capabilities come from its own ``job.started`` event in the ledger;
+        what the process declares can only narrow them, never widen them. Raises
+        :class:`UnknownJobRun` when the declared run does not exist or is not running."""
+        if self.job_run is None:
+            return self
+        run = running_job(ledger, self.job_run)
+        return Capabilities.parse(run.capabilities, run.run_id).narrow(self)
 
     def describe(self) -> str:
         if self.read_only:
@@ -71,14 +170,20 @@ class Capabilities:
         return "lanes " + (", ".join(sorted(self.lanes)) or "(none)")
 
 
+# A non-email effect's provider: given the channel's name and settings and the workspace,
+# it performs the effect and returns what the provider said.
+Deliver = Callable[[str, Channel, Path], str]
+
+
 @dataclass
 class Effect:
     kind: Kind
-    lane: str
+    lane: str  # for a deploy record: the capability ``deploy``
     summary: str
     message: EmailMessage | None = None
     amount_cents: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+    deliver: Deliver | None = None
 
 
 def refusal_event(actor: str, caps: Capabilities, effect: Effect, why: str) -> NewEvent:
@@ -94,7 +199,9 @@ def refusal_event(actor: str, caps: Capabilities, effect: Effect, why: str) -> N
     ).as_event()
 
 
-def _refuse(ledger: Ledger, actor: str, caps: Capabilities, effect: Effect, why: str) -> None:
+def refuse(ledger: Ledger, actor: str, caps: Capabilities, effect: Effect,
+           why: str) -> NoReturn:
+    """Record the refusal receipt and raise :class:`EffectRefused`."""
     event = ledger.append_many([refusal_event(actor, caps, effect, why)])[0]
     raise EffectRefused(f"{effect.summary}: refused. {why}", receipt_id=event.id)
 
@@ -111,54 +218,84 @@ def only_to_owner(config: Config, message: EmailMessage) -> bool:
     return bool(keys) and keys <= {address_key(a) for a in config.owner.addresses()}
 
 
-def capability_refusal(caps: Capabilities, lane: str) -> str | None:
-    """Why the work's capabilities do not allow an effect on this lane, or None."""
+def capability_check(ledger: Ledger, caps: Capabilities,
+                     lane: str) -> tuple[Capabilities, str | None]:
+    """The capabilities verified against the ledger, and why they do not allow an effect
+    on ``lane`` (None when they do). Reads only: safe inside a write transaction."""
     if caps.read_only:
-        return "The work runs read-only: it may not cause side effects."
+        return caps, "The work runs read-only: it may not cause side effects."
+    try:
+        caps = caps.verified(ledger)
+    except UnknownJobRun as exc:
+        return caps, exc.message + "."
+    if caps.read_only:
+        return caps, f"Job run {caps.job_run} runs read-only: it may not cause side effects."
     if caps.lanes is not None and lane not in caps.lanes:
-        return f"Its capabilities ({caps.describe()}) do not include lane {lane}."
-    return None
+        return caps, f"Its capabilities ({caps.describe()}) do not include {lane}."
+    return caps, None
+
+
+def authorize(ledger: Ledger, actor: str, caps: Capabilities, effect: Effect) -> Capabilities:
+    """The capability check alone: refuse (with a receipt) what the work may not do.
+    Returns the capabilities verified against the ledger."""
+    verified, why = capability_check(ledger, caps, effect.lane)
+    if why is not None:
+        refuse(ledger, actor, verified, effect, why)
+    return verified
 
 
 def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Capabilities,
             effect: Effect, env: Mapping[str, str],
             now: datetime | None = None) -> tuple[str, Effects]:
-    """Perform one side effect, or refuse it with a receipt. Returns (reply, counters)."""
-    refused = capability_refusal(caps, effect.lane)
-    if refused is not None:
-        _refuse(ledger, actor, caps, effect, refused)
+    """Perform one side effect, or refuse it with a receipt. Returns (reply, counters).
+
+    A performed effect is also recorded as an ``effect.performed`` event tagged with the
+    job run, so a job's receipt counts every effect it caused, counters or not."""
+    caps = authorize(ledger, actor, caps, effect)
     if effect.lane not in LANE_EFFECTS:
-        _refuse(ledger, actor, caps, effect, f"There is no lane {effect.lane}.")
+        refuse(ledger, actor, caps, effect, f"There is no lane {effect.lane}.")
     if effect.kind != "deploy" and LANE_EFFECTS[effect.lane] != effect.kind:
-        _refuse(ledger, actor, caps, effect, f"Lane {effect.lane} does not carry "
-                f"{effect.kind} effects.")
+        refuse(ledger, actor, caps, effect, f"Lane {effect.lane} does not carry "
+               f"{effect.kind} effects.")
     lane = get_lane(ledger, config, effect.lane)
     if not lane.open:
-        _refuse(ledger, actor, caps, effect, f"Lane {lane.name} is closed ({lane.reason}).")
+        refuse(ledger, actor, caps, effect, f"Lane {lane.name} is closed ({lane.reason}).")
     channels = config.all_channels()
     if lane.channel is None or lane.channel not in channels:
-        _refuse(ledger, actor, caps, effect, f"Lane {lane.name} has no channel configured.")
+        refuse(ledger, actor, caps, effect, f"Lane {lane.name} has no channel configured.")
     assert lane.channel is not None
-    if effect.kind != "email" or effect.message is None:
-        _refuse(ledger, actor, caps, effect, f"No provider for {effect.kind} effects is "
-                f"available on channel {lane.channel}.")
-    assert effect.message is not None
-    if lane.settings.owner_only and not only_to_owner(config, effect.message):
-        _refuse(ledger, actor, caps, effect, f"Lane {lane.name} only sends to the owner's "
-                "addresses.")
-    now = now or datetime.now(UTC)
-    draft = effect.detail.get("draft")  # a draft's own recorded intent is not a prior send
-    over = [c for key in sorted(recipient_keys(effect.message))
-            for c in failing(limit_conditions(ledger, lane, key, now, exclude_draft=draft))]
-    if over:
-        _refuse(ledger, actor, caps, effect, f"Lane {lane.name}: {describe(over)}.")
-    sender: Sender = sender_for(lane.channel, channels[lane.channel], home, env)
-    reply = sender.send(effect.message)
+    channel = channels[lane.channel]
     counters = Effects()
-    if not only_to_owner(config, effect.message):  # mail only to the owner is review mail
-        setattr(counters, COUNTER[effect.kind], 1)
+    if effect.kind == "email" and effect.message is not None and channel.type != "directory":
+        message = effect.message
+        if lane.settings.owner_only and not only_to_owner(config, message):
+            refuse(ledger, actor, caps, effect, f"Lane {lane.name} only sends to the owner's "
+                   "addresses.")
+        at = now or datetime.now(UTC)
+        draft = effect.detail.get("draft")  # a draft's own recorded intent is not a prior send
+        over = [c for key in sorted(recipient_keys(message))
+                for c in failing(limit_conditions(ledger, lane, key, at, exclude_draft=draft))]
+        if over:
+            refuse(ledger, actor, caps, effect, f"Lane {lane.name}: {describe(over)}.")
+        sender: Sender = sender_for(lane.channel, channel, home, env)
+        reply = sender.send(message)
+        if not only_to_owner(config, message):  # mail only to the owner is review mail
+            counters.emails_sent = 1
+    elif effect.kind != "email" and effect.deliver is not None and channel.type == "directory":
+        reply = effect.deliver(lane.channel, channel, home)
+        counter = COUNTER.get(effect.kind)
+        if counter is not None:
+            setattr(counters, counter, effect.amount_cents if counter == "spend_cents" else 1)
+    else:
+        refuse(ledger, actor, caps, effect, f"No provider for {effect.kind} effects is "
+               f"available on channel {lane.channel} ({channel.type}).")
+    ledger.append("effect.performed", actor, {
+        "kind": effect.kind, "lane": effect.lane, "summary": effect.summary,
+        "channel": lane.channel, "job_run": caps.job_run, "effects": counters.model_dump()},
+        subject=f"lane:{effect.lane}")
     return reply, counters
 
 
-__all__ = ["Capabilities", "Effect", "EffectRefused", "capability_refusal", "only_to_owner",
-           "perform", "recipient_keys", "refusal_event"]
+__all__ = ["RUN_GRACE", "Capabilities", "Deliver", "Effect", "EffectRefused", "RunningJob",
+           "UnknownJobRun", "authorize", "capability_check", "only_to_owner", "perform",
+           "recipient_keys", "refusal_event", "refuse", "runner_alive", "running_job"]

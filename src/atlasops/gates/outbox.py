@@ -46,7 +46,7 @@ from .effects import (
     Capabilities,
     Effect,
     EffectRefused,
-    capability_refusal,
+    capability_check,
     only_to_owner,
     perform,
     refusal_event,
@@ -218,10 +218,10 @@ class _Pass:
             lane = self.config.all_lanes()[d["lane"]]
             effect = Effect("email", d["lane"], f"send draft {draft_id} to {d['to_addr']}",
                             detail={"draft": draft_id})
-            refused = capability_refusal(self.caps, d["lane"])
+            caps, refused = capability_check(self.ledger, self.caps, d["lane"])
             if refused is not None:  # before the intent: a refusal is not an attempt
                 outcome["bucket"] = self.report.refused
-                return [refusal_event(self.actor, self.caps, effect, refused)]
+                return [refusal_event(self.actor, caps, effect, refused)]
             unavailable = self._unavailable(str(d["channel"]))
             if unavailable is not None:  # nothing can be sent: hold it, no intent
                 outcome["held"] = unavailable

@@ -1,31 +1,46 @@
-"""Jobs: agent work run as a subprocess with declared capabilities and a receipt.
+"""Jobs: work run as a subprocess with declared capabilities and a receipt.
 
-The job gets ``ATLAS_JOB_RUN`` (its run id), ``ATLAS_CAPABILITIES`` and
-``ATLAS_HOME`` in its environment, so every side effect it asks Atlas for (CLI
-or library) is checked against its capabilities by the effects module and
-tagged with its run id. The job-run receipt adds up the counters of those
-effects; a read-only job that asked for any side effect is a *violation*.
-Built-in jobs (backup, db check, route checks, backup prune) are jobs too, so
-the number of jobs run in a day is honest.
+`atlas jobs run` records ``job.started`` (the run id, the job's capabilities, its
+timeout), then runs the job with ``ATLAS_JOB_RUN`` (its run id),
+``ATLAS_CAPABILITIES``, ``ATLAS_ACTOR`` and ``ATLAS_HOME`` in its environment.
+Every side effect it asks Atlas for (CLI or library) is checked by the effects
+module against the capabilities *recorded in the ledger* for that run (the
+environment can only narrow them) and tagged with the run id.
+
+When the job's own process exits, what it left running in its session is
+killed (jobs may not leave daemons), and only then is the receipt written: it
+counts every effect tagged with the run (performed or refused) and the deploys
+it recorded. A read-only run with any performed or attempted effect is a
+*violation*. A process that drops both variables, or leaves the session with
+``setsid``, is outside this accounting: capabilities bind cooperating processes
+that go through Atlas; they are not a sandbox.
+
+Built-in jobs (backup, db check, route checks, backup prune, chronicle) are jobs
+too, so the number of jobs run in a day is honest; their receipts say
+``builtin: true``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets as pysecrets
 import shlex
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, Job
+from ..config import BUILTIN_TIMEOUT, Config, Job
 from ..errors import NotFound
+from ..gates.effects import RUN_GRACE, Capabilities, runner_alive
+from ..gates.lanes import parse_ts
 from ..ledger import Ledger, NewEvent, utc_now
 from ..receipts import Effects, Receipt
 from . import process
-from .records import _since
+from .records import parse_since
 
 BUILTINS: dict[str, tuple[list[str], str]] = {
     "backup": (["backup", "--label", "job"], "take and validate a backup"),
@@ -34,15 +49,21 @@ BUILTINS: dict[str, tuple[list[str], str]] = {
     "backup-prune": (["backups", "prune"], "apply the backup retention policy"),
     "chronicle": (["chronicle"], "write today's chronicle"),
 }
-COUNTED_OUT = ("outbox.run", "job.run")
+
+
+def _timeout(config: Config, name: str, job: Job | None) -> float:
+    if job is not None:
+        return job.timeout
+    settings = config.builtin_jobs.get(name)
+    return settings.timeout if settings is not None else BUILTIN_TIMEOUT
 
 
 def all_jobs(config: Config) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, (argv, what) in BUILTINS.items():
         out[name] = {"name": name, "builtin": True, "command": "atlas " + " ".join(argv),
-                     "read_only": True, "lanes": [], "business": None, "timeout": 3600.0,
-                     "description": what}
+                     "read_only": True, "lanes": [], "business": None,
+                     "timeout": _timeout(config, name, None), "description": what}
     for name, job in config.jobs.items():
         out[name] = {"name": name, "builtin": False, "command": job.command,
                      "entry": job.entry, "read_only": job.read_only, "lanes": job.lanes,
@@ -50,10 +71,10 @@ def all_jobs(config: Config) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _capabilities(job: Job | None) -> str:
+def _capabilities(job: Job | None) -> Capabilities:
     if job is None or job.read_only:
-        return "read_only"
-    return ",".join(job.lanes) or "none"
+        return Capabilities(read_only=True, lanes=frozenset())
+    return Capabilities(lanes=frozenset(job.lanes))
 
 
 def _command(name: str, job: Job | None, home: Path) -> str | list[str]:
@@ -69,39 +90,82 @@ def _command(name: str, job: Job | None, home: Path) -> str | list[str]:
 
 def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
             env: Mapping[str, str]) -> dict[str, Any]:
+    """Run a job now and write its job-run receipt. A job started from inside another job
+    gets no more than its parent's capabilities, as the ledger recorded them."""
     job = config.jobs.get(name)
     if job is None and name not in BUILTINS:
         raise NotFound(f"no job named {name!r}", hint="`atlas jobs list` shows them.")
+    declared = Capabilities.from_env(env)
+    caps = _capabilities(job).narrow(declared.verified(ledger))  # a forged parent: refused
+    timeout = _timeout(config, name, job)
     run_id = f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{pysecrets.token_hex(3)}"
-    parent = env.get("ATLAS_JOB_RUN") or None
-    caps = _narrow(_capabilities(job), env.get("ATLAS_CAPABILITIES"))
-    ledger.append("job.started", actor, {"run_id": run_id, "name": name,
-                                          "capabilities": caps, "parent_run": parent},
-                  subject=f"job:{name}")
+    ledger.append("job.started", actor, {
+        "run_id": run_id, "name": name, "capabilities": caps.spelled(),
+        "parent_run": declared.job_run, "builtin": job is None, "timeout": timeout,
+        "runner_pid": os.getpid()}, subject=f"job:{name}")
     started = utc_now()
     # The job never inherits the caller's identity: an owner's token in the operator's
     # shell must not let a job approve, open lanes or mint tokens.
     child_env = {k: v for k, v in env.items() if k != "ATLAS_TOKEN"}
-    child_env.update({"ATLAS_JOB_RUN": run_id, "ATLAS_CAPABILITIES": caps,
-                      "ATLAS_HOME": str(home)})
+    child_env.update({"ATLAS_JOB_RUN": run_id, "ATLAS_CAPABILITIES": caps.spelled(),
+                      "ATLAS_HOME": str(home), "ATLAS_ACTOR": f"job:{name}#{run_id}"})
     if job is not None and job.business:
         child_env["ATLAS_BUSINESS"] = job.business
     secrets = process.secret_values(env, process.config_secret_names(config))
     cwd = Path(job.cwd) if job is not None and job.cwd else home
     if not cwd.is_absolute():
         cwd = home / cwd
-    command = _command(name, job, home)
-    timeout = job.timeout if job is not None else 3600.0
-    try:
-        ran = process.run(command, cwd=cwd, env=child_env, timeout=timeout, secrets=secrets)
-    except OSError as exc:  # could not start: still a run, and still a receipt
-        ran = process.Ran(None, 0.0, f"could not start: {exc.strerror or exc}", 0, False)
-    effects, refused = _effects_of(ledger, run_id)
-    caused = sum(effects.model_dump().values())
-    violation = caps == "read_only" and (refused > 0 or caused > 0)
-    shown = command if isinstance(command, str) else " ".join(shlex.quote(c) for c in command)
-    if ran.timed_out:
-        outcome, what = "failed", f"was killed at its {timeout:g} s timeout"
+    run = _Run(name, run_id, job, caps, _command(name, job, home), timeout,
+               declared.job_run, started, actor, secrets)
+    with process.stop_signals_interrupt():  # SIGTERM: kill the job, still write the receipt
+        try:
+            ran = process.run(run.command, cwd=cwd, env=child_env, timeout=timeout,
+                              secrets=secrets)
+        except OSError as exc:  # could not start: still a run, and still a receipt
+            ran = process.Ran(None, 0.0, f"could not start: {exc.strerror or exc}", 0, False)
+        receipt = _receipt(ledger, run, ran)
+        event = ledger.append_many([NewEvent("receipt.recorded", actor, receipt.body(),
+                                             subject=f"job:{name}")])[0]
+    return {**receipt.body(), "receipt_id": event.id}
+
+
+@dataclass
+class _Run:
+    name: str
+    run_id: str
+    job: Job | None
+    caps: Capabilities
+    command: str | list[str]
+    timeout: float
+    parent: str | None
+    started: str
+    actor: str
+    secrets: list[str]
+
+
+@dataclass
+class Tally:
+    """What a run (and runs started inside it) caused, from the ledger."""
+
+    effects: Effects
+    performed: int  # effect.performed events tagged with the run
+    refused: int  # effect.refused receipts tagged with the run
+    deploys: int  # deploy receipts tagged with the run
+    untagged: int  # effects with no job run, recorded while it ran: not attributable
+
+    @property
+    def attempted(self) -> int:
+        return self.performed + self.refused
+
+
+def _receipt(ledger: Ledger, run: _Run, ran: process.Ran) -> Receipt:
+    tally = tally_run(ledger, run.run_id, run.started, utc_now())
+    violation = run.caps.read_only and tally.attempted > 0
+    if ran.interrupted:
+        outcome, what = "failed", (f"was interrupted ({ran.interrupted}); its processes "
+                                   "were killed")
+    elif ran.timed_out:
+        outcome, what = "failed", f"was killed at its {run.timeout:g} s timeout"
     elif ran.exit_code is None:
         outcome, what = "failed", ran.output_tail
     elif ran.exit_code != 0:
@@ -110,37 +174,41 @@ def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str
         outcome, what = "ok", "finished"
     if violation:
         outcome = "failed"
-    counters = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in effects.model_dump().items())
-    summary = (f"Job {name} {what} in {ran.ms / 1000:.1f} s with {counters}"
-               + (f"; VIOLATION: a read-only job requested {refused + caused} side "
-                  f"effect(s) ({refused} refused, {caused} performed)" if violation else "")
-               + (f"; {refused} side effect(s) refused" if refused and not violation else "")
-               + ".")
-    receipt = Receipt(
-        kind="job.run", subject=f"job:{name}", actor=actor, started_at=started,
+    counters = ", ".join(f"{v} {k.replace('_', ' ')}"
+                         for k, v in tally.effects.model_dump().items())
+    notes = []
+    if tally.deploys:
+        notes.append(f"{tally.deploys} deploy(s) recorded")
+    if ran.left:
+        notes.append(f"{len(ran.left)} process(es) it left running were killed")
+    if violation:
+        notes.append(f"VIOLATION: a read-only job requested {tally.attempted} side "
+                     f"effect(s) ({tally.refused} refused, {tally.performed} performed)")
+    elif tally.refused:
+        notes.append(f"{tally.refused} side effect(s) refused")
+    if tally.untagged:
+        notes.append(f"{tally.untagged} side effect(s) without a job run were recorded while "
+                     "it ran (not attributed to it: any process may have caused them)")
+    command = run.command
+    shown = command if isinstance(command, str) else " ".join(shlex.quote(c) for c in command)
+    return Receipt(
+        kind="job.run", subject=f"job:{run.name}", actor=run.actor, started_at=run.started,
         finished_at=utc_now(), outcome=outcome,  # type: ignore[arg-type]
-        summary=summary, effects=effects,
-        evidence={"run_id": run_id, "job": name, "command": process.redact(shown, secrets),
-                  "capabilities": caps, "exit_code": ran.exit_code, "ms": ran.ms,
-                  "timed_out": ran.timed_out, "output_bytes": ran.output_bytes,
-                  "output_tail": ran.output_tail, "violation": violation,
-                  "refused_attempts": refused, "parent_run": parent,
-                  "business": job.business if job is not None else None},
+        summary=f"Job {run.name} {what} in {ran.ms / 1000:.1f} s with {counters}"
+                + "".join(f"; {n}" for n in notes) + ".",
+        effects=tally.effects,
+        evidence={"run_id": run.run_id, "job": run.name, "builtin": run.job is None,
+                  "command": process.redact(shown, run.secrets),
+                  "capabilities": run.caps.spelled(), "exit_code": ran.exit_code, "ms": ran.ms,
+                  "timed_out": ran.timed_out, "interrupted": ran.interrupted,
+                  "output_bytes": ran.output_bytes, "output_tail": ran.output_tail,
+                  "violation": violation, "performed_effects": tally.performed,
+                  "refused_attempts": tally.refused, "deploys_recorded": tally.deploys,
+                  "left_processes": len(ran.left), "killed_processes": ran.killed,
+                  "untagged_effects_in_window": tally.untagged,
+                  "parent_run": run.parent,
+                  "business": run.job.business if run.job is not None else None},
     )
-    event = ledger.append_many([NewEvent("receipt.recorded", actor, receipt.body(),
-                                         subject=f"job:{name}")])[0]
-    return {**receipt.body(), "receipt_id": event.id}
-
-
-def _narrow(own: str, parent: str | None) -> str:
-    """A job started from inside another job gets no more than its parent may do."""
-    if parent is None or parent == "":
-        return own
-    if parent == "read_only" or own == "read_only":
-        return "read_only"
-    mine = set(own.split(",")) - {"none"}
-    theirs = set(parent.split(",")) - {"none"}
-    return ",".join(sorted(mine & theirs)) or "none"
 
 
 def _runs_under(ledger: Ledger, run_id: str) -> list[str]:
@@ -156,37 +224,60 @@ def _runs_under(ledger: Ledger, run_id: str) -> list[str]:
     return runs
 
 
-def _effects_of(ledger: Ledger, run_id: str) -> tuple[Effects, int]:
-    """Add up the counters of every receipt the run (and runs inside it) caused; count
-    its refusals. Aggregate receipts (outbox runs, nested job runs) are not counted
-    twice: the per-effect receipts are."""
-    total = Effects()
-    refused = 0
+def tally_run(ledger: Ledger, run_id: str, started: str, finished: str) -> Tally:
+    """Add up what the run (and runs inside it) caused: the counters of its performed
+    effects, its refusals and its deploy records. Effects recorded in its time window
+    without any run id are counted apart: they cannot be attributed."""
     runs = _runs_under(ledger, run_id)
     marks = ",".join("?" * len(runs))
-    rows = ledger.query("SELECT kind, body FROM receipts WHERE json_extract(body, "
-                        f"'$.evidence.job_run') IN ({marks})", runs)
-    for row in rows:
-        if row["kind"] in COUNTED_OUT:
-            continue
-        body = json.loads(row["body"])
-        if row["kind"] == "effect.refused":
-            refused += 1
-            continue
-        for key, value in body.get("effects", {}).items():
+    total = Effects()
+    performed = ledger.query("SELECT payload FROM events WHERE kind='effect.performed' AND "
+                             f"json_extract(payload, '$.job_run') IN ({marks})", runs)
+    for row in performed:
+        for key, value in json.loads(row["payload"]).get("effects", {}).items():
             setattr(total, key, getattr(total, key) + int(value))
-    return total, refused
+
+    def tagged(kind: str) -> int:
+        return int(ledger.query(
+            "SELECT count(*) AS n FROM receipts WHERE kind=? AND json_extract(body, "
+            f"'$.evidence.job_run') IN ({marks})", [kind, *runs])[0]["n"])
+
+    untagged = ledger.query(
+        "SELECT (SELECT count(*) FROM events WHERE kind='effect.performed' AND ts BETWEEN ? "
+        "AND ? AND json_extract(payload, '$.job_run') IS NULL) + (SELECT count(*) FROM "
+        "receipts WHERE kind='effect.refused' AND finished_at BETWEEN ? AND ? AND "
+        "json_extract(body, '$.evidence.job_run') IS NULL) AS n",
+        [started, finished, started, finished])[0]["n"]
+    return Tally(total, len(performed), tagged("effect.refused"), tagged("deploy"),
+                 int(untagged))
 
 
 def list_runs(ledger: Ledger, since: str | None = None) -> list[dict[str, Any]]:
+    """Job runs, oldest first. ``state`` is the outcome, ``running``, or — for a run with
+    no receipt whose runner is gone or whose time is up — ``no receipt (runner died)``."""
     sql = ("SELECT j.run_id, j.name, j.started_at, j.receipt_id, j.outcome, r.summary, "
-           "r.finished_at FROM job_runs j LEFT JOIN receipts r ON r.id = j.receipt_id")
+           "r.finished_at, e.payload FROM job_runs j JOIN events e ON e.id = j.started_event "
+           "LEFT JOIN receipts r ON r.id = j.receipt_id")
     args: list[Any] = []
-    cutoff = _since(since)
+    cutoff = parse_since(since)
     if cutoff:
         sql += " WHERE j.started_at >= ?"
         args.append(cutoff)
-    return [dict(r) for r in ledger.query(sql + " ORDER BY j.started_event", args)]
+    out = []
+    for row in ledger.query(sql + " ORDER BY j.started_event", args):
+        run = {k: row[k] for k in row.keys() if k != "payload"}
+        started: dict[str, Any] = json.loads(row["payload"])
+        run["builtin"] = started.get("builtin")
+        run["state"] = row["outcome"] or _unfinished(str(row["started_at"]), started)
+        out.append(run)
+    return out
 
 
-__all__ = ["BUILTINS", "all_jobs", "list_runs", "run_job"]
+def _unfinished(started_at: str, started: dict[str, Any]) -> str:
+    timeout = started.get("timeout")
+    in_time = timeout is None or datetime.now(UTC) <= (
+        parse_ts(started_at) + timedelta(seconds=float(timeout)) + RUN_GRACE)
+    return "running" if in_time and runner_alive(started) else "no receipt (runner died)"
+
+
+__all__ = ["BUILTINS", "Tally", "all_jobs", "list_runs", "run_job", "tally_run"]

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from ..config import Config, Route
-from ..errors import ConfigError, InputError, NotFound
-from ..ledger import Ledger, utc_now
-from ..receipts import Action, Check, Receipt, record
+from ..config import Config, Route, Runbook
+from ..errors import InputError, NotFound
+from ..ledger import Ledger, NewEvent, utc_now
+from ..receipts import Action, Receipt, record
 from . import process
-from .routes import Reading, describe_route, read
+from .routes import Reading, client_for, describe_route, read_or_fail
 
 
 def _route(config: Config, name: str) -> Route:
@@ -38,7 +36,8 @@ class RouteResult:
 
 def check_routes(ledger: Ledger, config: Config, names: list[str] | None, *, actor: str,
                  env: Mapping[str, str], job_run: str | None = None) -> list[RouteResult]:
-    """Read each route once and write a receipt per route."""
+    """Read each route once and write a receipt per route. One reading judges the route
+    now; ``healthy_after`` applies to a repair's readback."""
     chosen = names or sorted(config.routes)
     if not chosen:
         raise InputError("no routes are configured", hint="Add [routes.NAME] to atlas.toml.")
@@ -46,12 +45,7 @@ def check_routes(ledger: Ledger, config: Config, names: list[str] | None, *, act
     out = []
     for name, route in routes:
         started = utc_now()
-        try:
-            reading = read(name, route, env)
-        except ConfigError as exc:  # this route's credentials are missing: it fails, alone
-            reading = Reading(name, route.url, False, None, 0.0,
-                              [Check(name="credentials", passed=False, detail=exc.message)],
-                              "", exc.message)
+        reading = read_or_fail(name, route, env)  # missing credentials fail this route alone
         what = describe_route(route)
         receipt = Receipt(
             kind="route.check", subject=f"route:{name}", actor=actor, started_at=started,
@@ -59,8 +53,7 @@ def check_routes(ledger: Ledger, config: Config, names: list[str] | None, *, act
             summary=(f"{what}: it does." if reading.passed else
                      f"{what}: it does NOT ({_first_failure(reading)})."),
             checks=reading.checks,
-            evidence={"status": reading.status, "ms": reading.ms, "url": route.url,
-                      "snippet": reading.snippet, "job_run": job_run},
+            evidence={**reading.evidence(), "job_run": job_run},
         )
         out.append(RouteResult(reading, record(ledger, receipt).id))
     return out
@@ -72,13 +65,15 @@ def _first_failure(reading: Reading) -> str:
 
 
 def readback(name: str, route: Route, env: Mapping[str, str]) -> tuple[bool, list[Reading]]:
-    """Read until ``healthy_after`` consecutive passes, or the deadline."""
+    """Read until ``healthy_after`` consecutive passes, or the deadline. A failed reading
+    starts the count again; no reading waits past the deadline."""
     readings: list[Reading] = []
     streak = 0
     deadline = time.monotonic() + route.readback_deadline
-    with httpx.Client(timeout=route.timeout, follow_redirects=True) as client:
+    with client_for(route) as client:
         while True:
-            r = read(name, route, env, client)
+            left = max(deadline - time.monotonic(), 0.001)
+            r = read_or_fail(name, route, env, client, timeout=left)
             readings.append(r)
             streak = streak + 1 if r.passed else 0
             if streak >= route.healthy_after:
@@ -86,6 +81,46 @@ def readback(name: str, route: Route, env: Mapping[str, str]) -> tuple[bool, lis
             if time.monotonic() + route.readback_interval > deadline:
                 return False, readings
             time.sleep(route.readback_interval)
+
+
+@dataclass
+class _Steps:
+    actions: list[Action]
+    failure: str | None  # how the first failing step failed; None when every step passed
+
+
+def _run_steps(book: Runbook, home: Path, env: Mapping[str, str],
+               secret_names: list[str]) -> _Steps:
+    """Run the steps in order, stopping at the first that fails. A process a step leaves
+    running (a restarted server) is left running: that is a restart's point."""
+    actions: list[Action] = []
+    for step in book.steps:
+        step_env = {**env, **step.env}
+        secrets = process.secret_values(step_env, secret_names)
+        command = process.redact(step.command, secrets)
+        cwd = Path(step.cwd) if step.cwd else home
+        if not cwd.is_absolute():
+            cwd = home / cwd
+        try:
+            ran = process.run(step.command, cwd=cwd, env=step_env, timeout=step.timeout,
+                              secrets=secrets, leave_running=True)
+        except OSError as exc:  # the step could not even start (missing cwd, not executable)
+            why = f"could not start: {exc.strerror or exc}"
+            actions.append(Action(name=step.name, command=command, ms=0.0, result=why))
+            return _Steps(actions, why)
+        if ran.timed_out:
+            result = failure = "timed out: killed with its process group"
+        elif ran.ok:
+            result, failure = "ok", ""
+        else:
+            result, failure = f"exit {ran.exit_code}", f"failed (exit {ran.exit_code})"
+        actions.append(Action.model_validate({
+            "name": step.name, "command": command, "exit_code": ran.exit_code, "ms": ran.ms,
+            "result": result, "output_tail": ran.output_tail[-2000:],
+            "left_running": len(ran.left)}))
+        if failure:
+            return _Steps(actions, failure)
+    return _Steps(actions, None)
 
 
 def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
@@ -99,10 +134,11 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
     started = utc_now()
     what = describe_route(route)
     can = route.user_can or what
-    before = read(name, route, env)
+    before = read_or_fail(name, route, env)
     symptom = {"summary": f"{what}: " + ("it does" if before.passed else
                                          f"it does not ({_first_failure(before)})"),
                "status": before.status, "snippet": before.snippet,
+               "final_url": before.final_url, "redirects": before.redirects,
                "checks": [c.model_dump() for c in before.checks]}
     plan = [{"name": s.name, "command": s.command, "cwd": s.cwd, "timeout": s.timeout}
             for s in book.steps]
@@ -110,75 +146,65 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
         return {"dry_run": True, "route": name, "broken": not before.passed,
                 "symptom": symptom, "plan": plan,
                 "would_run": bool(force or not before.passed)}
+    receipt = Receipt(kind="repair", subject=f"route:{name}", actor=actor, started_at=started,
+                      finished_at=started, outcome="not_broken", summary="-", symptom=symptom,
+                      checks=before.checks, evidence={**before.evidence(),
+                                                      "runbook": route.runbook})
+    missing = [c.detail for c in before.checks if c.name == "credentials"]
+    if missing:  # the runbook cannot fix credentials: say so, run nothing
+        return _recorded(ledger, receipt.model_copy(update={
+            "finished_at": utc_now(), "outcome": "not_fixed",
+            "summary": f"Not fixed: nothing was run, because {missing[0]}."}), None)
     if before.passed and not force:
-        receipt = Receipt(
-            kind="repair", subject=f"route:{name}", actor=actor, started_at=started,
-            finished_at=utc_now(), outcome="not_broken",
-            summary=f"{what} already; nothing was run (use --force to run the runbook).",
-            symptom=symptom, checks=before.checks,
-            evidence={"status": before.status, "snippet": before.snippet})
-        body = receipt.body()
-        return {**body, "readback": None, "receipt_id": record(ledger, receipt).id}
-    secrets = process.secret_values(env, process.config_secret_names(config))
-    actions: list[Action] = []
-    steps_ok = True
-    for step in book.steps:
-        cwd = Path(step.cwd) if step.cwd else home
-        if not cwd.is_absolute():
-            cwd = home / cwd
-        try:
-            ran = process.run(step.command, cwd=cwd, env={**env, **step.env},
-                              timeout=step.timeout, secrets=secrets)
-        except OSError as exc:  # the step could not even start (missing cwd, not executable)
-            actions.append(Action(name=step.name, command=process.redact(step.command, secrets),
-                                  ms=0.0, result=f"could not start: {exc.strerror or exc}"))
-            steps_ok = False
-            break
-        result = ("timed out: killed with its process group" if ran.timed_out else
-                  "ok" if ran.ok else f"exit {ran.exit_code}")
-        actions.append(Action(name=step.name, command=process.redact(step.command, secrets),
-                              exit_code=ran.exit_code, ms=ran.ms, result=result,
-                              output_tail=ran.output_tail[-2000:]))
-        if not ran.ok:
-            steps_ok = False
-            break
-    healthy, readings = readback(name, route, env) if steps_ok else (False, [])
-    last = readings[-1] if readings else None
+        return _recorded(ledger, receipt.model_copy(update={
+            "finished_at": utc_now(),
+            "summary": f"{what} already; nothing was run (use --force to run the runbook)."}),
+            None)
+    steps = _run_steps(book, home, env, process.config_secret_names(config))
+    if steps.failure is None:
+        healthy, readings = readback(name, route, env)
+    else:  # read the page once anyway: the receipt never claims a state it did not read
+        healthy, readings = False, [read_or_fail(name, route, env)]
+    last = readings[-1]
+    outcome, summary = _verdict(route, what, can, before, steps, healthy, last)
+    done = receipt.model_copy(update={
+        "finished_at": utc_now(), "outcome": outcome, "summary": summary,
+        "actions": steps.actions, "checks": last.checks,
+        "evidence": {"readback_status": last.status, "readback_snippet": last.snippet,
+                     "readback_final_url": last.final_url,
+                     "readback_redirects": last.redirects, "readings": len(readings),
+                     "runbook": route.runbook}})
+    return _recorded(ledger, done, {"passed": healthy,
+                                    "readings": [r.to_dict() for r in readings[-5:]],
+                                    "needed_consecutive": route.healthy_after})
+
+
+def _verdict(route: Route, what: str, can: str, before: Reading, steps: _Steps,
+             healthy: bool, last: Reading) -> tuple[str, str]:
+    if steps.failure is not None:
+        failed = steps.actions[-1].name
+        now = (f"the page now answers {last.status}" if last.passed else
+               f"{what}: it still does NOT ({_first_failure(last)})")
+        return "not_fixed", (f"Not fixed: runbook step {failed!r} {steps.failure}; {now} — "
+                             "read back once, not counted as fixed because the runbook did "
+                             "not complete.")
     if healthy and before.passed:  # forced on a healthy route: nothing was broken
-        outcome = "not_broken"
-        summary = (f"{what}, before and after the runbook (run with --force); read back "
-                   f"{route.healthy_after} time(s) in a row.")
-    elif healthy:
-        outcome, summary = "fixed", f"Fixed: users can {can}." if route.user_can else \
-            f"Fixed: {what}, read back {route.healthy_after} time(s) in a row."
-    elif not steps_ok:
-        outcome = "not_fixed"
-        summary = (f"Not fixed: runbook step {actions[-1].name!r} {actions[-1].result}; "
-                   f"{what} still fails.")
-    else:
-        outcome = "not_fixed"
-        summary = (f"Not fixed: every runbook step succeeded but the readback still fails "
-                   f"({_first_failure(last) if last else 'no reading'}).")
-    receipt = Receipt(
-        kind="repair", subject=f"route:{name}", actor=actor, started_at=started,
-        finished_at=utc_now(), outcome=outcome,  # type: ignore[arg-type]
-        summary=summary, symptom=symptom, actions=actions,
-        checks=last.checks if last else [],
-        evidence={"readback_status": last.status if last else None,
-                  "readback_snippet": last.snippet if last else None,
-                  "readings": len(readings), "runbook": route.runbook},
-    )
+        return "not_broken", (f"{what}, before and after the runbook (run with --force); "
+                              f"read back {route.healthy_after} time(s) in a row.")
+    if healthy:
+        return "fixed", (f"Fixed: users can {can}." if route.user_can else
+                         f"Fixed: {what}, read back {route.healthy_after} time(s) in a row.")
+    return "not_fixed", ("Not fixed: every runbook step succeeded but the readback still "
+                         f"fails ({_first_failure(last)}).")
+
+
+def _recorded(ledger: Ledger, receipt: Receipt,
+              readback_: dict[str, Any] | None) -> dict[str, Any]:
     body = receipt.body()
-    body["readback"] = {"passed": healthy, "readings": [r.to_dict() for r in readings[-5:]],
-                        "needed_consecutive": route.healthy_after}
-    event = ledger.append_many([_with_readback(receipt, body)])[0]
+    body["readback"] = readback_
+    event = ledger.append_many([NewEvent("receipt.recorded", receipt.actor, body,
+                                         subject=receipt.subject)])[0]
     return {**body, "receipt_id": event.id}
-
-
-def _with_readback(receipt: Receipt, body: dict[str, Any]) -> Any:
-    from ..ledger import NewEvent
-
-    return NewEvent("receipt.recorded", receipt.actor, body, subject=receipt.subject)
 
 
 __all__ = ["RouteResult", "check_routes", "readback", "repair"]

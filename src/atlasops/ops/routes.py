@@ -3,8 +3,10 @@
 A check passes only when the status is the expected one, every must-contain
 text appears, no must-not-contain text appears ("Internal Server Error",
 "Application error" by default, which also catches a 200 that is really an
-error page) and the latency is within bound. A 200 that is really a login form
-fails its must-contain condition.
+error page), the latency is within bound, and any redirect ends on the route's own
+path and host (or where ``allow_redirect_to`` allows). A 200 that is really a
+login form fails its must-contain condition, and a redirect to it fails the
+redirect condition.
 """
 
 from __future__ import annotations
@@ -36,11 +38,20 @@ class Reading:
     checks: list[Check] = field(default_factory=list)
     snippet: str = ""
     error: str | None = None
+    final_url: str | None = None  # where the reading ended, after redirects
+    redirects: list[dict[str, Any]] = field(default_factory=list)  # each hop: status, url
 
     def to_dict(self) -> dict[str, Any]:
         return {"route": self.route, "url": self.url, "passed": self.passed,
                 "status": self.status, "ms": self.ms, "error": self.error,
+                "final_url": self.final_url, "redirects": self.redirects,
                 "snippet": self.snippet, "checks": [c.model_dump() for c in self.checks]}
+
+    def evidence(self) -> dict[str, Any]:
+        """What a receipt keeps of the reading."""
+        return {"status": self.status, "ms": self.ms, "url": self.url,
+                "final_url": self.final_url, "redirects": self.redirects,
+                "snippet": self.snippet}
 
 
 def _auth_headers(route: Route, env: Mapping[str, str]) -> dict[str, str]:
@@ -65,21 +76,48 @@ def describe_route(route: Route) -> str:
     return f"{route.method} {path} returns {route.expect_status}{who}"
 
 
+def client_for(route: Route) -> httpx.Client:
+    return httpx.Client(timeout=route.timeout, follow_redirects=route.follow_redirects)
+
+
+def _same_place(a: str, b: str) -> bool:
+    """The same host and path (a scheme upgrade or a trailing slash is not a move)."""
+    x, y = urlparse(a), urlparse(b)
+    return (x.hostname, x.path.rstrip("/")) == (y.hostname, y.path.rstrip("/"))
+
+
+def _redirect_check(route: Route, final_url: str, hops: list[dict[str, Any]]) -> Check:
+    chain = " -> ".join(f"{h['status']} {h['url']}" for h in hops) + f" -> {final_url}"
+    if _same_place(route.url, final_url):
+        return Check(name="redirect", passed=True, detail=f"back on the route: {chain}")
+    allowed = any(final_url.startswith(a) if "://" in a
+                  else urlparse(final_url).path.rstrip("/") == a.rstrip("/")
+                  for a in route.allow_redirect_to)
+    return Check(name="redirect", passed=allowed,
+                 detail=(f"allowed by allow_redirect_to: {chain}" if allowed else
+                         f"redirected away from the route: {chain}"))
+
+
 def read(name: str, route: Route, env: Mapping[str, str],
-         client: httpx.Client | None = None) -> Reading:
-    """One reading of the real page."""
+         client: httpx.Client | None = None, timeout: float | None = None) -> Reading:
+    """One reading of the real page (``timeout`` caps the route's own timeout)."""
     secrets = secret_values(env, [route.auth.env] if route.auth else [])
     headers = _auth_headers(route, env)
     own = client is None
-    client = client or httpx.Client(timeout=route.timeout, follow_redirects=True)
+    client = client or client_for(route)
+    limit = min(route.timeout, timeout) if timeout is not None else route.timeout
     t0 = time.perf_counter()
+    hops: list[dict[str, Any]] = []
+    final_url: str | None = None
     try:
-        response = client.request(route.method, route.url, headers=headers)
+        response = client.request(route.method, route.url, headers=headers, timeout=limit)
         body = response.text
         status: int | None = response.status_code
         error = None
+        hops = [{"status": r.status_code, "url": str(r.url)} for r in response.history]
+        final_url = str(response.url)
     except httpx.TimeoutException as exc:
-        body, status, error = "", None, f"timed out after {route.timeout:g} s ({exc!r})"
+        body, status, error = "", None, f"timed out after {limit:g} s ({exc!r})"
     except httpx.HTTPError as exc:
         body, status, error = "", None, f"{type(exc).__name__}: {exc}"
     finally:
@@ -88,6 +126,8 @@ def read(name: str, route: Route, env: Mapping[str, str],
     ms = round((time.perf_counter() - t0) * 1000, 3)
     checks = [Check(name="reachable", passed=error is None, detail=error or "answered", ms=ms)]
     if error is None:
+        if hops and final_url:
+            checks.append(_redirect_check(route, final_url, hops))
         checks.append(Check(name="status", passed=status == route.expect_status,
                             detail=f"{status} (expected {route.expect_status})"))
         for text in route.must_contain:
@@ -102,7 +142,21 @@ def read(name: str, route: Route, env: Mapping[str, str],
         c.detail = redact(c.detail, secrets)
     snippet = redact(" ".join(body.split())[:SNIPPET], secrets)
     return Reading(name, route.url, all(c.passed for c in checks), status, ms, checks,
-                   snippet, redact(error, secrets) if error else None)
+                   snippet, redact(error, secrets) if error else None,
+                   redact(final_url, secrets) if final_url else None,
+                   [{**h, "url": redact(h["url"], secrets)} for h in hops])
 
 
-__all__ = ["Reading", "describe_route", "read"]
+def read_or_fail(name: str, route: Route, env: Mapping[str, str],
+                 client: httpx.Client | None = None, timeout: float | None = None) -> Reading:
+    """:func:`read`, except that missing credentials fail this route alone (a reading
+    with a failed ``credentials`` check) instead of raising."""
+    try:
+        return read(name, route, env, client, timeout)
+    except ConfigError as exc:
+        return Reading(name, route.url, False, None, 0.0,
+                       [Check(name="credentials", passed=False, detail=exc.message)],
+                       "", exc.message)
+
+
+__all__ = ["Reading", "client_for", "describe_route", "read", "read_or_fail"]
