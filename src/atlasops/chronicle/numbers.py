@@ -56,7 +56,8 @@ def is_builtin(r: DayReceipt) -> bool:
 
 def git_numbers(commits: list[Commit] | None, infos: list[SourceInfo]) -> list[Number]:
     down = [i for i in infos if not i.available]
-    reason = "; ".join(f"{i.name} unavailable: {i.reason}" for i in down)
+    reason = "; ".join(f"{i.name}{' unavailable' if commits is not None else ''}: {i.reason}"
+                       for i in down)
     how = "commits whose committer date falls on the day (UTC), on any branch, tag or remote"
     out = []
     for key, label, short, part_of, pick in (
