@@ -87,7 +87,11 @@ def chronicle_check(
 ) -> None:
     """Check a post's numbers and sent/posted/fixed/restored claims against the day's facts.
 
-    Exit 1 if any claim is unsupported or contradicted.
+    A number next to a countable noun ("8 commits", "Emails sent: 0") must match the
+    chronicle's number; dates, times, ids and quotations are not claims. "Fixed" must
+    match what was fixed; "restored" must name the backup (or the journal) and the loss
+    boundary in that sentence or the next. Exit 1 if any claim is unsupported or
+    contradicted. See docs/chronicle.md.
     """
     try:
         text = post.read_text(encoding="utf-8")
