@@ -1,10 +1,10 @@
 """``atlas chronicle check``: hold a post written by a person or a model to the facts.
 
-It extracts the numeric claims ("8 commits", "Emails sent: 0") and the
-sent / posted / fixed / restored claims, matches each against the day's
-chronicle, and lists what is unsupported or contradicted. A post that says
-"restored from backup" without naming the backup or the loss boundary is
-flagged, because that is the claim that hides the most.
+It reads the post's numeric claims (``claims.py``) and its sent / posted / fixed /
+restored claims, matches each against the day's chronicle, and lists what is
+unsupported or contradicted. A post that says "restored from backup" without
+naming the backup (or the journal) and the loss boundary, in that sentence or the
+next, is flagged: that is the claim that hides the most.
 """
 
 from __future__ import annotations
@@ -13,24 +13,33 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-NOUNS: list[tuple[str, str]] = [
-    (r"agent jobs?|jobs?(?: run)?", "jobs_run"),
-    (r"prospects?(?: added)?|new leads?", "prospects_added"),
-    (r"(?:prospect )?emails?(?: sent)?|sends?", "emails_sent"),
-    (r"social posts?|public posts?|posts?", "social_posts"),
-    (r"content published or deployed receipts?|deploy(?:ment)? receipts?|deploys?",
-     "content_or_deploys"),
-    (r"content drafts?|articles?(?: drafts?)?", "content_drafts"),
-    (r"validated backups?|backups?(?: validated)?", "backups_validated"),
-    (r"checks? failed|failed checks?|failing checks?", "checks_failed"),
-    (r"checks?(?: run)?", "checks_run"),
-    (r"agent commits?", "commits_agent"),
-    (r"commits?(?: total)?", "commits_total"),
-]
-NUMBER = r"(\d[\d,]*|zero)"
-# "prospect emails" are emails, not prospects: a noun followed by another noun is not it
-NOT_A_MODIFIER = r"(?!\s+(?:emails?|posts?|sends?|drafts?|packets?|lists?|sequences?))"
-WORDS = {"zero": 0, "no": 0}
+from .claims import NOT_NOW, Found, clause_after, clause_before, denoise, numbers, sentences
+
+NEGATION = re.compile(r"\b(?:not|never|no|zero|none|nothing|without|didn't|did not|"
+                      r"wasn't|weren't|hasn't|haven't|isn't)\b|n't\b")
+REVIEW = re.compile(r"\bto (?:the owner|me|him|her|the founder)\b|for review|for iteration|"
+                    r"owner's inbox")
+NO_LOSS = re.compile(r"\bnothing (?:was |is |has been )?lost\b|\bno (?:data |events? |rows? |"
+                     r"records? )?(?:was |were |has been |have been )?lost\b|\bwithout (?:any )?"
+                     r"(?:data )?loss\b|\bno (?:data )?loss\b|\blost nothing\b")
+LOSS = re.compile(r"\blost events?\b|\bevents? [\d., ]+(?:were |was |are )?lost\b|"
+                  r"\b(?:could|can|will)(?: not|n't) be recovered\b|\bcannot be recovered\b|"
+                  r"\b(?:was|were) not recovered\b|\bnot recoverable\b|\bunrecoverable\b|"
+                  r"\brows written after\b|\bdata loss\b|\b(?:was|were) lost\b")
+RESTORE = re.compile(r"\b(?:restored|recovered)\b")  # "can restore": not a claim
+FIX = re.compile(r"\b(?:fixed|repaired|back online|came back|comes back|working again|"
+                 r"works again)\b")
+TEMPORAL = re.compile(r"\b(?:when|until|before|after|once)\b")
+STOPWORDS = set("""a an the and or but of to in on at by for from with as is was were be been
+being it its this that these those we i our they he she his her their my me you your has have
+had did does do done not no never nothing none now today also again finally just still yet
+then so very all every everything anything something fixed repaired back online came comes
+working works again got get gets become became becomes is are page pages route routes site
+sites app application service services system systems thing things issue issues problem
+problems bug bugs error errors user users because which who what when there here up down
+over into after before once until some more most how""".split())
+LEDGER_WORDS = {"database", "databases", "ledger", "db", "leads", "lead", "sqlite", "index",
+                "indexes", "indices", "journal", "file", "data", "table", "tables", "backup"}
 
 
 @dataclass
@@ -47,155 +56,213 @@ class Claim:
         return asdict(self)
 
 
-def _sentences(text: str) -> list[str]:
-    text = re.sub(r"[*_`#>]", "", text)
-    parts = re.split(r"(?<=[.!?])\s+|\n+", text)
-    return [p.strip(" -•\t") for p in parts if p.strip(" -•\t")]
+def facts(chronicle: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every number of the chronicle by key; several numbers with one key (drafts held
+    for two reasons) add up. Commits per person are ``commits_by:<name>``."""
+    out: dict[str, dict[str, Any]] = {}
+    every = [*chronicle["numbers"], *chronicle["gate"].get("numbers", []),
+             *chronicle["next"].get("numbers", [])]
+    for n in every:
+        if n["key"] in out and n["value"] is not None and out[n["key"]]["value"] is not None:
+            out[n["key"]] = {**out[n["key"]], "value": out[n["key"]]["value"] + n["value"]}
+        else:
+            out.setdefault(n["key"], n)
+    total = out.get("commits_total")
+    for name in _authors(chronicle):
+        value = None if total is None or total["value"] is None else sum(
+            1 for c in chronicle["commits"] if not c["agent"] and name in _names(c["author"]))
+        out[f"commits_by:{name}"] = {**(total or {}), "key": f"commits_by:{name}",
+                                     "label": f"Commits by {name.title()}", "value": value}
+    return out
 
 
-def _value(token: str) -> int:
-    if token.lower() in WORDS:
-        return WORDS[token.lower()]
-    return int(token.replace(",", ""))
+def _names(author: str) -> set[str]:
+    low = author.casefold().strip()
+    return {low, low.split(" ")[0]} if low else set()
+
+
+def _authors(chronicle: dict[str, Any]) -> list[str]:
+    names = set(_names(chronicle.get("owner", {}).get("name", "")))
+    for c in chronicle["commits"]:
+        if not c["agent"]:
+            names |= _names(c["author"])
+    return sorted(n for n in names if n.isalpha() or " " in n)
 
 
 def check_post(text: str, chronicle: dict[str, Any]) -> list[Claim]:
-    numbers = {n["key"]: n for n in chronicle["numbers"]}
+    known = facts(chronicle)
+    authors = _authors(chronicle)
+    incidents = chronicle["broke"].get("incidents", [])
+    owner = chronicle.get("owner", {}).get("name", "").casefold().split(" ")[0]
+    said = sentences(text)
     claims: list[Claim] = []
-    receipts_by_kind = _receipts(chronicle)
-    for sentence in _sentences(text):
-        claims += _numeric(sentence, numbers)
-        claims += _qualitative(sentence, text, numbers, receipts_by_kind)
+    for i, sentence in enumerate(said):
+        found = numbers(sentence, authors)
+        claims += [_number(sentence, f, known) for f in found]
+        keys = {f.key for f in found}
+        low = sentence.lower()
+        for verb, key, what in ((r"\b(?:sent|e-?mailed|mailed|send)\b", "emails_sent",
+                                 "emails"),
+                                (r"\b(?:posted|published (?:a |the )?(?:post|tweet|thread))\b",
+                                 "social_posts", "posts")):
+            if key not in keys:
+                claims += _did(sentence, low, verb, what, known.get(key), owner)
+        claims += _fixed(sentence, low, incidents)
+        window = " ".join(said[i:i + 2])
+        claims += _restored(sentence, low, window, chronicle["broke"])
     return claims
 
 
-def _receipts(chronicle: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for item in chronicle["broke"]:
-        out.setdefault(item["kind"], []).append(item)
-    return out
+def _number(sentence: str, f: Found, known: dict[str, dict[str, Any]]) -> Claim:
+    if f.key is None:
+        return Claim(sentence, "number", f.noun, f.value, None, "unsupported",
+                     f"no fact for {f.noun}: the chronicle does not count them")
+    fact = known.get(f.key)
+    if fact is None:
+        return Claim(sentence, "number", f.key, f.value, None, "unsupported",
+                     f"no fact for {f.key.replace('_', ' ')} on this day")
+    actual = fact["value"]
+    if actual is None:
+        return Claim(sentence, "number", f.key, f.value, None, "unsupported", fact["display"])
+    where = f"{fact['label']} was {actual} ({fact['source']}: {fact['how']})"
+    if fact.get("at_least"):
+        if f.value < actual:
+            return Claim(sentence, "number", f.key, f.value, actual, "contradicted",
+                         f"{fact['label']} was at least {actual} ({fact['reason']})")
+        return Claim(sentence, "number", f.key, f.value, actual, "unsupported",
+                     f"{fact['label']} is at least {actual}: {fact['reason']}")
+    if actual == f.value:
+        return Claim(sentence, "number", f.key, f.value, actual, "supported",
+                     f"matches {fact['source']}: {fact['how']}")
+    return Claim(sentence, "number", f.key, f.value, actual, "contradicted", where)
 
 
-def _numeric(sentence: str, numbers: dict[str, dict[str, Any]]) -> list[Claim]:
-    found: list[Claim] = []
-    seen: set[tuple[str, int]] = set()
-    low = sentence.lower()
-    # "Label: N" (the chronicle's own list style) and "N noun" (prose)
-    for pattern, key in NOUNS:
-        for m in re.finditer(rf"\b({pattern})\s*:\s*{NUMBER}\b", low):
-            _add(found, seen, sentence, key, _value(m.group(2)), numbers)
-        for m in re.finditer(rf"\b{NUMBER}\s+(?:new\s+|approved\s+)?({pattern})\b"
-                             rf"{NOT_A_MODIFIER}", low):
-            _add(found, seen, sentence, key, _value(m.group(1)), numbers)
-    agent = re.search(r"\(\s*(\d+)\s+agent\b", low)
-    if agent:
-        _add(found, seen, sentence, "commits_agent", int(agent.group(1)), numbers)
-    return found
+def _did(sentence: str, low: str, verb: str, what: str, fact: dict[str, Any] | None,
+         owner: str) -> list[Claim]:
+    """A sent or posted claim without a number: "we sent the partner emails"."""
+    for m in re.finditer(verb, low):
+        before = clause_before(low, m.start())
+        clause = before + low[m.start():]
+        if what == "emails" and not re.search(r"prospect|e-?mail|outreach|lead|partner|"
+                                              r"campaign|sequence|draft", clause):
+            continue
+        if REVIEW.search(clause) or (owner and re.search(rf"\bto {re.escape(owner)}\b",
+                                                         clause)):
+            continue  # a mail to the owner, for review, is not a send
+        negated = bool(NEGATION.search(" ".join(before.split()[-4:])))
+        if m.group(0) == "send" and not negated:
+            continue  # "we will send", "to send": not a claim about the day
+        if NOT_NOW.search(before):
+            continue
+        return [_judge(sentence, what, "none" if negated else "some", fact)]
+    return []
 
 
-def _clause(text: str, at: int) -> str:
-    """The clause (between commas, semicolons or dashes) that holds position ``at``."""
-    start = max(text.rfind(sep, 0, at) for sep in (",", ";", " - ", " but ")) + 1
-    ends = [i for i in (text.find(sep, at) for sep in (",", ";", " - ", " but ")) if i != -1]
-    return text[start:min(ends) if ends else len(text)]
-
-
-def _add(found: list[Claim], seen: set[tuple[str, int]], sentence: str, key: str,
-         value: int, numbers: dict[str, dict[str, Any]]) -> None:
-    if (key, value) in seen or any(c.fact == key for c in found):
-        return
-    seen.add((key, value))
-    fact = numbers.get(key)
+def _judge(sentence: str, what: str, claimed: str, fact: dict[str, Any] | None) -> Claim:
+    key = "emails_sent" if what == "emails" else "social_posts"
     if fact is None or fact["value"] is None:
-        why = "no fact to check it against" if fact is None else fact["display"]
-        found.append(Claim(sentence, "number", key, value, None, "unsupported", why))
-    elif fact["value"] == value:
-        found.append(Claim(sentence, "number", key, value, fact["value"], "supported",
-                           f"matches {fact['source']}"))
-    else:
-        found.append(Claim(sentence, "number", key, value, fact["value"], "contradicted",
-                           f"{fact['label']} was {fact['value']} ({fact['source']})"))
+        return Claim(sentence, what, key, claimed, None, "unsupported",
+                     "the source is unavailable" if fact is None else fact["display"])
+    actual = fact["value"]
+    if claimed == "none" and fact.get("at_least"):
+        return Claim(sentence, what, key, claimed, actual, "unsupported", fact["display"])
+    if (claimed == "none") == (actual == 0):
+        return Claim(sentence, what, key, claimed, actual, "supported",
+                     f"{fact['label']}: {fact['display']}")
+    return Claim(sentence, what, key, claimed, actual, "contradicted",
+                 f"{fact['label']} was {fact['display']} ({fact['source']}: {fact['how']})")
 
 
-def _qualitative(sentence: str, post: str, numbers: dict[str, dict[str, Any]],
-                 broke: dict[str, list[dict[str, Any]]]) -> list[Claim]:
-    low = sentence.lower()
-    out: list[Claim] = []
-    for verb, key, what in ((r"\b(sent|send|emailed|mailed)\b", "emails_sent", "emails"),
-                            (r"\b(posted|published a post)\b", "social_posts", "posts")):
-        if re.search(r"\d", low):
-            continue
-        m = None
-        for candidate in re.finditer(verb, low):
-            # the clause that holds the verb: a review mail to the owner is not a send
-            clause = _clause(low, candidate.start())
-            if what == "emails" and not re.search(r"prospect|email|outreach|lead|partner",
-                                                  clause):
-                continue
-            if re.search(r"\bto (matt|the owner|me|him|her|the founder)\b|for review|"
-                         r"for iteration", clause):
-                continue
-            m = candidate
-            break
-        if m is None:
-            continue
-        # negation counts only when it governs the verb ("did not send", "no emails sent")
-        before = clause[:clause.find(m.group(0))]
-        negated = bool(re.search(r"\b(not|never|no|zero|0|didn't|without|nothing)\b"
-                                 r"(\W+\w+){0,3}\W*$", before)) or bool(
-            re.search(r"^\W*(no|zero|0)\b", clause))
-        fact = numbers.get(key)
-        if fact is None or fact["value"] is None:
-            out.append(Claim(sentence, what, key, "none" if negated else "some", None,
-                             "unsupported", "the source is unavailable"))
-        elif negated == (fact["value"] == 0):
-            out.append(Claim(sentence, what, key, "none" if negated else "some",
-                             fact["value"], "supported", f"{fact['label']}: {fact['value']}"))
-        else:
-            out.append(Claim(sentence, what, key, "none" if negated else "some",
-                             fact["value"], "contradicted",
-                             f"{fact['label']} was {fact['value']} ({fact['source']})"))
-    if re.search(r"\b(fixed|back online|came back|repaired)\b", low) and not re.search(
-            r"\bnot (fixed|repaired)\b", low):
-        fixed = [r for r in broke.get("repair", []) if r["outcome"] == "fixed"]
-        recovered = [r for r in broke.get("recovery", [])
-                     if r["outcome"] in ("recovered", "recovered_with_loss")]
-        if fixed or recovered:
-            out.append(Claim(sentence, "fixed", "repair", "fixed", len(fixed) + len(recovered),
-                             "supported", f"{len(fixed)} fixed repair(s) with a readback"))
-        else:
-            out.append(Claim(sentence, "fixed", "repair", "fixed", 0, "unsupported",
-                             "no repair receipt with outcome fixed (a readback) on this day"))
-    if re.search(r"\b(restored|recovered|restore)\b", low):
-        recoveries = broke.get("recovery", [])
-        lossless = any(r["outcome"] == "recovered" for r in recoveries)
-        claims_no_loss = bool(re.search(r"nothing (was )?lost|no (data|loss|rows?|events?) "
-                                        r"(was |were )?lost|without (any )?loss|no loss",
-                                        post.lower()))
-        if recoveries and claims_no_loss and not lossless:
-            out.append(Claim(sentence, "restored", "recovery", "no loss", "with loss",
-                             "contradicted", "the recovery receipt states a loss: "
-                             + str(recoveries[0]["boundary"])))
-            return out
-        if not recoveries:
-            out.append(Claim(sentence, "restored", "recovery", "restored", 0, "unsupported",
-                             "no recovery receipt on this day"))
-        else:
-            names = [r["backup"] for r in recoveries]
-            named = any(n and n in post for n in names)
-            bounded = bool(re.search(r"\b(lost|loss|boundary|could not be recovered|"
-                                     r"not recoverable|unrecoverable|recovery point|"
-                                     r"events? \d+)", post.lower()))
-            if named and bounded:
-                out.append(Claim(sentence, "restored", "recovery", "restored", names,
-                                 "supported", "names the backup and the loss boundary"))
-            else:
-                missing = [w for w, ok in (("the backup", named), ("the loss boundary",
-                                                                     bounded)) if not ok]
-                out.append(Claim(sentence, "restored", "recovery", "restored", names,
-                                 "unsupported", "says it was restored without naming "
-                                 + " or ".join(missing) + f" (the receipt names {names[0]})"))
-    return out
+def _fixed(sentence: str, low: str, incidents: list[dict[str, Any]]) -> list[Claim]:
+    m = FIX.search(low)
+    if m is None:
+        return []
+    before = clause_before(low, m.start())
+    if NOT_NOW.search(before) and not NEGATION.search(before):
+        return []
+    negated = bool(NEGATION.search(before))
+    if negated and TEMPORAL.search(low):
+        return []  # "it did not become fixed when the build completed": about timing
+    # the subject: before the verb ("the page came back"), or after it when the verb is
+    # an adjective ("the repaired database")
+    about = (clause_after(low, m.end()) if re.search(r"\b(?:the|a|an|its)\s*$", before)
+             else before)
+    subject = set(re.findall(r"[a-z][a-z0-9]+", denoise(about))) - STOPWORDS
+    if re.search(r"\b(?:nothing|none)\b", before):
+        subject = set()  # "nothing was fixed": about every incident
+    fixed = [i for i in incidents if i["outcome"] in ("fixed", "recovered",
+                                                      "recovered_with_loss")]
+    matching = [i for i in incidents if not subject or subject & _words(i)]
+    good = [i for i in matching if i in fixed]
+    if negated:
+        if good:
+            return [Claim(sentence, "fixed", "repair", "not fixed", len(good), "contradicted",
+                          f"{good[0]['title']} (receipt #{good[0]['receipt']})")]
+        return [Claim(sentence, "fixed", "repair", "not fixed", 0, "supported",
+                      "no repair or recovery fixed it on this day")]
+    if good:
+        return [Claim(sentence, "fixed", "repair", "fixed", len(good), "supported",
+                      f"{good[0]['title']} (receipt #{good[0]['receipt']})")]
+    if matching:
+        return [Claim(sentence, "fixed", "repair", "fixed", 0, "contradicted",
+                      f"{matching[0]['title']} (receipt #{matching[0]['receipt']})")]
+    what = " ".join(sorted(subject))
+    return [Claim(sentence, "fixed", "repair", "fixed", 0, "unsupported",
+                  (f"no repair or recovery on this day is about {what!r}; fixed that day: "
+                   + "; ".join(i["title"] for i in fixed)) if fixed else
+                  "no repair receipt with outcome fixed (a readback) and no recovery on "
+                  "this day")]
 
 
-__all__ = ["Claim", "check_post"]
+def _words(incident: dict[str, Any]) -> set[str]:
+    text = " ".join(str(incident.get(k) or "") for k in ("title", "route", "symptom",
+                                                          "boundary")).lower()
+    words = set(re.findall(r"[a-z][a-z0-9]+", text)) - STOPWORDS
+    return words | LEDGER_WORDS if incident["kind"] in ("recovery", "detection") else words
+
+
+def _restored(sentence: str, low: str, window: str, broke: dict[str, Any]) -> list[Claim]:
+    masked = LOSS.sub(lambda m: " " * len(m.group(0)), low)
+    m = RESTORE.search(masked)
+    if m is None:
+        return []
+    before = clause_before(masked, m.start())
+    if NOT_NOW.search(before) and not NEGATION.search(before):
+        return []
+    if not broke.get("known", True):
+        return [Claim(sentence, "restored", "recovery", "restored", None, "unsupported",
+                      f"the ledger could not be read ({broke.get('reason')})")]
+    recoveries = [i for i in broke.get("incidents", []) if i["kind"] == "recovery"]
+    done = [r for r in recoveries if r["outcome"] in ("recovered", "recovered_with_loss")]
+    if NEGATION.search(" ".join(before.split()[-4:])):
+        status = "contradicted" if done else "supported"
+        return [Claim(sentence, "restored", "recovery", "not restored", len(done), status,
+                      f"{len(done)} recovery receipt(s) on this day")]
+    if not done:
+        why = ("the recovery failed: " + recoveries[0]["boundary"] if recoveries
+               else "no recovery receipt on this day")
+        return [Claim(sentence, "restored", "recovery", "restored", 0,
+                      "contradicted" if recoveries else "unsupported", why)]
+    near = window.lower()
+    named = [r for r in done if (r["backup"] or "journal").lower() in near]
+    r = (named or done)[0]
+    source = r["backup"] or "the journal (no backup was used)"
+    no_loss, loss = bool(NO_LOSS.search(near)), bool(LOSS.search(near))
+    if no_loss and r["outcome"] == "recovered_with_loss":
+        return [Claim(sentence, "restored", "recovery", "no loss", "with loss", "contradicted",
+                      f"the recovery receipt states a loss: {r['boundary']}")]
+    if loss and not no_loss and r["outcome"] == "recovered":
+        return [Claim(sentence, "restored", "recovery", "with loss", "no loss", "contradicted",
+                      f"the recovery receipt says: {r['boundary']}")]
+    missing = [w for w, ok in ((f"the backup ({source})" if r["backup"] else
+                                "its source (the journal: no backup was used)", named),
+                               ("the loss boundary", no_loss or loss)) if not ok]
+    if not missing:
+        return [Claim(sentence, "restored", "recovery", "restored", source, "supported",
+                      "names the recovery point and the loss boundary")]
+    return [Claim(sentence, "restored", "recovery", "restored", source, "unsupported",
+                  "says it was restored without naming " + " or ".join(missing)
+                  + " in this sentence or the next")]
+
+
+__all__ = ["Claim", "check_post", "facts"]

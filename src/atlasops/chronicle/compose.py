@@ -1,27 +1,26 @@
 """Compose the day's chronicle from its sources, deterministically.
 
-Every number carries its source; a number whose source is unavailable is
-``unknown (source unavailable: why)``. Confidence is stated per section and
-overall, and drops with each source a section needs that could not be read.
+Every number carries its source (a footnote into the Sources list, and a JSON
+field); a number whose source is unavailable is ``unknown (source unavailable:
+why)``. Confidence is stated per section and overall, and drops with each source
+a section needs that could not be read, or was read but may not be whole.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+import re
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ..errors import InputError
 from ..workspace import Workspace
-from .sources import (
-    Commit,
-    LedgerDay,
-    SourceInfo,
-    read_git,
-    read_ledger,
-    read_status_files,
-    read_worklog_file,
-)
+from .files import read_status_files, read_worklog_file
+from .gitlog import Commit, read_git
+from .incidents import incidents
+from .numbers import Number, git_numbers, held_numbers, is_builtin, ledger_numbers, waiting_numbers
+from .prose import Line, age, are, clock, count, join, sentence, were
+from .sources import LedgerDay, SourceInfo, read_ledger
+from .timeline import NOUNS, timeline
 
 SECTION_SOURCES = {
     "What Got Built": ("ledger", "git", "worklog"),
@@ -32,44 +31,35 @@ SECTION_SOURCES = {
     "What's Next": ("ledger", "status"),
 }
 LEVELS = ("low", "medium", "high")
-
-
-@dataclass
-class Number:
-    key: str
-    label: str
-    value: int | None
-    source: str
-    reason: str = ""
-
-    @property
-    def display(self) -> str:
-        if self.value is None:
-            return f"unknown (source unavailable: {self.reason})"
-        return str(self.value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "label": self.label, "value": self.value,
-                "display": self.display, "source": self.source, "reason": self.reason or None}
+GROUP_OVER = 5  # more receipts of one kind than this are one line in What Got Built
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def parse_day(value: str | None) -> date:
+    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC); never in the future."""
     today = datetime.now(UTC).date()
-    if value is None:
+    if value is None or value == "today":
         return today
+    if value == "yesterday":
+        return today - timedelta(days=1)
     try:
+        if not DAY.fullmatch(value):
+            raise ValueError(value)
         day = date.fromisoformat(value)
     except ValueError as exc:
-        raise InputError(f"--date {value!r} is not a date (YYYY-MM-DD)") from exc
+        raise InputError(f"--date {value!r} is not a date: use YYYY-MM-DD, 'today' or "
+                         "'yesterday'") from exc
     if day > today:
         raise InputError(f"{day} is in the future: there is nothing to chronicle yet")
     return day
 
 
+# -- confidence -----------------------------------------------------------------
+
 def _group(infos: list[SourceInfo]) -> dict[str, list[SourceInfo]]:
     out: dict[str, list[SourceInfo]] = {}
     for i in infos:
-        key = {"git": "git", "status file": "status", "work log": "worklog"}.get(i.kind, i.kind)
+        key = {"status file": "status", "work log": "worklog"}.get(i.kind, i.kind)
         out.setdefault(key, []).append(i)
     return out
 
@@ -81,226 +71,262 @@ def _confidence(needed: tuple[str, ...], groups: dict[str, list[SourceInfo]]
         for info in groups.get(name, []):
             if not info.available:
                 missing.append(f"{info.name} unavailable: {info.reason}")
-            elif "stale" in info.reason:  # read, but it may no longer describe today
-                missing.append(f"{info.name} {info.reason}")
-    ledger_missing = any(not i.available for i in groups.get("ledger", []))
+            elif info.degraded:  # read, but it may not be whole or current
+                missing.append(f"{info.name}: {info.reason}")
     level = 2 - min(2, len(missing))
-    if ledger_missing and "ledger" in needed:
+    if "ledger" in needed and any(not i.available or i.degraded
+                                  for i in groups.get("ledger", [])):
         level = 0
     return LEVELS[level], missing
 
 
-def _headline(ledger: LedgerDay | None, commits: list[Commit] | None) -> dict[str, str]:
+# -- the headline and the opening lines -----------------------------------------
+
+def _headline(ledger: LedgerDay | None, commits: list[Commit] | None,
+              info: SourceInfo) -> dict[str, str]:
     if ledger is None:
-        return {"text": "The ledger could not be read, so today's record is incomplete.",
-                "rule": "ledger unavailable"}
-    by_kind: dict[str, list[dict[str, Any]]] = {}
-    for r in ledger.receipts:
-        by_kind.setdefault(r["kind"], []).append(r)
-    for r in by_kind.get("recovery", []):
-        if r["outcome"] in ("recovered_with_loss", "failed"):
-            return {"text": f"The ledger failed and was recovered with a stated loss: "
-                            f"{r['body']['loss']['statement']}", "rule": "incident with loss"}
-    for r in by_kind.get("recovery", []):
-        if r["outcome"] == "recovered":
-            b = r["body"].get("backup") or {}
-            return {"text": f"The live database became malformed and was recovered from "
-                            f"{b.get('name') or 'the journal'}, with the recovery point and "
-                            f"loss boundary named: {r['body']['loss']['statement']}",
-                    "rule": "recovered incident"}
-    if ledger.counts.get("db.corruption.detected"):
-        return {"text": "Database corruption was detected and has not been recovered yet.",
-                "rule": "open incident"}
-    repairs = by_kind.get("repair", [])
-    for r in repairs:
-        if r["outcome"] == "not_fixed":
-            return {"text": r["summary"], "rule": "failed repair"}
-    for r in repairs:
-        if r["outcome"] == "fixed":
-            return {"text": r["summary"], "rule": "repair"}
-    if by_kind.get("deploy"):
-        n = len(by_kind["deploy"])
-        return {"text": f"{n} deploy receipt(s) landed.", "rule": "deploy"}
+        return {"text": f"The ledger could not be read ({info.reason}), so the day's "
+                        "record is incomplete.", "rule": "ledger unavailable"}
+    for outcome, rule in (("recovered_with_loss", "incident with loss"),
+                          ("failed", "failed recovery"), (None, "open incident"),
+                          ("recovered", "recovered incident")):
+        if outcome is None and (ledger.detection is not None or ledger.damaged_tables):
+            why = ("corruption was detected" if ledger.detection is not None else
+                   "quick_check fails for " + join([t.split(" ")[0]
+                                                    for t in ledger.damaged_tables]))
+            return {"text": f"The ledger is damaged ({why}) and has not been recovered yet.",
+                    "rule": rule}
+        for r in ledger.of_kind("recovery"):
+            if r.outcome == outcome:
+                return {"text": _recovery_headline(r.outcome, r.body), "rule": rule}
+    for outcome, rule in (("not_fixed", "failed repair"), ("fixed", "repair")):
+        for r in ledger.of_kind("repair"):
+            if r.outcome == outcome:
+                route = r.subject.removeprefix("route:")
+                text = (f"Route {route} was failing and was repaired: "
+                        f"{r.summary.removeprefix('Fixed: ')}" if outcome == "fixed" else
+                        f"Route {route} is failing and its repair did not fix it: "
+                        f"{r.summary.removeprefix('Not fixed: ')}")
+                return {"text": sentence(text), "rule": rule}
+    deploys = ledger.of_kind("deploy")
+    if deploys:
+        sites = sorted({d.subject.removeprefix("site:") for d in deploys})
+        return {"text": f"{count(len(deploys), 'deploy')} landed: {join(sites[:5])}.",
+                "rule": "deploy"}
     if ledger.emails_sent:
-        return {"text": f"{ledger.emails_sent} email(s) were sent.", "rule": "sends"}
+        return {"text": f"{count(ledger.emails_sent, 'email')} {were(ledger.emails_sent)} "
+                        "sent.", "rule": "sends"}
     if commits:
-        return {"text": f"{len(commits)} commit(s) landed.", "rule": "commits"}
+        return {"text": f"{count(len(commits), 'commit')} landed.", "rule": "commits"}
     if ledger.events_total == 0:
         return {"text": "Nothing happened: no event was recorded on this day.",
                 "rule": "empty day"}
-    return {"text": f"A quiet day: {ledger.events_total} event(s) recorded, no incident.",
+    return {"text": f"A quiet day: {count(ledger.events_total, 'event')} "
+                    f"{were(ledger.events_total)} recorded and nothing broke.",
             "rule": "quiet day"}
 
 
-def _numbers(ledger: LedgerDay | None, ledger_info: SourceInfo,
-             commits: list[Commit] | None, git_infos: list[SourceInfo]) -> list[Number]:
-    git_reason = "; ".join(f"{i.name}: {i.reason}" for i in git_infos if not i.available)
-    git_src = ", ".join(i.location for i in git_infos)
+def _recovery_headline(outcome: str, body: dict[str, Any]) -> str:
+    backup = body.get("backup") or {}
+    source = (f"backup {backup['name']} (recovery point: event {backup.get('hwm_event_id')})"
+              if backup.get("name") else "the journal alone (no backup was used)")
+    if outcome == "failed":
+        return "The ledger was damaged and its recovery failed; nothing was changed."
+    if outcome == "recovered":
+        return f"The ledger was damaged and was restored from {source}; nothing was lost."
+    ranges = (body.get("loss") or {}).get("lost_event_ranges") or []
+    lost = (f"events {', '.join(f'{a}..{b}' for a, b in ranges)} could not be recovered"
+            if ranges else "the loss is stated in What Broke")
+    return f"The ledger was damaged and was restored from {source}, but {lost}."
+
+
+def _lede(numbers: dict[str, Number]) -> list[Line]:
     out = []
-    for key, label, fn in (
-            ("commits_total", "Commits", lambda c: len(c)),
-            ("commits_agent", "Commits by agents", lambda c: sum(x.agent for x in c)),
-            ("commits_human", "Commits by people", lambda c: sum(not x.agent for x in c))):
-        out.append(Number(key, label, None if commits is None else fn(commits),
-                          f"git log ({git_src})", git_reason))
-    reason = ledger_info.reason
-    src = f"ledger ({ledger_info.location})"
-
-    def n(key: str, label: str, value: Any, how: str) -> Number:
-        return Number(key, label, None if ledger is None else int(value(ledger)),
-                      f"{src}: {how}", reason)
-
-    ambiguous = ledger.emails_ambiguous if ledger is not None else 0
-
-    def receipts(kind: str, outcome: str | None = None) -> Any:
-        return lambda d: sum(1 for r in d.receipts if r["kind"] == kind
-                             and (outcome is None or r["outcome"] == outcome))
-
-    out += [
-        n("jobs_run", "Agent jobs run", receipts("job.run"), "job.run receipts"),
-        n("prospects_added", "Prospects added", lambda d: d.counts.get("lead.created", 0),
-          "lead.created events"),
-        n("emails_sent", "Emails sent", lambda d: d.emails_sent,
-          "draft.sent and resolved-as-sent events outside outbound.review"),
-        n("social_posts", "Social posts", lambda d: d.public_posts,
-          "public_posts counters of receipts"),
-        n("content_or_deploys", "Content published or deployed receipts",
-          lambda d: receipts("deploy")(d) + sum(
-              1 for r in d.receipts if r["kind"] == "content.publish"),
-          "deploy and content.publish receipts"),
-        n("content_drafts", "Content drafts added", lambda d: d.counts.get("content.added", 0),
-          "content.added events"),
-        n("backups_validated", "Backups validated", receipts("backup", "ok"),
-          "backup receipts with outcome ok"),
-        n("checks_run", "Checks run", lambda d: sum(
-            1 for r in d.receipts if r["kind"] in ("route.check", "ledger.verify")),
-          "route.check and ledger.verify receipts"),
-        n("checks_failed", "Checks failed", lambda d: sum(
-            1 for r in d.receipts if r["kind"] in ("route.check", "ledger.verify")
-            and r["outcome"] != "ok"), "the same receipts, outcome not ok"),
-        n("events", "Events recorded", lambda d: d.events_total, "events of the day"),
-    ]
-    if ambiguous:  # a send whose outcome nobody knows yet: the count is not a fact
-        for x in out:
-            if x.key == "emails_sent":
-                x.reason = (f"{ambiguous} send(s) are ambiguous until resolved "
-                            f"(`atlas outbox resolve`); at least {x.value} sent")
-                x.value = None
+    total, agent, human = (numbers[k] for k in ("commits_total", "commits_agent",
+                                                "commits_human"))
+    if total.value is None:
+        out.append(Line(sentence(f"Commits: {total.display}"), total.refs))
+    else:
+        lead = (f"at least {total.value}" if total.at_least else str(total.value))
+        unsure = f" ({total.reason})" if total.at_least else ""
+        out.append(Line(sentence(f"{lead} {'commit' if total.value == 1 else 'commits'} "
+                                 f"landed{unsure}: {agent.value} by agents and {human.value} "
+                                 "by people"), total.refs))
+    sent = numbers["emails_sent"]
+    if sent.value is None:
+        out.append(Line(sentence(f"Emails sent: {sent.display}"), sent.refs))
+    else:
+        out.append(Line(f"{count(sent.value, 'email')} {were(sent.value)} sent"
+                        + (f" ({sent.reason})" if sent.at_least else "") + ".", sent.refs))
     return out
 
 
-def _built(ledger: LedgerDay | None, commits: list[Commit] | None,
-           worklog_file: list[str] | None) -> list[dict[str, str]]:
-    items: list[dict[str, str]] = []
+# -- the sections -----------------------------------------------------------------
+
+def _built(ledger: LedgerDay | None, worklog_file: list[str] | None,
+           ref: dict[str, list[int]]) -> list[Line]:
+    items: list[Line] = []
     if ledger is not None:
-        for r in ledger.receipts:
-            if r["kind"] in ("content.add", "deploy", "packet.review", "leads.import"):
-                items.append({"text": r["summary"], "source": f"receipt #{r['id']}"})
-            elif r["kind"] == "job.run" and r["body"].get("evidence", {}).get("capabilities") \
-                    == "read_only" and r["outcome"] == "ok":
-                items.append({"text": r["summary"], "source": f"receipt #{r['id']}"})
-            elif r["kind"] == "repair" and r["outcome"] == "fixed":
-                items.append({"text": r["summary"], "source": f"receipt #{r['id']}"})
+        items += _imports(ledger, ref["ledger"])
+        for kind in ("packet.review", "content.add", "deploy"):
+            receipts = ledger.of_kind(kind)
+            if len(receipts) > GROUP_OVER:
+                items.append(Line(f"{count(len(receipts), NOUNS[kind])} (receipts "
+                                  f"#{receipts[0].id} to #{receipts[-1].id})."))
+            else:
+                items += [Line(r.summary, [], [r.id]) for r in receipts]
+        items += [Line(f"Route {r.subject.removeprefix('route:')} came back: "
+                       f"{r.summary.removeprefix('Fixed: ')}", [], [r.id])
+                  for r in ledger.of_kind("repair") if r.outcome == "fixed"]
+        items += _agent_jobs(ledger)
         snaps = ledger.counts.get("snapshot.recorded", 0)
         if snaps:
-            items.append({"text": f"{snaps} snapshot(s) refreshed, each with its job run and "
-                                  "hash.", "source": "snapshot.recorded events"})
-        for w in ledger.worklog:
-            items.append({"text": w["text"], "source": f"work log (event #{w['id']})"})
-    for entry in worklog_file or []:
-        items.append({"text": entry, "source": "work-log file"})
-    for c in (commits or [])[:20]:
-        who = "agent" if c.agent else c.author
-        items.append({"text": f"{c.subject} ({who}, {c.repo} {c.sha[:8]})", "source": "git"})
+            items.append(Line(f"{count(snaps, 'snapshot')} {were(snaps)} refreshed, each "
+                              "with its job run and hash.", ref["ledger"]))
+        items += [Line(sentence(w["text"]), ref["ledger"], [w["id"]]) for w in ledger.worklog]
+    items += [Line(sentence(entry), ref.get("worklog", [])) for entry in worklog_file or []]
     return items
 
 
-def _broke(ledger: LedgerDay | None) -> list[dict[str, Any]]:
-    if ledger is None:
+def _imports(ledger: LedgerDay, refs: list[int]) -> list[Line]:
+    imports = ledger.of_kind("leads.import")
+    if not imports:
         return []
+    created = ledger.counts.get("lead.created", 0)
+    updated = ledger.counts.get("lead.updated", 0)
+    files = sorted({r.subject for r in imports if r.subject})
+    return [Line(f"Lead imports ({join(files[:5])}) brought in {count(created, 'new lead')} "
+                 f"and updated {updated} existing {'one' if updated == 1 else 'ones'}.",
+                 refs, [r.id for r in imports][:GROUP_OVER])]
+
+
+def _agent_jobs(ledger: LedgerDay) -> list[Line]:
+    by_name: dict[str, list[Any]] = {}
+    for r in ledger.of_kind("job.run"):
+        if not is_builtin(r):
+            name = r.body.get("evidence", {}).get("job") or r.subject.removeprefix("job:")
+            by_name.setdefault(str(name or "(unnamed)"), []).append(r)
     out = []
-    for r in ledger.receipts:
-        b = r["body"]
-        if r["kind"] == "recovery" and r["outcome"] != "not_broken":
-            backup = b.get("backup") or {}
-            out.append({
-                "kind": "recovery", "source": f"receipt #{r['id']}", "outcome": r["outcome"],
-                "symptom": (b.get("symptom") or {}).get("summary", ""),
-                "backup": backup.get("name") or "none (rebuilt from the journal)",
-                "backup_hwm": backup.get("hwm_event_id"),
-                "actions": [f"{a['name']}: {a['result']}" for a in b.get("actions", [])],
-                "checks": [f"{c['name']}: {'pass' if c['passed'] else 'FAIL'}"
-                           for c in b.get("checks", [])],
-                "boundary": b.get("loss", {}).get("statement", "")})
-        elif r["kind"] == "repair" and r["outcome"] in ("fixed", "not_fixed"):
-            rb = (b.get("readback") or {})
-            out.append({
-                "kind": "repair", "source": f"receipt #{r['id']}", "outcome": r["outcome"],
-                "symptom": (b.get("symptom") or {}).get("summary", ""),
-                "actions": [f"{a['name']}: {a['result']}" for a in b.get("actions", [])],
-                "checks": [f"readback {'passed' if rb.get('passed') else 'failed'}"],
-                "boundary": r["summary"]})
-    if ledger.counts.get("db.corruption.detected") and not any(
-            x["kind"] == "recovery" for x in out):
-        out.append({"kind": "detection", "source": "db.corruption.detected events",
-                    "outcome": "open", "symptom": "database corruption detected",
-                    "actions": [], "checks": [], "boundary": "not recovered yet"})
+    for name, runs in sorted(by_name.items()):
+        ok = sum(r.outcome == "ok" for r in runs)
+        effects: dict[str, int] = {}
+        for r in runs:
+            for k, v in r.body.get("effects", {}).items():
+                effects[k] = effects.get(k, 0) + int(v)
+        caused = [f"{v} {k.replace('_', ' ')}" for k, v in effects.items() if v]
+        out.append(Line(f"The agent job {name} ran {count(len(runs), 'time')} ({ok} ok), "
+                        + (f"causing {join(caused)}." if caused else
+                           "with no side effect: 0 emails, 0 public posts, 0 CTA changes, "
+                           "0 spend."), [], [r.id for r in runs][:GROUP_OVER]))
     return out
 
 
-def _gate(ledger: LedgerDay | None) -> dict[str, Any]:
+def _broke(ledger: LedgerDay | None, info: SourceInfo) -> dict[str, Any]:
     if ledger is None:
-        return {"known": False}
-    runs = [r for r in ledger.receipts if r["kind"] == "outbox.run"]
-    held = []
-    if runs:
-        ev = runs[-1]["body"].get("evidence", {})
-        held = [f"{len(ids)} approved draft(s) held: {why}"
-                for why, ids in ev.get("held", {}).items()]
-    refusals = sum(1 for r in ledger.receipts if r["kind"] == "effect.refused")
-    return {"known": True, "emails_sent": ledger.emails_sent,
-            "emails_ambiguous": ledger.emails_ambiguous, "held": held,
-            "outbox_runs": len(runs), "refusals": refusals,
-            "lane_changes": [r["summary"] for r in ledger.receipts
-                             if r["kind"] == "lane.change"]}
+        return {"known": False, "reason": info.reason, "incidents": []}
+    return {"known": True, "reason": "", "incidents": incidents(ledger)}
 
 
-def _timeline(ledger: LedgerDay | None, commits: list[Commit] | None) -> list[dict[str, str]]:
-    rows = []
-    for r in (ledger.receipts if ledger else []):
-        rows.append({"at": r["ts"][11:16], "sort": r["ts"], "what": f"{r['kind']}: "
-                     f"{r['summary']}", "source": f"receipt #{r['id']}"})
-    for c in commits or []:
-        when = datetime.fromisoformat(c.when).astimezone(UTC)
-        rows.append({"at": when.strftime("%H:%M"), "sort": when.strftime(
-            "%Y-%m-%dT%H:%M:%S.%fZ"), "what": f"commit {c.sha[:8]} by "
-            f"{'agent ' if c.agent else ''}{c.author}: {c.subject}", "source": f"git:{c.repo}"})
-    rows.sort(key=lambda x: x["sort"])
-    return rows
-
-
-def _next(ledger: LedgerDay | None) -> list[str]:
+def _gate(ledger: LedgerDay | None, info: SourceInfo, sent: Number,
+          refs: list[int]) -> dict[str, Any]:
     if ledger is None:
-        return ["Recover the ledger (`atlas recover`): nothing else can be planned from it."]
-    n = ledger.next
-    out = []
-    if n["approved_waiting"]:
-        out.append(f"{n['approved_waiting']} approved draft(s) are waiting to be sent or held.")
-    if n["ambiguous_sends"]:
-        out.append(f"{n['ambiguous_sends']} ambiguous send(s) need a human "
-                   "(`atlas outbox resolve`).")
-    if n["touches_due"]:
-        out.append(f"{n['touches_due']} touch(es) are due.")
-    for route in n["failing_routes"]:
-        out.append(f"Route {route} is failing its last check.")
-    if n["stale_backup"]:
-        out.append(f"Backups are stale: {n['stale_backup']}.")
-    return out or ["Nothing is waiting."]
+        return {"known": False, "reason": info.reason, "lines": [], "numbers": []}
+    lines = [Line(f"{count(sent.value or 0, 'email')} {were(sent.value or 0)} sent.", refs)]
+    if ledger.emails_ambiguous:
+        n = ledger.emails_ambiguous
+        lines.append(Line(f"{count(n, 'more send')} may have gone out: {are(n)} ambiguous "
+                          "until someone resolves them (`atlas outbox resolve`).", refs))
+    held, run = held_numbers(ledger)
+    for number, why in held:
+        number.refs = refs
+        lines.append(Line(f"{count(number.value or 0, 'approved draft')} "
+                          f"{are(number.value or 0)} held because {why}.", refs,
+                          [run] if run else []))
+    for r in ledger.of_kind("lane.change"):
+        ev = r.body.get("evidence", {})
+        verb = "closed" if ev.get("was_open") else "opened"
+        lines.append(Line(f"At {clock(r.ts)}, {_who(str(r.body.get('actor', '')))} {verb} lane "
+                          f"{ev.get('lane')}: “{ev.get('reason', '')}”.", [], [r.id]))
+    refused = ledger.of_kind("effect.refused")
+    if refused:
+        lines.append(Line(f"{count(len(refused), 'side effect')} {were(len(refused))} "
+                          "refused, each with a receipt.", refs,
+                          [r.id for r in refused][:GROUP_OVER]))
+    return {"known": True, "reason": "", "lines": [x.to_dict() for x in lines],
+            "numbers": [sent.to_dict(), *(n.to_dict() for n, _ in held)]}
+
+
+def _who(actor: str) -> str:
+    """``owner:matt@x.example`` as "the owner (matt@x.example)"."""
+    role, _, name = actor.partition(":")
+    return f"the {role} ({name})" if name and role in ("owner", "agent") else actor or "someone"
+
+
+def _next(ledger: LedgerDay | None, info: SourceInfo, stale_hours: float,
+          refs: list[int]) -> dict[str, Any]:
+    if ledger is None:
+        return {"known": False, "reason": info.reason, "numbers": [], "lines": [
+            Line("Recover the ledger (`atlas db check`, then `atlas recover`): nothing "
+                 "else can be planned without it.").to_dict()]}
+    numbers = waiting_numbers(ledger)
+    for n in numbers:
+        n.refs = refs
+    v = {n.key: n.value or 0 for n in numbers}
+    said = {
+        "approved_waiting": f"{count(v['approved_waiting'], 'approved draft')} "
+                            f"{are(v['approved_waiting'])} waiting; they go out only through "
+                            "an open lane and the outbox.",
+        "approval_ready": f"{count(v['approval_ready'], 'draft')} {are(v['approval_ready'])} "
+                          "approval-ready and wait for the owner's approval.",
+        "send_ready": f"{count(v['send_ready'], 'draft')} {are(v['send_ready'])} send-ready "
+                      "but not approval-ready: reviewable, while the gate does not hold for "
+                      f"{'it' if v['send_ready'] == 1 else 'them'} yet.",
+        "ambiguous_sends": f"{count(v['ambiguous_sends'], 'send')} {are(v['ambiguous_sends'])}"
+                           " ambiguous and need a human (`atlas outbox resolve`).",
+        "touches_due": f"{count(v['touches_due'], 'touch', 'touches')} "
+                       f"{are(v['touches_due'])} due.",
+    }
+    lines = [Line(said[n.key], refs) for n in numbers if n.value]
+    lines += [Line(f"Route {route} is failing its last check.", [], [rid])
+              for route, rid in ledger.waiting.failing_routes]
+    newest = ledger.waiting.newest_backup
+    if newest is None:
+        lines.append(Line("No validated backup has been taken yet: take one (`atlas backup`).",
+                          refs))
+    elif newest[1] > stale_hours:
+        lines.append(Line(f"Backups are stale: the newest validated one, {newest[0]}, is "
+                          f"{age(newest[1])} old (the limit is {stale_hours:g} hours).", refs))
+    if not lines:
+        lines.append(Line("Nothing is waiting: no draft to approve or send, no due touch, "
+                          "no failing route, and the backups are fresh.", refs))
+    return {"known": True, "reason": "", "numbers": [n.to_dict() for n in numbers],
+            "lines": [x.to_dict() for x in lines]}
+
+
+def _sources(infos: list[SourceInfo], numbers: list[Number]) -> tuple[
+        list[dict[str, Any]], dict[str, list[int]]]:
+    """The Sources list (numbered from 1), and the footnotes of each source name and kind."""
+    listed: list[dict[str, Any]] = []
+    ref: dict[str, list[int]] = {}
+    for n, info in enumerate(infos, 1):
+        listed.append({"ref": n, **info.to_dict(), "counts": []})
+        ref.setdefault(info.name, []).append(n)
+        if info.name != info.kind:
+            ref.setdefault(info.kind, []).append(n)
+    ref.setdefault("worklog", [])
+    hows: dict[tuple[int, str], list[str]] = {}
+    for number in numbers:
+        number.refs = ref.get(number.source, [])
+        for r in number.refs:
+            hows.setdefault((r, number.how), []).append(number.label.lower())
+    for (r, how), labels in hows.items():
+        listed[r - 1]["counts"].append(f"{join(labels)}: {how}")
+    return listed, ref
 
 
 def compose(ws: Workspace, day: date) -> dict[str, Any]:
     settings = ws.config.chronicle
-    ledger, ledger_info = read_ledger(ws, day, settings)
+    ledger, ledger_info = read_ledger(ws, day)
     commits, git_infos = read_git(ws, day, settings)
     status, status_infos = read_status_files(ws, settings)
     worklog_file, worklog_info = read_worklog_file(ws, day, settings)
@@ -312,23 +338,29 @@ def compose(ws: Workspace, day: date) -> dict[str, Any]:
     for section, needed in SECTION_SOURCES.items():
         level, missing = _confidence(needed, groups)
         sections[section] = {"level": level, "missing": missing}
-    levels = [LEVELS.index(s["level"]) for s in sections.values()]
-    overall_missing = [f"{i.name} unavailable: {i.reason}" for i in infos if not i.available]
-    overall = LEVELS[min(levels)] if levels else "high"
-    numbers = _numbers(ledger, ledger_info, commits, git_infos)
+    overall = LEVELS[min(LEVELS.index(s["level"]) for s in sections.values())]
+    overall_missing = [f"{i.name} unavailable: {i.reason}" if not i.available
+                       else f"{i.name}: {i.reason}" for i in infos
+                       if not i.available or i.degraded]
+    numbers = git_numbers(commits, git_infos) + ledger_numbers(ledger, ledger_info)
+    listed, ref = _sources(infos, numbers)
+    by_key = {n.key: n for n in numbers}
     return {
         "date": day.isoformat(),
         "workspace": str(ws.home),
-        "headline": _headline(ledger, commits),
+        "owner": {"name": ws.config.owner.name},
+        "headline": _headline(ledger, commits, ledger_info),
+        "lede": [x.to_dict() for x in _lede(by_key)],
         "confidence": {"overall": overall, "missing": overall_missing,
                        "sections": sections},
-        "sources": [i.to_dict() for i in infos],
-        "built": _built(ledger, commits, worklog_file),
-        "broke": _broke(ledger),
-        "gate": _gate(ledger),
-        "timeline": _timeline(ledger, commits),
+        "sources": listed,
+        "built": [x.to_dict() for x in _built(ledger, worklog_file, ref)],
+        "commits": [c.__dict__ for c in commits or []],
+        "broke": _broke(ledger, ledger_info),
+        "gate": _gate(ledger, ledger_info, by_key["emails_sent"], ref["ledger"]),
+        "timeline": timeline(ledger, commits),
         "numbers": [x.to_dict() for x in numbers],
-        "next": _next(ledger),
+        "next": _next(ledger, ledger_info, settings.stale_backup_hours, ref["ledger"]),
         "status_files": [{"path": s.path, "excerpt": "\n".join(s.text.splitlines()[:15]),
                           "notes": s.notes} for s in status],
     }

@@ -1,97 +1,185 @@
-"""Sources of the chronicle. Each returns facts with provenance, or says why it cannot.
+"""The chronicle's sources: what each one is, where it was read, and whether it could be.
 
-A source that errors, is missing or is stale is reported with the reason; its
-numbers become "unknown". Nothing is guessed.
+Each adapter returns facts with their provenance (a :class:`SourceInfo`: name,
+location, time read), or says why it could not read them. A source that errors,
+is missing or is stale is reported with the reason; its numbers become
+"unknown". Nothing is guessed. The ledger adapter is here; git is in
+``gitlog.py``, status files and the work-log file in ``files.py``.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from ..config import ChronicleSettings
+from ..durability.detect import DETECTED
+from ..ledger import Journal, canonical_json
+from ..ledger.journal import Located
 from ..ledger.store import connect_ro
+from ..receipts import Effects
 from ..workspace import Workspace
 
 COUNTED_OUT = ("outbox.run", "job.run")  # aggregates: their effects are counted elsewhere
+# Kinds read without their body: many of them can land in a day, and the chronicle
+# needs only their kind, outcome, time and summary (effects are summed in SQL).
+ROUTINE = ("route.check", "ledger.verify", "ledger.replay_check", "backup", "backup.prune",
+           "send")
+TS = "%Y-%m-%dT%H:%M:%S.%fZ"
+JOURNAL_LOOK = 1000  # journal events past the ledger searched for a detection
+ZERO_EFFECTS = canonical_json({"effects": Effects().model_dump()})[1:-1]
 
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass(frozen=True)
-class Unavailable:
-    source: str
-    reason: str
+def why(exc: BaseException) -> str:
+    """An exception as one line a reader can act on: its type and its message."""
+    text = str(getattr(exc, "message", "") or exc).replace("\n", " ")[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass
 class SourceInfo:
+    """Where a source was read, and whether it could be.
+
+    ``available`` is False when nothing could be read (its numbers are unknown).
+    ``degraded`` is True when it was read but may not be whole or current (stale, a
+    repository of several unreadable, a damaged table): confidence drops, numbers stay.
+    """
+
     name: str
     kind: str
     location: str
     available: bool
     reason: str = ""
+    degraded: bool = False
+    notes: list[str] = field(default_factory=list)
     read_at: str = field(default_factory=now_iso)
 
+    def fail(self, reason: str) -> None:
+        self.available, self.reason = False, reason
+
+    def note(self, text: str, *, degrade: bool = False) -> None:
+        self.notes.append(text)
+        self.reason = "; ".join(self.notes)
+        self.degraded = self.degraded or degrade
+
     def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        return {"name": self.name, "kind": self.kind, "location": self.location,
+                "available": self.available, "reason": self.reason,
+                "degraded": self.degraded, "notes": list(self.notes), "read_at": self.read_at}
 
 
 def day_bounds(day: date) -> tuple[str, str]:
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
-    fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
-    return start.strftime(fmt), end.strftime(fmt)
+    return start.strftime(TS), end.strftime(TS)
+
+
+def parse_ts(value: str) -> datetime:
+    return datetime.strptime(value, TS).replace(tzinfo=UTC)
 
 
 # -- the ledger ---------------------------------------------------------------
 
 @dataclass
+class DayReceipt:
+    """A receipt of the day. ``body`` is empty for the routine kinds (see ROUTINE)."""
+
+    id: int
+    ts: str
+    kind: str
+    outcome: str
+    summary: str
+    subject: str
+    body: dict[str, Any]
+
+
+@dataclass
+class Waiting:
+    """The state now (even for a past day): what is waiting for someone."""
+
+    approved: int
+    approval_ready: int
+    send_ready: int
+    ambiguous: int
+    touches_due: int
+    failing_routes: list[tuple[str, int]]  # (route, the receipt that says so)
+    newest_backup: tuple[str, float] | None  # (name, age in hours)
+
+
+@dataclass
+class Detection:
+    """A ``db.corruption.detected`` with no recovery after it."""
+
+    event_id: int
+    ts: str
+    summary: str
+    where: str  # "ledger" or "journal"
+
+
+@dataclass
 class LedgerDay:
     events_total: int
     counts: dict[str, int]
-    receipts: list[dict[str, Any]]
+    receipts: list[DayReceipt]
     emails_sent: int
     emails_ambiguous: int
     public_posts: int
     cta_changes: int
     spend_cents: int
     worklog: list[dict[str, Any]]
-    next: dict[str, Any]
+    waiting: Waiting
+    published: int = 0  # content items set to published
+    detection: Detection | None = None
+    damaged_tables: list[str] = field(default_factory=list)
+    _by_kind: dict[str, list[DayReceipt]] | None = field(default=None, repr=False)
+
+    def of_kind(self, *kinds: str) -> list[DayReceipt]:
+        if self._by_kind is None:
+            self._by_kind = {}
+            for r in self.receipts:
+                self._by_kind.setdefault(r.kind, []).append(r)
+        if len(kinds) == 1:
+            return self._by_kind.get(kinds[0], [])
+        return sorted((r for k in kinds for r in self._by_kind.get(k, [])), key=lambda r: r.id)
 
 
-def read_ledger(ws: Workspace, day: date, settings: ChronicleSettings
-                ) -> tuple[LedgerDay | None, SourceInfo]:
+def read_ledger(ws: Workspace, day: date) -> tuple[LedgerDay | None, SourceInfo]:
+    """The day from the ledger. Any failure, of any type, makes the ledger unavailable
+    with the exception named: bad data in a table must not stop the chronicle."""
     info = SourceInfo("ledger", "ledger", str(ws.db_path), True)
     try:
         conn = connect_ro(ws.db_path)
-    except Exception as exc:  # the chronicle reports any failure as unavailability
-        info.available, info.reason = False, _why(exc)
+    except Exception as exc:  # the source boundary: every failure is a reason
+        info.fail(why(exc))
         return None, info
     try:
         conn.row_factory = sqlite3.Row
-        return _read_day(conn, ws, day, settings), info
-    except sqlite3.Error as exc:
-        info.available, info.reason = False, _why(exc)
+        first = _first_event_ts(conn)
+        if first is None or day_bounds(day)[1] <= first:
+            info.fail(f"no record before {first}" if first else "the ledger holds no event")
+            return None, info
+        data = _read_day(conn, day)
+        _health(conn, ws, data, info)
+        return data, info
+    except Exception as exc:  # the source boundary: every failure is a reason
+        info.fail(why(exc))
         return None, info
     finally:
         conn.close()
 
 
-def _why(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", "") or exc)
-    return text.replace("\n", " ")[:300]
+def _first_event_ts(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT ts FROM events ORDER BY id LIMIT 1").fetchone()
+    return None if row is None else str(row[0])
 
 
-def _read_day(conn: sqlite3.Connection, ws: Workspace, day: date,
-              settings: ChronicleSettings) -> LedgerDay:
+def _read_day(conn: sqlite3.Connection, day: date) -> LedgerDay:
     start, end = day_bounds(day)
     # A loose index scan: walk the distinct kinds, count each inside its own (kind, ts)
     # range. Grouping a million rows by kind would sort them all first.
@@ -100,20 +188,24 @@ def _read_day(conn: sqlite3.Connection, ws: Workspace, day: date,
         "SELECT (SELECT min(kind) FROM events WHERE kind > k) FROM kinds WHERE k IS NOT NULL) "
         "SELECT k, (SELECT count(*) FROM events WHERE kind = k AND ts >= ? AND ts < ?) AS n "
         "FROM kinds WHERE k IS NOT NULL", (start, end)) if r["n"]}
-    receipts = []
-    for r in conn.execute(
-            "SELECT e.id, e.ts, r.kind, r.outcome, r.summary, r.body FROM events e "
-            "JOIN receipts r ON r.id = e.id WHERE e.kind = 'receipt.recorded' "
-            "AND e.ts >= ? AND e.ts < ? ORDER BY e.id", (start, end)):
-        receipts.append({"id": r["id"], "ts": r["ts"], "kind": r["kind"],
-                         "outcome": r["outcome"], "summary": r["summary"],
-                         "body": json.loads(r["body"])})
-    effects = {"emails_sent": 0, "public_posts": 0, "cta_changes": 0, "spend_cents": 0}
-    for rec in receipts:
-        if rec["kind"] in COUNTED_OUT:
-            continue
-        for key in effects:
-            effects[key] += int(rec["body"].get("effects", {}).get(key, 0))
+    routine = ",".join(f"'{k}'" for k in ROUTINE)
+    receipts = [DayReceipt(int(r["id"]), str(r["ts"]), str(r["kind"]), str(r["outcome"]),
+                           str(r["summary"]), str(r["subject"] or ""),
+                           json.loads(r["body"]) if r["body"] is not None else {})
+                for r in conn.execute(
+        "SELECT e.id, e.ts, r.kind, r.outcome, r.summary, r.subject, "
+        f"CASE WHEN r.kind IN ({routine}) THEN NULL ELSE r.body END AS body "
+        "FROM events e JOIN receipts r ON r.id = e.id WHERE e.kind = 'receipt.recorded' "
+        "AND e.ts >= ? AND e.ts < ? ORDER BY e.id", (start, end))]
+    counted_out = ",".join(f"'{k}'" for k in COUNTED_OUT)
+    # Bodies are canonical JSON; one whose counters are all 0 adds nothing, and finding
+    # that text is far cheaper than parsing the body (a day of 100,000 route checks).
+    effects = conn.execute(
+        "SELECT " + ", ".join(f"coalesce(sum(json_extract(r.body, '$.effects.{k}')), 0)"
+                              for k in ("public_posts", "cta_changes", "spend_cents"))
+        + " FROM events e JOIN receipts r ON r.id = e.id WHERE e.kind = 'receipt.recorded' "
+        f"AND e.ts >= ? AND e.ts < ? AND r.kind NOT IN ({counted_out}) "
+        "AND instr(r.body, ?) = 0", (start, end, ZERO_EFFECTS)).fetchone()
     # sent = accepted by the server, or settled as sent by a human afterwards
     emails = int(conn.execute(
         "SELECT count(*) FROM events e JOIN drafts d ON d.id = json_extract(e.payload, '$.id')"
@@ -124,161 +216,108 @@ def _read_day(conn: sqlite3.Connection, ws: Workspace, day: date,
         "SELECT count(*) FROM events e JOIN drafts d ON d.id = json_extract(e.payload, '$.id')"
         " WHERE e.kind = 'draft.ambiguous' AND e.ts >= ? AND e.ts < ? AND d.state = "
         "'ambiguous' AND d.lane != 'outbound.review'", (start, end)).fetchone()[0])
-    worklog = [{"id": r["id"], "ts": r["ts"], "actor": r["actor"],
-                "text": json.loads(r["payload"])["text"]} for r in conn.execute(
-        "SELECT id, ts, actor, payload FROM events WHERE kind = 'worklog.added' AND "
-        "json_extract(payload, '$.date') = ? ORDER BY id", (day.isoformat(),))]
+    published = int(conn.execute(
+        "SELECT count(*) FROM events WHERE kind = 'content.status_changed' AND ts >= ? AND "
+        "ts < ? AND json_extract(payload, '$.status') = 'published'", (start, end)).fetchone()[0])
+    worklog = [{"id": int(r["id"]), "ts": str(r["ts"]), "actor": str(r["actor"]),
+                "text": str(r["text"])} for r in conn.execute(
+        "SELECT id, ts, actor, json_extract(payload, '$.text') AS text FROM events "
+        "WHERE kind = 'worklog.added' AND json_extract(payload, '$.date') = ? "
+        "AND text IS NOT NULL ORDER BY id", (day.isoformat(),))]
     return LedgerDay(
         events_total=sum(counts.values()), counts=counts, receipts=receipts,
-        emails_sent=emails, emails_ambiguous=ambiguous, public_posts=effects["public_posts"],
-        cta_changes=effects["cta_changes"], spend_cents=effects["spend_cents"],
-        worklog=worklog, next=_whats_next(conn, ws, settings))
+        emails_sent=emails, emails_ambiguous=ambiguous, public_posts=int(effects[0]),
+        cta_changes=int(effects[1]), spend_cents=int(effects[2]), worklog=worklog,
+        waiting=_waiting(conn), published=published)
 
 
-def _whats_next(conn: sqlite3.Connection, ws: Workspace, settings: ChronicleSettings
-                ) -> dict[str, Any]:
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    approved = int(conn.execute("SELECT count(*) FROM drafts WHERE state='approved'"
-                                ).fetchone()[0])
-    ambiguous = int(conn.execute("SELECT count(*) FROM drafts WHERE state='ambiguous'"
-                                 ).fetchone()[0])
+def _waiting(conn: sqlite3.Connection) -> Waiting:
+    now = datetime.now(UTC)
+    states = {str(r[0]): int(r[1]) for r in conn.execute(
+        "SELECT state, count(*) FROM drafts WHERE lane != 'outbound.review' AND state IN "
+        "('approved', 'approval_ready', 'send_ready', 'ambiguous') GROUP BY state")}
     touches = int(conn.execute("SELECT count(*) FROM touches WHERE status='due' AND "
-                               "due_at <= ?", (now,)).fetchone()[0])
+                               "due_at <= ?", (now.strftime(TS),)).fetchone()[0])
     # the newest word on each route: a check, or a repair's readback
-    failing = [str(r["subject"]).removeprefix("route:") for r in conn.execute(
-        "SELECT subject, outcome FROM receipts WHERE id IN (SELECT max(id) FROM receipts "
-        "WHERE kind IN ('route.check', 'repair') GROUP BY subject)")
+    failing = [(str(r["subject"]).removeprefix("route:"), int(r["id"])) for r in conn.execute(
+        "SELECT id, subject, outcome FROM receipts WHERE id IN (SELECT max(id) FROM receipts "
+        "WHERE kind IN ('route.check', 'repair') GROUP BY subject) ORDER BY subject")
         if r["outcome"] not in ("ok", "fixed", "not_broken")]
     backup = conn.execute("SELECT finished_at, subject FROM receipts WHERE kind='backup' "
                           "AND outcome='ok' ORDER BY id DESC LIMIT 1").fetchone()
-    stale = None
-    if backup is None:
-        stale = "no validated backup has been taken"
-    else:
-        age = datetime.now(UTC) - datetime.strptime(
-            str(backup["finished_at"]), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-        if age > timedelta(hours=settings.stale_backup_hours):
-            stale = (f"the newest validated backup ({backup['subject']}) is "
-                     f"{age.total_seconds() / 3600:.0f} h old")
-    return {"approved_waiting": approved, "ambiguous_sends": ambiguous,
-            "touches_due": touches, "failing_routes": failing, "stale_backup": stale}
+    newest = None
+    if backup is not None:
+        age = now - parse_ts(str(backup["finished_at"]))
+        newest = (str(backup["subject"]), age.total_seconds() / 3600)
+    return Waiting(states.get("approved", 0), states.get("approval_ready", 0),
+                   states.get("send_ready", 0), states.get("ambiguous", 0), touches,
+                   failing, newest)
 
 
-# -- git ----------------------------------------------------------------------
+# -- is the ledger whole? -------------------------------------------------------
 
-@dataclass
-class Commit:
-    repo: str
-    sha: str
-    author: str
-    email: str
-    when: str
-    subject: str
-    agent: bool
-
-
-def read_git(ws: Workspace, day: date, settings: ChronicleSettings
-             ) -> tuple[list[Commit] | None, list[SourceInfo]]:
-    if not settings.repos:
-        return None, [SourceInfo("git", "git", "-", False,
-                                 "no git repositories are configured ([chronicle] repos)")]
-    start, end = day_bounds(day)
-    agents = {a.casefold() for a in settings.agent_authors}
-    commits: list[Commit] = []
-    infos: list[SourceInfo] = []
-    ok = True
-    for repo in settings.repos:
-        path = Path(repo.path)
-        if not path.is_absolute():
-            path = ws.home / path
-        name = repo.name or path.name
-        info = SourceInfo(f"git:{name}", "git", str(path), True)
-        infos.append(info)
-        if not path.exists():
-            info.available, info.reason = False, "the path does not exist"
-            ok = False
-            continue
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(path), "log", "--all", f"--since={start}",
-                 f"--until={end}", "--format=%H%x1f%an%x1f%ae%x1f%cI%x1f%s"],
-                capture_output=True, text=True, timeout=60, errors="replace")
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            info.available, info.reason = False, f"git could not run: {exc}"
-            ok = False
-            continue
-        if out.returncode != 0:
-            info.available = False
-            info.reason = (out.stderr.strip().splitlines() or ["git failed"])[0][:200]
-            ok = False
-            continue
-        for line in out.stdout.splitlines():
-            sha, author, email, when, subject = (line.split("\x1f") + [""] * 5)[:5]
-            is_agent = author.casefold() in agents or email.casefold() in agents
-            commits.append(Commit(name, sha, author, email, when, subject, is_agent))
-    return (commits if ok else None), infos
-
-
-# -- status files and the work log ----------------------------------------------
-
-@dataclass
-class StatusFile:
-    path: str
-    text: str
-    notes: list[str]
-
-
-def read_status_files(ws: Workspace, settings: ChronicleSettings
-                      ) -> tuple[list[StatusFile], list[SourceInfo]]:
-    files, infos = [], []
-    for raw in settings.status_files:
-        path = Path(raw) if Path(raw).is_absolute() else ws.home / raw
-        info = SourceInfo(f"status:{path.name}", "status file", str(path), True)
-        infos.append(info)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            info.available, info.reason = False, "file not found"
-            continue
-        except OSError as exc:
-            info.available, info.reason = False, f"cannot be read: {exc.strerror}"
-            continue
-        notes = []
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = data.decode("utf-8", errors="replace")
-            notes.append("not UTF-8: undecodable bytes shown as \ufffd")
-            info.reason = notes[-1]
-        age = datetime.now(UTC).timestamp() - path.stat().st_mtime
-        if age > 7 * 86400:
-            notes.append(f"stale: last changed {age / 86400:.0f} days ago")
-            info.reason = "; ".join(notes)
-        files.append(StatusFile(str(path), text, notes))
-    return files, infos
-
-
-def read_worklog_file(ws: Workspace, day: date, settings: ChronicleSettings
-                      ) -> tuple[list[str] | None, SourceInfo | None]:
-    """Lines of the external work log that start with the day's date."""
-    if settings.worklog_file is None:
-        return None, None
-    path = Path(settings.worklog_file)
-    path = path if path.is_absolute() else ws.home / path
-    info = SourceInfo("worklog", "work log", str(path), True)
+def _health(conn: sqlite3.Connection, ws: Workspace, data: LedgerDay,
+            info: SourceInfo) -> None:
+    """What the day's numbers cannot show: a detected corruption nobody has recovered
+    from, tables that fail ``quick_check``, events the journal holds that the ledger
+    has not applied. Each degrades the ledger source, with the reason."""
+    data.damaged_tables = _damaged_tables(conn)
+    if data.damaged_tables:
+        info.note("quick_check fails for " + ", ".join(data.damaged_tables)
+                  + " (run `atlas db check`, then `atlas recover`)", degrade=True)
+    ledger_max = int(conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+    detection = _ledger_detection(conn)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        info.available, info.reason = False, "file not found"
-        return None, info
-    except OSError as exc:
-        info.available, info.reason = False, f"cannot be read: {exc.strerror}"
-        return None, info
-    prefix = day.isoformat()
-    entries = [ln[len(prefix):].strip(" :-\t") for ln in text.splitlines()
-               if ln.startswith(prefix)]
-    return entries, info
+        journal = Journal(ws.journal_dir, ws.config.journal.segment_bytes)
+        tail = journal.tail()
+        if tail.last_id > ledger_max:
+            info.note(f"the journal holds events {ledger_max + 1}..{tail.last_id} that the "
+                      "ledger has not applied yet", degrade=True)
+            # a detection is appended at the journal's end: its last events are enough
+            for item in journal.scan(after_id=max(ledger_max, tail.last_id - JOURNAL_LOOK)):
+                if isinstance(item, Located) and item.event.kind == DETECTED:
+                    detection = Detection(item.event.id, item.event.ts, str(
+                        item.event.payload.get("summary", "")), "journal")
+    except Exception as exc:  # the journal is a second opinion: its failure is a note
+        info.note(f"the journal could not be read to look for detections: {why(exc)}",
+                  degrade=True)
+    if detection is not None:
+        data.detection = detection
+        info.note(f"corruption was detected at {detection.ts[:16].replace('T', ' ')} UTC "
+                  f"(event {detection.event_id}, in the {detection.where}) and has not "
+                  "been recovered", degrade=True)
 
 
-__all__ = ["Commit", "LedgerDay", "SourceInfo", "StatusFile", "Unavailable", "day_bounds",
-           "read_git", "read_ledger", "read_status_files", "read_worklog_file"]
+def _damaged_tables(conn: sqlite3.Connection) -> list[str]:
+    """``quick_check`` of every table but ``events``. ``events`` is the one table that
+    grows with history (a full check of a million events costs several times the whole
+    chronicle, see docs/benchmarks.md); the pages of it the chronicle reads are checked
+    by reading them, and ``atlas db check`` checks it all."""
+    damaged = []
+    tables = [str(r[0]) for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'events' "
+        "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    for table in tables:
+        try:
+            rows = conn.execute(f'PRAGMA quick_check("{table}")').fetchall()
+        except sqlite3.DatabaseError as exc:
+            rows = [(str(exc),)]
+        if [str(r[0]) for r in rows] != ["ok"]:
+            damaged.append(f"{table} ({str(rows[0][0])[:120]})")
+    return damaged
+
+
+def _ledger_detection(conn: sqlite3.Connection) -> Detection | None:
+    found = conn.execute("SELECT id, ts, json_extract(payload, '$.summary') FROM events "
+                         "WHERE kind = ? ORDER BY id DESC LIMIT 1", (DETECTED,)).fetchone()
+    if found is None:
+        return None
+    recovered = conn.execute("SELECT max(id) FROM receipts WHERE kind = 'recovery' AND "
+                             "outcome IN ('recovered', 'recovered_with_loss')").fetchone()[0]
+    if recovered is not None and int(recovered) > int(found[0]):
+        return None
+    return Detection(int(found[0]), str(found[1]), str(found[2] or ""), "ledger")
+
+
+__all__ = ["COUNTED_OUT", "ROUTINE", "DayReceipt", "Detection", "LedgerDay", "SourceInfo",
+           "Waiting", "day_bounds", "parse_ts", "read_ledger", "why"]

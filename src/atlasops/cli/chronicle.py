@@ -29,7 +29,8 @@ chronicle_app = typer.Typer(help="The daily chronicle, built only from what Atla
                             invoke_without_command=True)
 worklog_app = typer.Typer(help="Work-log notes for the chronicle.", no_args_is_help=True)
 
-DateOpt = Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD (UTC); default today.")]
+DateOpt = Annotated[str | None, typer.Option(
+    "--date", help="The day, YYYY-MM-DD (UTC), or 'today' / 'yesterday'; default today.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -86,7 +87,11 @@ def chronicle_check(
 ) -> None:
     """Check a post's numbers and sent/posted/fixed/restored claims against the day's facts.
 
-    Exit 1 if any claim is unsupported or contradicted.
+    A number next to a countable noun ("8 commits", "Emails sent: 0") must match the
+    chronicle's number; dates, times, ids and quotations are not claims. "Fixed" must
+    match what was fixed; "restored" must name the backup (or the journal) and the loss
+    boundary in that sentence or the next. Exit 1 if any claim is unsupported or
+    contradicted. See docs/chronicle.md.
     """
     try:
         text = post.read_text(encoding="utf-8")
@@ -99,6 +104,9 @@ def chronicle_check(
     if as_json:
         print_json({"date": data["date"], "claims": [c.to_dict() for c in claims],
                     "problems": len(bad)})
+    elif not claims:
+        out.print(f"No checkable claims found in {post}: no number next to a countable "
+                  "noun, and no sent / posted / fixed / restored claim.")
     else:
         table = Table(title=f"{len(claims)} claim(s) checked against {data['date']}")
         for col in ("status", "claim", "why"):
