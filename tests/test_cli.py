@@ -357,7 +357,7 @@ def test_demo_builds_and_resets_only_demo_workspaces(cli: Any, tmp_path: Path) -
     assert len(list((home / "data/maildir/owner/new").iterdir())) == 1
     rec = data["recovery"]
     assert rec["outcome"] == "recovered" and rec["loss"]["none"] is True
-    assert rec["backup"]["name"].startswith("job-")  # taken by the built-in backup job
+    assert rec["backup"]["name"].startswith("scheduled-")  # taken by the built-in backup job
     assert "malformed" in rec["symptom"]["summary"]
     r = cli("demo", "--reset", home=home)
     assert r.exit_code == 0 and "Atlas demo" in r.stdout

@@ -43,7 +43,7 @@ from . import process
 from .records import parse_since
 
 BUILTINS: dict[str, tuple[list[str], str]] = {
-    "backup": (["backup", "--label", "job"], "take and validate a backup"),
+    "backup": (["backup", "--label", "scheduled"], "take and validate a backup"),
     "db-check": (["db", "check"], "quick_check and ledger == journal"),
     "route-checks": (["check", "routes"], "read every configured route"),
     "backup-prune": (["backups", "prune"], "apply the backup retention policy"),
