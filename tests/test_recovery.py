@@ -892,6 +892,9 @@ def test_sigkill_during_the_journal_swap_then_rerun_finishes(
 
     with pytest.raises(StorageError, match="interrupted"):
         Ledger.for_workspace(ws).open()
+    r = cli("recover", "--dry-run")
+    assert r.exit_code == 3 and "would swap it in" in r.stdout
+    assert ws.recovery_pending_path.exists()
     r = cli("recover", "--json")
     assert r.exit_code == 3, r.stderr
     result = r.json()

@@ -12,7 +12,6 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,19 +42,6 @@ class Steps:
                                        ms=elapsed_ms(t0)))
             raise
         self.actions.append(Action(name=name, result=result, command=command, ms=elapsed_ms(t0)))
-
-    def run_parallel(self, items: list[tuple[str, Callable[[], str], str | None]]) -> None:
-        """:meth:`run` each item in its own thread; the actions keep the items' order."""
-        subs = [Steps() for _ in items]
-        with ThreadPoolExecutor(max_workers=len(items)) as pool:
-            futures = [pool.submit(sub.run, *item) for sub, item in zip(subs, items,
-                                                                         strict=True)]
-            errors = [f.exception() for f in futures]
-        for sub in subs:
-            self.actions += sub.actions
-        first = next((e for e in errors if e is not None), None)
-        if first is not None:
-            raise first
 
 
 def elapsed_ms(t0: float) -> float:
@@ -221,7 +207,12 @@ class Built:
 
 
 def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: Steps,
-                 jr: JournalWindow, salvage_source: Path | None) -> Built:
+                 jr: JournalWindow, salvage_source: Callable[[], Path | None]) -> Built:
+    """Restore, REINDEX, salvage, merge and replay into ``work/leads.db``.
+
+    ``salvage_source`` returns the damaged file to read (None when there is none); it
+    is called only after the restore and REINDEX, so a quarantine copy can still be
+    under way while they run."""
     target = work / "leads.db"
     hwm = backup.hwm_event_id or 0 if backup is not None else 0
     hwm_hash = (backup.hwm_hash if backup is not None else None) or GENESIS_HASH
@@ -244,7 +235,7 @@ def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: St
         migrate(conn)
         existing_gaps = ([g for g in read_gaps(ws.journal_dir) if g.last <= hwm]
                          if not jr.missing_dir else [])
-        salvage = _salvage(backup, work, steps, jr, hwm, salvage_source)
+        salvage = _salvage(backup, work, steps, jr, hwm, salvage_source())
         max_known = max(hwm, jr.last_id, salvage.max_id_seen,
                         max((e.id for e in salvage.events.values()), default=0))
         m = merge(hwm, hwm_hash, jr.events, salvage.events, max_known)

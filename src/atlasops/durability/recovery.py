@@ -349,10 +349,24 @@ def _rebuild(ws: Workspace, work: Path, stamp: str, steps: Steps, symptom: dict[
              started: str, *, actor: str, dry_run: bool, backup_name: str | None
              ) -> RecoveryResult | None:
     staging, final_q = work / "quarantine", ws.quarantine_dir / stamp
-    src = _gather(ws, steps, staging, final_q, dry_run=dry_run, backup_name=backup_name)
-    jr = _read_journal(ws, steps, src, symptom)
-    source = ws.db_path if dry_run else staging / ws.db_path.name
-    built = build_ledger(ws, src.backup, work, steps, jr, source if source.exists() else None)
+    src = _Sources({}, {}, None, [], [])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The quarantine copy runs alongside choosing, reading, restoring and REINDEX;
+        # it is waited for before anything reads the copy (and before any error unwinds).
+        qsteps = Steps()
+        copying = pool.submit(qsteps.run, "quarantine", lambda: _quarantine(
+            ws, src, staging, final_q, dry_run), "copy leads.db, -wal, -shm; sha256")
+
+        def damaged_file() -> Path | None:
+            copying.result()
+            steps.actions[1:1], qsteps.actions = qsteps.actions, []  # after "diagnose"
+            path = ws.db_path if dry_run else staging / ws.db_path.name
+            return path if path.exists() else None
+
+        _choose(ws, steps, src, backup_name)
+        jr = _read_journal(ws, steps, src, symptom)
+        built = build_ledger(ws, src.backup, work, steps, jr, damaged_file)
+        damaged_file()
     new_journal, checks = _verify(ws, work, steps, built, jr, src.quarantined)
     loss = _loss(built, src, final_q / "salvage-review.db")
     failing = next((c for c in checks if not c.passed), None)
@@ -400,22 +414,20 @@ def _rebuild(ws: Workspace, work: Path, stamp: str, steps: Steps, symptom: dict[
     return None
 
 
-def _gather(ws: Workspace, steps: Steps, staging: Path, final_q: Path, *, dry_run: bool,
-            backup_name: str | None) -> _Sources:
-    """Quarantine the damaged files and choose the backup, in parallel."""
-    src = _Sources({}, {}, None, [], [])
+def _quarantine(ws: Workspace, src: _Sources, staging: Path, final_q: Path,
+                dry_run: bool) -> str:
+    if dry_run:
+        names = [f"{p.name} ({p.stat().st_size} bytes)" for p in _live_files(ws)]
+        return ("would copy " + ", ".join(names) + f" into {final_q}" if names
+                else "nothing to quarantine: no database file")
+    staging.mkdir(mode=0o700)
+    src.quarantined, src.seen = swap.quarantine(ws.db_path, staging)
+    return (f"copied {', '.join(src.quarantined)} into {final_q} with sha256 (copies: "
+            "nothing writes to them)" if src.quarantined else
+            "nothing to quarantine: no database file")
 
-    def do_quarantine() -> str:
-        if dry_run:
-            names = [f"{p.name} ({p.stat().st_size} bytes)" for p in _live_files(ws)]
-            return ("would copy " + ", ".join(names) + f" into {final_q}" if names
-                    else "nothing to quarantine: no database file")
-        staging.mkdir(mode=0o700)
-        src.quarantined, src.seen = swap.quarantine(ws.db_path, staging)
-        return (f"copied {', '.join(src.quarantined)} into {final_q} with sha256 (copies: "
-                "nothing writes to them)" if src.quarantined else
-                "nothing to quarantine: no database file")
 
+def _choose(ws: Workspace, steps: Steps, src: _Sources, backup_name: str | None) -> None:
     def choose() -> str:
         src.backup, src.skipped, src.backup_checks = choose_backup(ws, backup_name)
         b, skipped = src.backup, src.skipped
@@ -425,11 +437,7 @@ def _gather(ws: Workspace, steps: Steps, staging: Path, final_q: Path, *, dry_ru
                 + (f"; skipped {len(skipped)}: " + "; ".join(
                     f"{s['name']} ({s['why']})" for s in skipped) if skipped else ""))
 
-    steps.run_parallel([
-        ("quarantine", do_quarantine, "copy leads.db, -wal, -shm; sha256"),
-        ("choose backup", choose, "sha256sum backups/<name>/leads.db; read its facts"),
-    ])
-    return src
+    steps.run("choose backup", choose, "sha256sum backups/<name>/leads.db; read its facts")
 
 
 def _read_journal(ws: Workspace, steps: Steps, src: _Sources, symptom: dict[str, Any]
