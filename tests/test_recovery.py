@@ -627,6 +627,33 @@ def test_journal_ending_before_the_backups_mark_is_unknown_not_none(ws: Workspac
     assert verify(ws.db_path, Journal(ws.journal_dir, 65536)).ok
 
 
+def test_journal_ending_before_a_skipped_backups_mark_is_unknown_not_none(
+        ws: Workspace) -> None:
+    """The newest backup is damaged (skipped), so an older one is restored; the journal
+    lost its newest segment with the database, and now ends between the two marks.
+    The skipped backup's mark still shows that history went further."""
+    ws = small_segments(ws)
+    acked = append(ws, 300)
+    _older, receipt = backup(ws)
+    acked |= receipt
+    acked |= append(ws, 400, start=300)
+    newer, receipt = backup(ws, "daily")
+    acked |= receipt
+    acked |= append(ws, 10, start=900)
+    drop_wal(ws)
+    newest = sorted(ws.journal_dir.glob("*.journal"))[-1]
+    newest.unlink()
+    journal_end = max(i for i in acked if i < int(newest.name.split(".")[0]))
+    assert 302 < journal_end <= 702  # between the two marks (301 and 702)
+    zero_pages(ws.backups_dir / newer / "leads.db", 5, 3)
+    ws.db_path.unlink()
+    r = run(ws)
+    assert [s["name"] for s in r["skipped_backups"]] == [newer]
+    assert r["exit_code"] == 3 and r["loss"]["none"] is False
+    assert newer in r["loss"]["unknown_after"]["why"]
+    assert assert_exact(r, acked, ws.db_path) == set(range(journal_end + 1, max(acked) + 1))
+
+
 def test_empty_journal_directory_with_the_database_gone(scenario: Any) -> None:
     ws, acked, _name = scenario
     for seg in ws.journal_dir.glob("*.journal"):

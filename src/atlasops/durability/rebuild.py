@@ -207,12 +207,14 @@ class Built:
 
 
 def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: Steps,
-                 jr: JournalWindow, salvage_source: Callable[[], Path | None]) -> Built:
+                 jr: JournalWindow, salvage_source: Callable[[], Path | None],
+                 marks: list[BackupInfo]) -> Built:
     """Restore, REINDEX, salvage, merge and replay into ``work/leads.db``.
 
     ``salvage_source`` returns the damaged file to read (None when there is none); it
     is called only after the restore and REINDEX, so a quarantine copy can still be
-    under way while they run."""
+    under way while they run. ``marks`` are the backups whose high-water marks show how
+    far history reached (the chosen one, and any other whose manifest states one)."""
     target = work / "leads.db"
     hwm = backup.hwm_event_id or 0 if backup is not None else 0
     hwm_hash = (backup.hwm_hash if backup is not None else None) or GENESIS_HASH
@@ -256,7 +258,7 @@ def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: St
         conn.close()
     last_id = int(last[0]) if last else 0
     last_ts = str(last[1]) if last else None
-    why = _why_unknown(jr, backup, salvage)
+    why = _why_unknown(jr, marks, salvage)
     unknown_after = None if why is None else {
         "id": max_known, "ts": last_ts if last_id == max_known else None, "why": why}
     rewrite = bool(m.gaps) or bool(m.salvaged) or not jr.intact or last_id > jr.last_id
@@ -329,17 +331,18 @@ def probe_max_id(path: Path) -> int | None:
     return 0 if row is None or row[0] is None else int(row[0])
 
 
-def _why_unknown(jr: JournalWindow, backup: BackupInfo | None, salvage: Salvage
+def _why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage
                  ) -> str | None:
     """Why nothing after the last known event can be known, or None when the journal
     proves where history ends."""
     reasons: list[str] = []
+    mark = max(marks, key=lambda b: b.hwm_event_id or 0, default=None)
     if jr.missing_dir:
         reasons.append("the journal directory was missing")
-    elif backup is not None and jr.last_id <= (backup.hwm_event_id or 0):
+    elif mark is not None and jr.last_id <= (mark.hwm_event_id or 0):
         reasons.append(
-            f"the journal ends at event {jr.last_id}, at or before backup {backup.name}'s "
-            f"high-water mark {backup.hwm_event_id}; every backup records its receipt as "
+            f"the journal ends at event {jr.last_id}, at or before backup {mark.name}'s "
+            f"high-water mark {mark.hwm_event_id}; every backup records its receipt as "
             "the next event, so the journal's newest records are missing")
     if salvage.max_id_seen > jr.last_id and not jr.missing_dir:
         reasons.append(f"the damaged database holds events up to {salvage.max_id_seen}, "

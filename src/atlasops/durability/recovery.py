@@ -365,7 +365,7 @@ def _rebuild(ws: Workspace, work: Path, stamp: str, steps: Steps, symptom: dict[
 
         _choose(ws, steps, src, backup_name)
         jr = _read_journal(ws, steps, src, symptom)
-        built = build_ledger(ws, src.backup, work, steps, jr, damaged_file)
+        built = build_ledger(ws, src.backup, work, steps, jr, damaged_file, _marks(ws, src))
         damaged_file()
     new_journal, checks = _verify(ws, work, steps, built, jr, src.quarantined)
     loss = _loss(built, src, final_q / "salvage-review.db")
@@ -544,6 +544,15 @@ def _stage_swap(ws: Workspace, state: dict[str, Any], staging: Path | None,
         if not ws.recovery_pending_path.exists():  # our own copies: the live files are intact
             shutil.rmtree(final_q, ignore_errors=True)
         raise
+
+
+def _marks(ws: Workspace, src: _Sources) -> list[BackupInfo]:
+    """Backups whose high-water marks show how far history reached: the chosen one, and
+    every other whose manifest states one (even one skipped for drift or a failed
+    check: its events existed when it was taken). A false claim can only make recovery
+    say "unknown", never "nothing lost"."""
+    return [*([src.backup] if src.backup else []),
+            *(b for b in list_backups(ws) if isinstance(b.hwm_event_id, int))]
 
 
 def _live_files(ws: Workspace) -> list[Path]:
