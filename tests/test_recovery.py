@@ -654,6 +654,28 @@ def test_journal_ending_before_a_skipped_backups_mark_is_unknown_not_none(
     assert assert_exact(r, acked, ws.db_path) == set(range(journal_end + 1, max(acked) + 1))
 
 
+def test_newest_segment_lost_with_the_database_after_the_mark_is_unknown(
+        ws: Workspace) -> None:
+    """The journal ends after the backup's mark, but its newest surviving segment is
+    full: the journal would have gone on in a new segment, so its end proves nothing."""
+    ws = small_segments(ws)
+    acked = append(ws, 520)
+    _name, receipt = backup(ws)
+    acked |= receipt
+    acked |= append(ws, 150, start=600)
+    drop_wal(ws)
+    newest = sorted(ws.journal_dir.glob("*.journal"))[-1]
+    journal_end = int(newest.name.split(".")[0]) - 1
+    assert journal_end > 521  # after the backup's mark and its receipt
+    newest.unlink()
+    ws.db_path.unlink()
+    r = run(ws)
+    assert r["exit_code"] == 3 and r["loss"]["none"] is False
+    assert r["loss"]["unknown_after"]["id"] == journal_end
+    assert "newest segment is full" in r["loss"]["unknown_after"]["why"]
+    assert assert_exact(r, acked, ws.db_path) == set(range(journal_end + 1, max(acked) + 1))
+
+
 def test_empty_journal_directory_with_the_database_gone(scenario: Any) -> None:
     ws, acked, _name = scenario
     for seg in ws.journal_dir.glob("*.journal"):

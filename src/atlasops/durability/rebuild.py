@@ -59,6 +59,9 @@ class JournalWindow:
     missing_segments: list[str]
     tail_clean: bool
     missing_dir: bool = False
+    # the newest segment has reached the rotation size: the next append would have
+    # started a new one, so the journal may go on in a segment that is missing
+    last_segment_full: bool = False
 
     @property
     def intact(self) -> bool:
@@ -103,7 +106,8 @@ def read_window(journal: Journal, after: int) -> JournalWindow:
                 problems.append(item.describe())
         prev_last = seg_last
     tail = journal.tail()
-    return JournalWindow(events, problems, first, last, missing, tail.problem is None)
+    return JournalWindow(events, problems, first, last, missing, tail.problem is None,
+                         last_segment_full=tail.size >= journal.segment_bytes)
 
 
 # -- merging under the hash chain ----------------------------------------------
@@ -344,6 +348,11 @@ def _why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage
             f"the journal ends at event {jr.last_id}, at or before backup {mark.name}'s "
             f"high-water mark {mark.hwm_event_id}; every backup records its receipt as "
             "the next event, so the journal's newest records are missing")
+    elif jr.last_segment_full and salvage.max_id_seen <= jr.last_id:
+        reasons.append(
+            f"the journal's newest segment is full, and the journal goes on in a new "
+            f"segment after a full one: either nothing was written after event "
+            f"{jr.last_id}, or a newer segment is missing")
     if salvage.max_id_seen > jr.last_id and not jr.missing_dir:
         reasons.append(f"the damaged database holds events up to {salvage.max_id_seen}, "
                        f"beyond the journal's end ({jr.last_id}): a journal segment is "
