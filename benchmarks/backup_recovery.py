@@ -168,8 +168,8 @@ class Phases:
 
 
 BACKUP_PHASES = ("_snapshot", "validate_copy", "write_json_durably", "record")
-RECOVERY_PHASES = ("diagnose", "choose_backup", "_read_journal", "_quarantine", "_build",
-                   "_write_journal", "_verify_result", "_finish_pending")
+RECOVERY_PHASES = ("diagnose", "choose_backup", "read_window", "build_ledger",
+                   "write_journal", "_verify_result", "_finish_pending")
 
 
 # -- building the workspace (setup, not measured) -----------------------------------

@@ -27,6 +27,7 @@ from atlasops.chronicle.render import render
 from atlasops.demo import DemoResult, run_demo
 from atlasops.durability import recover, take_backup
 from atlasops.durability.detect import record_detection
+from atlasops.errors import DatabaseCorrupt
 from atlasops.leads import import_csv
 from atlasops.ledger import Ledger, NewEvent
 from atlasops.ops.records import add_content, record_deploy
@@ -347,12 +348,11 @@ def test_a_detection_nobody_recovered_from_lowers_confidence(day: Workspace) -> 
     assert f"the journal holds events {event.id}..{event.id}" in reason
     assert f"(event {event.id}, in the journal) and has not been recovered" in reason
     assert c["confidence"]["overall"] == "low" and c["headline"]["rule"] == "open incident"
-    with Ledger.for_workspace(day):
-        pass  # opening the ledger applies the journal: the detection is in the ledger now
-    c = compose(day, TODAY)
-    assert "in the ledger) and has not been recovered" in source(c, "ledger")["reason"]
-    corrupt(day)
-    assert recover(day, actor="t").exit_code == 0
+    with pytest.raises(DatabaseCorrupt, match="has not been recovered since"):
+        Ledger.for_workspace(day).open()  # a database found damaged is not written to
+    assert "in the journal) and has not been recovered" in source(
+        compose(day, TODAY), "ledger")["reason"]
+    assert recover(day, actor="t").exit_code == 0  # recovery brings the detection in
     c = compose(day, TODAY)
     assert source(c, "ledger")["degraded"] is False and c["confidence"]["overall"] == "high"
 

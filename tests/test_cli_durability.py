@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -181,4 +182,169 @@ def test_recover_exit_2_when_impossible(cli: Any, ledger: Ledger, ws: Workspace)
     assert r.exit_code == 2
     assert "nothing was changed" in r.stderr
     r = cli("recover", "--backup", "nope")
-    assert r.exit_code == 6
+    assert r.exit_code == 2 and "no backup named 'nope'" in r.stderr
+
+
+def drop_wal(ws: Workspace) -> None:
+    for s in ("-wal", "-shm"):
+        Path(str(ws.db_path) + s).unlink(missing_ok=True)
+
+
+def zero(ws: Workspace, page: int, count: int) -> None:
+    with open(ws.db_path, "r+b") as fh:
+        fh.seek(4096 * page)
+        fh.write(b"\0" * 4096 * count)
+
+
+def root_page(ws: Workspace, name: str) -> int:
+    conn = sqlite3.connect(f"file:{ws.db_path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?",
+                                (name,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_missing_journal_directory_points_to_recover(cli: Any, ledger: Ledger,
+                                                     ws: Workspace) -> None:
+    import shutil
+
+    fill(ledger, 300)
+    assert cli("backup").exit_code == 0
+    fill(ledger, 100)
+    ledger.close()
+    drop_wal(ws)
+    shutil.rmtree(ws.journal_dir)
+    r = cli("status")
+    assert r.exit_code == 4 and "data/journal is missing" in r.stderr
+    assert "atlas recover" in r.stderr  # not `atlas init`, which would hide the loss
+    r = cli("recover", "--dry-run")
+    assert r.exit_code == 3 and "Would rewrite the journal" in r.stdout
+    assert not ws.journal_dir.exists()
+    r = cli("recover", "--json")
+    assert r.exit_code == 3, r.stderr
+    rec = r.json()
+    # the file still held every event, and each one links forward from the backup; but
+    # with no journal nothing proves where history ends
+    assert rec["loss"]["lost_event_ranges"] == []
+    assert rec["loss"]["unknown_after"]["id"] == 401
+    assert "journal directory was missing" in rec["loss"]["unknown_after"]["why"]
+    assert ws.journal_dir.is_dir()
+    assert cli("ledger", "verify").exit_code == 0 and cli("status").exit_code == 0
+
+
+def test_a_detected_corruption_blocks_writes_until_recovered(cli: Any, ledger: Ledger,
+                                                             ws: Workspace) -> None:
+    fill(ledger, 400)
+    ledger.close()
+    drop_wal(ws)
+    # an index no note touches: the file opens and a replay of notes would succeed
+    zero(ws, root_page(ws, "leads_segment") - 1, 1)
+    before = ws.db_path.read_bytes()
+    r = cli("db", "check", "--json")
+    assert r.exit_code == 1
+    event_id = r.json()["event_id"]
+    r = cli("status")
+    assert r.exit_code == 5 and f"event {event_id}" in r.stderr
+    assert "atlas recover" in r.stderr
+    assert ws.db_path.read_bytes() == before  # nothing was replayed into the damaged file
+    assert cli("recover").exit_code == 0
+    assert cli("status").exit_code == 0
+
+
+def test_db_check_records_its_richer_symptom_after_a_passing_detection(
+        cli: Any, ledger: Ledger, ws: Workspace) -> None:
+    from atlasops.durability import record_detection
+
+    fill(ledger, 400)
+    ledger.close()
+    drop_wal(ws)
+    root = root_page(ws, "events_kind")
+    zero(ws, root - 1, 1)
+    passing, _ = record_detection(ws, {"summary": "database disk image is malformed",
+                                       "detected_by": "reading the ledger"})
+    assert passing is not None
+    r = cli("db", "check", "--json")
+    data = r.json()
+    assert r.exit_code == 1 and data["event_id"] == passing.id + 1
+    assert f"Page {root}:" in data["symptom"]["summary"]  # quick_check names the page
+    r = cli("db", "check", "--json")
+    assert r.json()["event_id"] == passing.id + 1  # the same check is recorded once
+
+
+def test_db_check_describes_damage_when_quick_check_raises(cli: Any, ledger: Ledger,
+                                                           ws: Workspace) -> None:
+    fill(ledger, 400)
+    ledger.close()
+    drop_wal(ws)
+    size = ws.db_path.stat().st_size
+    with open(ws.db_path, "r+b") as fh:
+        fh.truncate(size // 2)
+    data = cli("db", "check", "--json").json()
+    damage = " ".join(data["symptom"].get("damage", []))
+    assert f"the file has {size // 2} bytes" in damage and "are missing" in damage
+    with open(ws.db_path, "r+b") as fh:
+        fh.write(b"garbage!" * 4)
+    assert "header is not SQLite's" in " ".join(cli("db", "check", "--json").json()[
+        "symptom"]["damage"])
+
+
+def test_backup_of_a_damaged_live_database_says_recover(cli: Any, ledger: Ledger,
+                                                        ws: Workspace) -> None:
+    fill(ledger, 400)
+    ledger.close()
+    drop_wal(ws)
+    zero(ws, 5, 4)
+    r = cli("backup", "--json")
+    assert r.exit_code == 5 and "atlas recover" in r.stderr and "marked failed" in r.stderr
+    listed = cli("backups", "list", "--json").json()
+    assert [b["status"] for b in listed] == ["failed"]
+    text = "".join(p.read_text() for p in ws.journal_dir.glob("*.journal"))
+    assert text.count('"kind":"db.corruption.detected"') == 1
+    assert '"detected_by":"atlas backup' in text
+
+
+def test_a_missing_database_rebuilt_on_open_is_recorded(cli: Any, ledger: Ledger,
+                                                        ws: Workspace) -> None:
+    fill(ledger, 100)
+    ledger.close()
+    drop_wal(ws)
+    ws.db_path.write_bytes(b"")
+    assert cli("status").exit_code == 0
+    events = cli("events", "list", "--kind", "ledger.rebuilt", "--json").json()
+    assert len(events) == 1
+    assert events[0]["payload"] == {"reason": "leads.db was empty (0 bytes)",
+                                    "replayed": 100, "source": "journal"}
+
+
+def test_backups_list_and_verify_name_what_is_wrong(cli: Any, ledger: Ledger,
+                                                    ws: Workspace) -> None:
+    fill(ledger, 100)
+    first = cli("backup", "--json").json()
+    second = cli("backup", "--json").json()
+    (Path(first["path"]) / "leads.db").unlink()
+    manifest = Path(second["path"]) / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["hwm_hash"] = "0" * 64
+    manifest.write_text(json.dumps(data))
+    listed = {b["name"]: b for b in cli("backups", "list", "--json").json()}
+    assert listed[first["name"]]["status"] == "failed"
+    assert listed[first["name"]]["problem"] == "leads.db is missing"
+    r = cli("backups", "verify", second["name"])
+    assert r.exit_code == 1 and f"high-water mark hash drift: manifest {'0' * 64}" in r.stderr
+
+
+def test_recover_dry_run_prints_a_plan(cli: Any, ledger: Ledger, ws: Workspace) -> None:
+    fill(ledger, 300)
+    name = cli("backup", "--json").json()["name"]
+    fill(ledger, 100)
+    ledger.close()
+    drop_wal(ws)
+    zero(ws, 30, 4)
+    r = cli("recover", "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    for line in ("Would quarantine: leads.db (", f"Would restore: backup {name}",
+                 "Would replay: ", "Expected loss: Nothing was lost"):
+        assert line in r.stdout, line
+    assert "applied" not in r.stdout and "copied" not in r.stdout
+    assert list(ws.quarantine_dir.iterdir()) == []

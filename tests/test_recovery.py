@@ -77,8 +77,10 @@ def assert_exact(result: dict[str, Any], acked: dict[int, str], db: Path) -> set
     if loss["unknown_after"]:
         named |= {i for i in acked if i > loss["unknown_after"]["id"]}
     assert named & set(acked) == truly_lost
-    assert loss["none"] == (not truly_lost and loss["unknown_after"] is None
-                            and loss["salvaged_unmerged"]["count"] == 0)
+    # "none" is proven exactly when every acknowledged event is back and the journal
+    # shows where history ends (computed here from the ledger, not from the receipt)
+    assert loss["none"] == (set(acked) <= {i for i, h in rows.items() if acked.get(i) == h}
+                            and loss["unknown_after"] is None)
     # and nothing the ledger holds is named as lost
     assert not (expand(loss["lost_event_ranges"]) & set(rows))
     return truly_lost
@@ -362,14 +364,23 @@ def test_sigkill_during_backup_never_counts_as_validated(ws: Workspace) -> None:
     )
     from atlasops.durability import list_backups
 
-    for delay in (0.35, 0.6, 0.9):
+    def half_written() -> set[str]:
+        return {p.name for p in ws.backups_dir.glob(".tmp-*")}
+
+    for n in range(3):
+        before = half_written()
         proc = subprocess.Popen([sys.executable, "-c", code, str(ws.home)])
         try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
+            # kill the moment a new backup is under way (its .tmp- directory exists)
+            while proc.poll() is None and not half_written() - before:
+                pass
             proc.kill()
+        finally:
             proc.wait()
-    for info in list_backups(ws):
+        assert len(half_written()) == n + 1  # the kill landed while it was half-written
+    infos = list_backups(ws)
+    assert sum(i.status == "incomplete" for i in infos) == 3
+    for info in infos:
         if info.validated:
             # every backup that claims to be validated really is, by an independent check
             conn = sqlite3.connect(f"file:{info.db_path}?mode=ro", uri=True)
@@ -569,15 +580,458 @@ def test_journal_damaged_before_the_backup_is_rewritten(ws: Workspace) -> None:
     assert verify(ws.db_path, Journal(ws.journal_dir, 65536)).ok
 
 
-def test_quick_check_is_implied_only_by_a_passing_integrity_check(ws: Workspace) -> None:
-    from atlasops.durability.checks import integrity_and_quick_check
+def test_backup_and_recovery_run_quick_check_for_real(scenario: Any) -> None:
+    """quick_check is run on its own (not inferred from integrity_check) in backup
+    validation and in recovery verification, with its own duration."""
+    ws, _acked, name = scenario
+    manifest = json.loads((ws.backups_dir / name / "manifest.json").read_text())
+    quick = next(c for c in manifest["checks"] if c["name"] == "quick_check")
+    assert quick["passed"] and quick["detail"] == "ok" and quick["ms"] > 0
+    zero_pages(ws.db_path, 30, 12)
+    r = run(ws)
+    quick = next(c for c in r["checks"] if c["name"] == "quick_check")
+    assert quick["passed"] and quick["detail"] == "ok" and quick["ms"] > 0
 
-    append(ws, 300)
+
+# -- the journal's end, manifests, other processes, interrupted swaps ---------------
+
+def small_segments(ws: Workspace) -> Workspace:
+    ws.config_path.write_text(ws.config_path.read_text().replace(
+        "segment_bytes = 67108864", "segment_bytes = 65536"))
+    return Workspace.open(ws.home)
+
+
+def test_journal_ending_before_the_backups_mark_is_unknown_not_none(ws: Workspace) -> None:
+    """The newest segment (events after 600) is missing and leads.db is gone: the
+    journal ends before the backup's high-water mark (620), and every backup records
+    its receipt as the next event, so the journal's tail is provably missing."""
+    ws = small_segments(ws)
+    acked = append(ws, 620)
+    _name, receipt = backup(ws)
+    acked |= receipt
+    acked |= append(ws, 10, start=700)
     drop_wal(ws)
-    healthy = integrity_and_quick_check(ws.db_path)
-    assert healthy.check.passed and healthy.value.passed
-    assert "implied" in healthy.value.detail
-    zero_pages(ws.db_path, 20, 4)
-    damaged = integrity_and_quick_check(ws.db_path)
-    assert not damaged.check.passed
-    assert "implied" not in damaged.value.detail  # quick_check really ran
+    newest = sorted(ws.journal_dir.glob("*.journal"))[-1]
+    assert int(newest.name.split(".")[0]) <= 620  # it holds the mark and what follows
+    newest.unlink()
+    ws.db_path.unlink()
+    r = run(ws)
+    five_parts(r)
+    assert r["exit_code"] == 3 and r["loss"]["none"] is False
+    assert r["loss"]["unknown_after"]["id"] == 620
+    assert "at or before backup" in r["loss"]["unknown_after"]["why"]
+    assert assert_exact(r, acked, ws.db_path) == set(range(621, 632))
+    assert not any("did not need it" in a["result"] for a in r["actions"])
+    from atlasops.ledger import Journal, verify
+
+    assert verify(ws.db_path, Journal(ws.journal_dir, 65536)).ok
+
+
+def test_journal_ending_before_a_skipped_backups_mark_is_unknown_not_none(
+        ws: Workspace) -> None:
+    """The newest backup is damaged (skipped), so an older one is restored; the journal
+    lost its newest segment with the database, and now ends between the two marks.
+    The skipped backup's mark still shows that history went further."""
+    ws = small_segments(ws)
+    acked = append(ws, 300)
+    _older, receipt = backup(ws)
+    acked |= receipt
+    acked |= append(ws, 400, start=300)
+    newer, receipt = backup(ws, "daily")
+    acked |= receipt
+    acked |= append(ws, 10, start=900)
+    drop_wal(ws)
+    newest = sorted(ws.journal_dir.glob("*.journal"))[-1]
+    newest.unlink()
+    journal_end = max(i for i in acked if i < int(newest.name.split(".")[0]))
+    assert 302 < journal_end <= 702  # between the two marks (301 and 702)
+    zero_pages(ws.backups_dir / newer / "leads.db", 5, 3)
+    ws.db_path.unlink()
+    r = run(ws)
+    assert [s["name"] for s in r["skipped_backups"]] == [newer]
+    assert r["exit_code"] == 3 and r["loss"]["none"] is False
+    assert newer in r["loss"]["unknown_after"]["why"]
+    assert assert_exact(r, acked, ws.db_path) == set(range(journal_end + 1, max(acked) + 1))
+
+
+def test_newest_segment_lost_with_the_database_after_the_mark_is_unknown(
+        ws: Workspace) -> None:
+    """The journal ends after the backup's mark, but its newest surviving segment is
+    full: the journal would have gone on in a new segment, so its end proves nothing."""
+    ws = small_segments(ws)
+    acked = append(ws, 520)
+    _name, receipt = backup(ws)
+    acked |= receipt
+    acked |= append(ws, 150, start=600)
+    drop_wal(ws)
+    newest = sorted(ws.journal_dir.glob("*.journal"))[-1]
+    journal_end = int(newest.name.split(".")[0]) - 1
+    assert journal_end > 521  # after the backup's mark and its receipt
+    newest.unlink()
+    ws.db_path.unlink()
+    r = run(ws)
+    assert r["exit_code"] == 3 and r["loss"]["none"] is False
+    assert r["loss"]["unknown_after"]["id"] == journal_end
+    assert "newest segment is full" in r["loss"]["unknown_after"]["why"]
+    assert assert_exact(r, acked, ws.db_path) == set(range(journal_end + 1, max(acked) + 1))
+
+
+def test_empty_journal_directory_with_the_database_gone(scenario: Any) -> None:
+    ws, acked, _name = scenario
+    for seg in ws.journal_dir.glob("*.journal"):
+        seg.unlink()
+    ws.db_path.unlink()
+    r = run(ws)
+    five_parts(r)
+    assert r["exit_code"] == 3 and r["loss"]["unknown_after"]["id"] == 600
+    assert assert_exact(r, acked, ws.db_path) == set(range(601, 1002))
+
+
+def tamper_manifest(ws: Workspace, name: str, **fields: Any) -> None:
+    path = ws.backups_dir / name / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(fields)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("field", ["hwm_hash", "hwm_event_id"])
+def test_manifest_drift_is_skipped_and_named(scenario: Any, field: str) -> None:
+    """sha256 covers leads.db, not manifest.json: what recovery takes from the manifest
+    is checked against the file, and a backup whose manifest lies is skipped."""
+    ws, acked, name = scenario
+    manifest = json.loads((ws.backups_dir / name / "manifest.json").read_text())
+    tamper_manifest(ws, name, **{field: 517 if field == "hwm_event_id" else "0" * 64})
+    zero_pages(ws.db_path, 30, 12)
+    listing = {p.name for p in ws.quarantine_dir.iterdir()}
+    r = run(ws)
+    five_parts(r)
+    assert r["backup"] is None  # the journal is complete from event 1
+    assert [s["name"] for s in r["skipped_backups"]] == [name]
+    why = r["skipped_backups"][0]["why"]
+    assert why.startswith("manifest drift") and str(manifest[field]) in why
+    assert r["exit_code"] == 0 and assert_exact(r, acked, ws.db_path) == set()
+    assert len({p.name for p in ws.quarantine_dir.iterdir()} - listing) == 1
+
+
+def test_forced_backup_that_cannot_be_used_stops_without_falling_back(scenario: Any
+                                                                      ) -> None:
+    ws, _acked, name = scenario
+    tamper_manifest(ws, name, hwm_hash="0" * 64)
+    zero_pages(ws.db_path, 30, 12)
+    before = sha(ws.db_path)
+    with pytest.raises(RecoveryFailed) as info:
+        run(ws, backup_name=name)
+    assert info.value.exit_code == 2 and "manifest drift" in info.value.message
+    assert sha(ws.db_path) == before and list(ws.quarantine_dir.iterdir()) == []
+
+
+def test_no_validated_backup_when_failed_and_incomplete_backups_exist(ws: Workspace
+                                                                      ) -> None:
+    acked = append(ws, 300)
+    failed = ws.backups_dir / "hourly-20260101T000000Z"
+    failed.mkdir()
+    (failed / "manifest.json").write_text(json.dumps({
+        "validated": False, "checks": [{"name": "integrity_check", "passed": False}],
+        "created_at": "2026-01-01T00:00:00.000000Z"}))
+    (ws.backups_dir / ".tmp-hourly-20260102T000000Z").mkdir()
+    drop_wal(ws)
+    zero_pages(ws.db_path, 20, 10)
+    r = run(ws)
+    assert r["backup"] is None and "journal alone" in r["loss"]["statement"]
+    assert {s["name"]: s["why"] for s in r["skipped_backups"]} == {
+        failed.name: "manifest says validation failed",
+        ".tmp-hourly-20260102T000000Z": "the backup never finished (killed or crashed mid-way)"}
+    assert r["exit_code"] == 0 and assert_exact(r, acked, ws.db_path) == set()
+    # and when the journal is not complete from event 1 either: exit 2, nothing changed
+    damage_journal_record(ws, 1)
+    zero_pages(ws.db_path, 20, 10)
+    before, listing = sha(ws.db_path), sorted(p.name for p in ws.db_dir.rglob("*"))
+    with pytest.raises(RecoveryFailed) as info:
+        run(ws)
+    assert info.value.exit_code == 2 and "no validated backup" in info.value.message
+    assert {s["name"] for s in info.value.details["skipped"]} == {
+        failed.name, ".tmp-hourly-20260102T000000Z"}
+    assert sha(ws.db_path) == before
+    assert sorted(p.name for p in ws.db_dir.rglob("*")) == listing
+
+
+def test_dry_run_reports_a_failing_verification_with_exit_2(scenario: Any) -> None:
+    """A backup rewritten behind Atlas's back, manifest and all (so its sha256 and facts
+    agree): the rebuilt ledger fails its hash chain. The dry run says so, exit 2, and
+    the real run refuses and changes nothing."""
+    ws, _acked, name = scenario
+    db = ws.backups_dir / name / "leads.db"
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE events SET payload = '{\"i\":-1}' WHERE id = 5")
+    conn.commit()
+    conn.close()
+    tamper_manifest(ws, name, sha256=sha(db), size=db.stat().st_size)
+    zero_pages(ws.db_path, 30, 12)
+    before = sha(ws.db_path)
+    r = run(ws, dry_run=True)
+    assert r["outcome"] == "failed" and r["exit_code"] == 2
+    assert "hash_chain" in r["plan"]["would_fail"] or "ledger == journal" in r["plan"][
+        "would_fail"]
+    with pytest.raises(RecoveryFailed) as info:
+        run(ws)
+    assert info.value.exit_code == 2
+    assert sha(ws.db_path) == before
+    assert list(ws.quarantine_dir.iterdir()) == []
+    assert list(ws.db_dir.glob(".recovering-*")) == []
+
+
+def event_page(db: Path, event_hash: str) -> int:
+    """The page of the events table that holds this hash (as a row's hash or the next
+    row's prev_hash: the same page or its neighbour)."""
+    return db.read_bytes().find(event_hash.encode()) // PAGE
+
+
+def test_salvaged_rows_after_a_gap_are_not_merged_unless_anchored(ws: Workspace) -> None:
+    """Journal records 602..1001 are missing (the newest segment). The file's page that
+    holds event 922 is zeroed: rows before it link forward from the journal and are
+    merged; rows after it cannot be linked to anything the ledger holds, so they are
+    kept for review and their ids are named as lost."""
+    ws = small_segments(ws)
+    acked = append(ws, 600)
+    _name, receipt = backup(ws)
+    acked |= receipt
+    acked |= append(ws, 400, start=600)
+    drop_wal(ws)
+    newest = sorted(ws.journal_dir.glob("*.journal"))[-1]
+    first_missing = int(newest.name.split(".")[0])
+    newest.unlink()
+    zero_pages(ws.db_path, event_page(ws.db_path, acked[first_missing + 20]), 1)
+    r = run(ws)
+    lost = assert_exact(r, acked, ws.db_path)
+    assert lost and min(lost) > first_missing and max(lost) == 1001
+    merged = set(r["evidence"]["merged_from_salvage"])
+    assert merged and max(merged) < min(lost)  # nothing after the gap was merged
+    review = Path(r["loss"]["salvaged_unmerged"]["path"])
+    conn = sqlite3.connect(review)
+    kept = {int(i) for (i,) in conn.execute("SELECT id FROM salvaged_events")}
+    conn.close()
+    assert kept and kept <= lost and max(kept) == 1001
+    assert r["loss"]["salvaged_unmerged"]["count"] == len(kept)
+    assert r["loss"]["unknown_after"]["id"] == 1001 and r["exit_code"] == 3
+
+
+def test_salvaged_rows_after_a_gap_anchored_by_the_journal_are_merged(scenario: Any
+                                                                      ) -> None:
+    """Journal records 830..870 are damaged and the file's page holding event 850 is
+    zeroed. Rows after that page link to each other and the journal record 871 names
+    the last one's hash as its prev_hash: the chain anchors them, so they are merged."""
+    ws, acked, _ = scenario
+    for i in range(830, 871):
+        damage_journal_record(ws, i)
+    zero_pages(ws.db_path, event_page(ws.db_path, acked[850]), 1)
+    r = run(ws)
+    lost = assert_exact(r, acked, ws.db_path)
+    assert lost and min(lost) > 830 and max(lost) < 870
+    merged = set(r["evidence"]["merged_from_salvage"])
+    assert {i for i in merged if i > max(lost)}  # the anchored run after the gap
+    assert r["loss"]["salvaged_unmerged"]["count"] == 0
+    assert r["loss"]["unknown_after"] is None and r["exit_code"] == 3
+
+
+def test_another_atlas_process_during_recover(scenario: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that opened the ledger before the recovery, and one that tries to open
+    it while the recovery runs, both write into the recovered file afterwards; the
+    quarantined copy never changes."""
+    import threading
+
+    import atlasops.durability.recovery as rec
+
+    ws, acked, _ = scenario
+    zero_pages(ws.db_path, root_page(ws.db_path, "leads_segment") - 1, 1)
+    go = ws.home / "go"
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from atlasops.workspace import Workspace\n"
+        "from atlasops.ledger import Ledger, NewEvent\n"
+        "ws = Workspace.open(sys.argv[1])\n"
+        "print('opening', flush=True)\n"
+        "led = Ledger.for_workspace(ws).open()\n"
+        "print('opened', flush=True)\n"
+        "while not Path(sys.argv[2]).exists():\n"
+        "    time.sleep(0.01)\n"
+        "ids = [(e.id, e.hash) for e in led.append_many(\n"
+        "    [NewEvent('note.added', sys.argv[3], {'i': i}) for i in range(5)])]\n"
+        "led.close()\n"
+        "print(repr(ids), flush=True)\n"
+    )
+
+    def writer(name: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-c", code, str(ws.home), str(go), name],
+                                stdout=subprocess.PIPE, text=True)
+
+    early = writer("early")
+    assert early.stdout is not None
+    assert early.stdout.readline() == "opening\n" and early.stdout.readline() == "opened\n"
+    building, release = threading.Event(), threading.Event()
+    real = rec.build_ledger
+
+    def paused(*a: Any, **k: Any) -> Any:
+        building.set()
+        release.wait()
+        return real(*a, **k)
+
+    monkeypatch.setattr(rec, "build_ledger", paused)
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(run(ws)))
+    t.start()
+    assert building.wait(60)
+    late = writer("late")
+    assert late.stdout is not None and late.stdout.readline() == "opening\n"
+    release.set()  # (whether or not `late` has reached the lock yet, it must wait for it)
+    t.join()
+    assert late.stdout.readline() == "opened\n"
+    go.touch()
+    for proc in (early, late):
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        acked |= dict(eval(out))  # noqa: S307 - our own child's repr output
+    assert assert_exact(result, acked, ws.db_path) == set()  # plain sqlite3, right away
+    q = result["evidence"]["quarantine"]["files"]["leads.db"]
+    assert sha(Path(q["path"])) == q["sha256"]
+    assert os.stat(q["path"]).st_nlink == 1  # a copy, linked nowhere else
+    from atlasops.ledger import Journal, verify
+
+    assert verify(ws.db_path, Journal(ws.journal_dir, 1 << 26)).ok
+
+
+KILL_AT_SWAP = (
+    "import sys, os, signal\n"
+    "from pathlib import Path\n"
+    "from atlasops.workspace import Workspace\n"
+    "import atlasops.durability.swap as swap\n"
+    "real_rename, real_exchange = os.rename, swap.exchange\n"
+    "def die():\n"
+    "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "def rename(a, b):\n"
+    "    if sys.argv[2] == 'between-renames' and str(b).endswith('data/journal'):\n"
+    "        die()  # the old journal went to quarantine; the new one is not in place\n"
+    "    return real_rename(a, b)\n"
+    "def exchange(a, b):\n"
+    "    if sys.argv[2] == 'between-renames':\n"
+    "        return False  # as on a file system without renameat2\n"
+    "    real_exchange(a, b)\n"
+    "    die()  # exchanged; the old journal is not in quarantine yet\n"
+    "swap.os.rename, swap.exchange = rename, exchange\n"
+    "from atlasops.durability import recover\n"
+    "recover(Workspace.open(sys.argv[1]), actor='k')\n"
+)
+
+
+@pytest.mark.parametrize("where", ["between-renames", "after-exchange"])
+def test_sigkill_during_the_journal_swap_then_rerun_finishes(
+        scenario: Any, where: str, cli: Any) -> None:
+    ws, acked, _ = scenario
+    damage_journal_record(ws, 800)  # the journal must be rewritten, so it is swapped
+    ws.db_path.unlink()
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_SWAP, str(ws.home), where])
+    assert proc.returncode == -9
+    assert ws.recovery_pending_path.exists()
+    assert ws.journal_dir.exists() == (where == "after-exchange")
+    # every other command says what to do, and nothing writes meanwhile
+    r = cli("status")
+    assert r.exit_code == 5 and "interrupted" in r.stderr and "atlas recover" in r.stderr
+    from atlasops.errors import StorageError
+
+    with pytest.raises(StorageError, match="interrupted"):
+        Ledger.for_workspace(ws).open()
+    r = cli("recover", "--dry-run")
+    assert r.exit_code == 3 and "would swap it in" in r.stdout
+    assert ws.recovery_pending_path.exists()
+    r = cli("recover", "--json")
+    assert r.exit_code == 3, r.stderr
+    result = r.json()
+    assert assert_exact(result, acked, ws.db_path) == {800}
+    assert not ws.recovery_pending_path.exists()
+    q = Path(result["evidence"]["quarantine"]["path"] or
+             next(ws.quarantine_dir.iterdir()))
+    assert (ws.quarantine_dir / q.name / "journal").is_dir()  # the old journal is kept
+    assert not any(p.name == "journal" for p in ws.db_dir.glob(".recovering-*/*"))
+    with Ledger.for_workspace(ws) as led:
+        recoveries = led.query("SELECT id FROM receipts WHERE kind = 'recovery'")
+    assert len(recoveries) == 1
+    assert cli("ledger", "verify").exit_code == 0
+
+
+def test_a_live_file_changed_during_recovery_is_kept_beside_the_quarantine(
+        scenario: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Something outside Atlas (it ignores the writer lock) writes to leads.db after it
+    was copied into quarantine: the copy keeps its recorded bytes, and the changed file
+    is copied beside it at the swap, with its hash, instead of being lost."""
+    import atlasops.durability.recovery as rec
+
+    ws, acked, _ = scenario
+    zero_pages(ws.db_path, 30, 12)
+    real = rec.build_ledger
+
+    def outsider_writes(*a: Any, **k: Any) -> Any:
+        with open(ws.db_path, "r+b") as fh:
+            fh.seek(PAGE * 31)
+            fh.write(b"outsider" * 16)
+        return real(*a, **k)
+
+    monkeypatch.setattr(rec, "build_ledger", outsider_writes)
+    damaged_then = ws.db_path.read_bytes()
+    r = run(ws)
+    assert r["exit_code"] == 0 and assert_exact(r, acked, ws.db_path) == set()
+    q = Path(r["evidence"]["quarantine"]["path"])
+    assert sha(q / "leads.db") == r["evidence"]["quarantine"]["files"]["leads.db"]["sha256"]
+    kept = (q / "leads.db.at-swap").read_bytes()
+    assert kept != (q / "leads.db").read_bytes() and kept[PAGE * 31:PAGE * 31 + 8] == b"outsider"
+    assert len(kept) == len(damaged_then)
+    swap_action = next(a for a in r["actions"] if a["name"] == "atomic swap")
+    assert hashlib.sha256(kept).hexdigest() in swap_action["result"]
+    assert "as recorded" in next(a for a in r["actions"] if a["name"] == "seal quarantine")[
+        "result"]
+
+
+FAKE_SQLITE3 = """#!/bin/sh
+# stands in for a .recover-capable sqlite3, which this machine does not have
+cat <<'SQL'
+CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+SQL
+i=1
+while [ $i -le {rows} ]; do echo "INSERT INTO t VALUES ($i, 'row $i');"; i=$((i+1)); done
+"""
+
+
+@pytest.mark.parametrize("rows", [100, 99])
+def test_sqlite_recover_probe_accepts_only_a_tool_that_proves_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    """The real sqlite3 here fails `.recover` on a healthy file; a `.recover` that works
+    cannot exist here, so a script stands in for one. The probe trusts it only when it
+    recovers every row of the healthy test file."""
+    from atlasops.durability.salvage import sqlite_recover_probe
+
+    real = sqlite_recover_probe()
+    assert not real[0] and real[1].startswith("unavailable")  # this machine's sqlite3
+    fake = tmp_path / "sqlite3"
+    fake.write_text(FAKE_SQLITE3.replace("{rows}", str(rows)))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    sqlite_recover_probe.cache_clear()
+    try:
+        works, what = sqlite_recover_probe()
+    finally:
+        sqlite_recover_probe.cache_clear()
+    assert works == (rows == 100)
+    assert (str(fake) in what) if works else ("99 of 100" in what)
+
+
+def test_the_sqlite3_recover_probe_is_recorded_when_salvage_runs(scenario: Any) -> None:
+    from atlasops.durability.salvage import sqlite_recover_probe
+
+    ws, acked, _ = scenario
+    damage_journal_record(ws, 800)
+    zero_pages(ws.db_path, root_page(ws.db_path, "leads_segment") - 1, 1)
+    r = run(ws)
+    probe = next(a for a in r["actions"] if a["name"] == "probe sqlite3 .recover")
+    assert probe["result"].startswith(sqlite_recover_probe()[1])
+    assert "salvage reads rowid ranges in Python" in probe["result"]
+    assert assert_exact(r, acked, ws.db_path) == set()

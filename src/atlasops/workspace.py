@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Business, Config, load_config, normal_email, render_config
-from .errors import ConfigError, Conflict, InputError, WorkspaceError
+from .errors import ConfigError, Conflict, InputError, StorageError, WorkspaceError
 
 CONFIG_NAME = "atlas.toml"
+# Written by `atlas recover` once a verified ledger is ready to swap in; removed when the
+# swap and its receipt are done. While it exists nothing else opens the workspace.
+RECOVERY_PENDING = "recovery-pending.json"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -68,6 +71,10 @@ class Workspace:
     def lock_path(self) -> Path:
         return self.data_dir / "writer.lock"
 
+    @property
+    def recovery_pending_path(self) -> Path:
+        return self.db_dir / RECOVERY_PENDING
+
     def layout(self) -> list[Path]:
         return [
             self.data_dir,
@@ -79,8 +86,11 @@ class Workspace:
         ]
 
     @classmethod
-    def open(cls, home: Path) -> Workspace:
-        """Open an existing workspace, or explain why it cannot be opened."""
+    def open(cls, home: Path, *, recovering: bool = False) -> Workspace:
+        """Open an existing workspace, or explain why it cannot be opened.
+
+        ``recovering`` is for `atlas recover` alone: it may open a workspace whose
+        recovery was interrupted, or whose journal directory is missing (it rebuilds it)."""
         home = Path(home).expanduser().absolute()
         if not home.exists():
             raise WorkspaceError(f"no Atlas workspace at {home}: the directory does not exist")
@@ -95,11 +105,21 @@ class Workspace:
         if not config_path.exists():
             raise WorkspaceError(f"{home} is not an Atlas workspace: {CONFIG_NAME} is missing")
         ws = cls(home=home, config=load_config(config_path))
-        missing = [p for p in ws.layout() if not p.is_dir()]
+        if ws.recovery_pending_path.exists() and not recovering:
+            raise StorageError(
+                f"a recovery of {ws.db_path} was interrupted before it finished",
+                hint=f"Run `atlas recover --home {home}`: it finishes the swap it had verified.")
+        missing = [p for p in ws.layout() if not p.is_dir()
+                   and not (recovering and p == ws.journal_dir)]
         if missing:
+            hint = f"Run `atlas init --home {home}` again; it only adds what is missing."
+            if missing[0] == ws.journal_dir and ws.db_path.exists():
+                hint = (f"The journal holds the ledger's history: run `atlas recover --home "
+                        f"{home}`. It rebuilds data/journal/ from the ledger and states what "
+                        "can no longer be known (`atlas init` would only add an empty one).")
             raise WorkspaceError(
                 f"the workspace {home} is incomplete: {missing[0].relative_to(home)} is missing",
-                hint=f"Run `atlas init --home {home}` again; it only adds what is missing.",
+                hint=hint,
             )
         return ws
 
@@ -170,4 +190,4 @@ def _write_private(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-__all__ = ["CONFIG_NAME", "Workspace"]
+__all__ = ["CONFIG_NAME", "RECOVERY_PENDING", "Workspace"]

@@ -21,6 +21,7 @@ from ..durability import (
 )
 from ..errors import InputError
 from ..ledger import Ledger
+from ..workspace import Workspace
 from .common import (
     HomeOpt,
     JsonOpt,
@@ -32,6 +33,7 @@ from .common import (
     open_workspace,
     out,
     print_json,
+    resolve_home,
     styled,
 )
 
@@ -220,13 +222,15 @@ def recover(
 ) -> None:
     """Recover a damaged ledger and state exactly what, if anything, was lost.
 
-    Quarantines the damaged files (never deletes them), restores the newest backup that
-    still passes its checks, REINDEXes, replays the journal after the backup, salvages
-    what neither holds, verifies, swaps atomically, and writes a five-part receipt:
-    symptom, backup, actions, checks, loss. Exit 0: recovered with no loss; 3: recovered
-    with a stated loss; 2: could not recover (nothing changed).
+    Copies the damaged files into data/db/quarantine/ (never deletes them), restores the
+    newest backup whose file still matches its manifest, REINDEXes, replays the journal
+    after the backup, salvages what neither holds, verifies, swaps atomically, and writes
+    a five-part receipt: symptom, backup, actions, checks, loss. Also finishes a recovery
+    that was interrupted, and rebuilds a missing data/journal/. Exit 0: recovered with no
+    loss (or healthy); 3: recovered with a stated loss; 2: could not recover (nothing
+    changed). With --dry-run the exit code is the one the real run would have.
     """
-    ws = open_workspace(home)
+    ws = Workspace.open(resolve_home(home), recovering=True)
     with err.status("Recovering: quarantine, restore, replay, verify..."):
         result = run_recovery(ws, actor=actor(), dry_run=dry_run, backup_name=backup_name)
     if as_json:
@@ -236,11 +240,48 @@ def recover(
     raise typer.Exit(result.exit_code)
 
 
+def print_plan(r: dict[str, Any]) -> None:
+    """A dry run: what `atlas recover` would do, in the future tense."""
+    p = r["plan"]
+    out.print(styled(("Symptom", "bold"), f": {r['symptom']['summary']}"))
+    if p.get("finish_interrupted"):
+        out.print(f"An interrupted recovery ({p['finish_interrupted']}) verified its result "
+                  "before it stopped; `atlas recover` would swap it in and record its receipt.")
+    else:
+        q = p["quarantine"]
+        files = ", ".join(f"{f['name']} ({f['size']} bytes)" for f in q["files"])
+        out.print(styled(("Would quarantine", "bold"),
+                         f": {files} -> {q['path']}" if files else ": nothing (no database file)"))
+        out.print(styled(("Would restore", "bold"), ": " + (
+            f"backup {p['backup']} (events 1..{p['backup_hwm_event_id']})" if p["backup"]
+            else "no backup: the journal alone, from event 1")))
+        for s in p["skipped_backups"]:
+            out.print(f"   would skip {s['name']}: {s['why']}")
+        out.print(styled(("Would replay", "bold"), f": {p['events_to_replay']} journal "
+                         f"event(s) and merge {p['events_from_salvage']} salvaged, to event "
+                         f"{p['recovery_point']['event_id']}"))
+        if p["journal_rewrite"]:
+            out.print(styled(("Would rewrite the journal", "bold"), " from the recovered "
+                             "ledger (the old one would go to quarantine)"))
+    if p["would_fail"]:
+        out.print(styled(("Would FAIL", "red"), f": {p['would_fail']}; nothing would be "
+                         "changed (exit 2)"))
+    else:
+        color = "green" if r["loss"]["none"] else "yellow"
+        out.print(styled(("Expected loss", "bold"), ": ", (p["expected_loss"], color)))
+    if r.get("checks"):
+        out.print(_checks_table(r["checks"], "Checks on the rehearsal"))
+    out.print(f"Rehearsed on {p['rehearsed_on']}.", style="dim")
+
+
 def print_recovery(r: dict[str, Any]) -> None:
     title = "Recovery plan (dry run: nothing changed)" if r["dry_run"] else "Recovery receipt"
     out.rule(Text(title, style="bold"))
     if r["outcome"] == "not_broken":
         out.print(r["summary"])
+        return
+    if r["dry_run"]:
+        print_plan(r)
         return
     out.print(styled(("1. Symptom", "bold"), f": {r['symptom']['summary']}"))
     b = r.get("backup")

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import BackupSettings
-from ..errors import InputError, NotFound, StorageError
+from ..errors import DatabaseCorrupt, InputError, NotFound, StorageError
 from ..fsutil import fsync_dir, fsync_file, replace_durably
 from ..ledger import Ledger, utc_now
 from ..ledger.chain import read_gaps
 from ..receipts import Action, Check, Receipt, record
 from ..workspace import Workspace
 from . import checks as ck
+from .detect import record_detection
 
 LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 MANIFEST = "manifest.json"
@@ -81,8 +82,9 @@ def write_json_durably(path: Path, data: dict[str, Any]) -> None:
 def validate_copy(db: Path, journal_dir: Path) -> tuple[list[Check], ck.Facts | None, str | None]:
     """Run every check on a database copy, in parallel. Returns (checks, facts, sha256)."""
     gaps = read_gaps(journal_dir)
-    integrity, fk, sha, facts_o, chain = ck.run_parallel([
-        lambda: ck.integrity_and_quick_check(db, immutable=True),
+    quick, integrity, fk, sha, facts_o, chain = ck.run_parallel([
+        lambda: ck.sqlite_check(db, "quick_check", immutable=True),
+        lambda: ck.sqlite_check(db, "integrity_check", immutable=True),
         lambda: ck.foreign_key_check(db, immutable=True),
         lambda: ck.sha256_check(db),
         lambda: ck.facts_check(db, immutable=True),
@@ -91,8 +93,26 @@ def validate_copy(db: Path, journal_dir: Path) -> tuple[list[Check], ck.Facts | 
     ])
     facts = facts_o.value if facts_o.check.passed else None
     digest = sha.value if sha.check.passed else None
-    checks = [integrity.value, integrity.check, fk.check, sha.check, facts_o.check, chain.check]
+    checks = [quick.check, integrity.check, fk.check, sha.check, facts_o.check, chain.check]
     return checks, facts, digest
+
+
+# What a manifest claims about its file that the file itself can show: (key, label).
+MANIFEST_FACTS = (("hwm_event_id", "high-water mark"), ("hwm_hash", "high-water mark hash"),
+                  ("hwm_ts", "high-water mark time"), ("page_size", "page size"),
+                  ("page_count", "page count"), ("schema_version", "schema version"),
+                  ("size", "size"))
+
+
+def manifest_drift(manifest: dict[str, Any], facts: ck.Facts) -> list[str]:
+    """Each claim of ``manifest`` the file (read into ``facts``) contradicts. Row counts
+    are compared only when ``facts`` holds them."""
+    drift = [f"{label} drift: manifest {manifest.get(key)}, file {getattr(facts, key)}"
+             for key, label in MANIFEST_FACTS if manifest.get(key) != getattr(facts, key)]
+    if facts.row_counts and facts.row_counts != manifest.get("row_counts"):
+        drift.append(f"row counts drift: manifest {manifest.get('row_counts')}, "
+                     f"file {facts.row_counts}")
+    return drift
 
 
 def _snapshot(src_path: Path, dst_path: Path) -> None:
@@ -157,6 +177,8 @@ def take_backup(ws: Workspace, ledger: Ledger, *, actor: str, label: str = "manu
     os.rename(tmp, final)
     fsync_dir(ws.backups_dir)
     info = read_backup(final)
+    if not validated:
+        _refuse_if_live_damaged(ws, name, checks)
     failed = [c for c in checks if not c.passed]
     summary = (
         f"Validated backup {name} holds events 1..{info.hwm_event_id} (to {info.hwm_ts}); "
@@ -177,6 +199,29 @@ def take_backup(ws: Workspace, ledger: Ledger, *, actor: str, label: str = "manu
     return info, event.id
 
 
+def _refuse_if_live_damaged(ws: Workspace, name: str, checks: list[Check]) -> None:
+    """A copy that fails SQLite's checks may be a copy of a damaged live file. If the live
+    file fails quick_check too, record the detection (journal only: the database is not
+    written to) and stop with the next step, instead of writing a receipt into it."""
+    if all(c.passed for c in checks
+           if c.name in ("online_backup", "quick_check", "integrity_check")):
+        return
+    live = ck.sqlite_check(ws.db_path, "quick_check")
+    if live.check.passed:
+        return
+    symptom: dict[str, Any] = {
+        "summary": f"quick_check: {live.check.detail}",
+        "detected_by": f"atlas backup (the copy {name} failed validation)",
+        "checks": [live.check.model_dump()]}
+    if live.value is None:  # quick_check raised: say what can be said
+        symptom["damage"] = ck.describe_damage(ws.db_path)
+    event, why = record_detection(ws, symptom)
+    raise DatabaseCorrupt(
+        f"the live database {ws.db_path} is damaged (quick_check: {live.check.detail}); "
+        f"the backup {name} copied that damage and is marked failed",
+        path=str(ws.db_path), event_id=event.id if event else None, not_recorded=why)
+
+
 def read_backup(path: Path) -> BackupInfo:
     name = path.name
     if name.startswith(TMP_PREFIX):
@@ -192,12 +237,14 @@ def read_backup(path: Path) -> BackupInfo:
     all_passed = bool(manifest.get("checks")) and all(
         c.get("passed") for c in manifest.get("checks", []))
     status = "validated" if manifest.get("validated") is True and all_passed else "failed"
+    problem = None if status == "validated" else "manifest says validation failed"
+    if status == "validated" and not (path / DB_NAME).is_file():
+        status, problem = "failed", f"{DB_NAME} is missing"
     return BackupInfo(
         name=name, path=path, status=status, created_at=manifest.get("created_at"),
         hwm_event_id=manifest.get("hwm_event_id"), hwm_ts=manifest.get("hwm_ts"),
         hwm_hash=manifest.get("hwm_hash"), sha256=manifest.get("sha256"),
-        size=manifest.get("size"), manifest=manifest,
-        problem=None if status == "validated" else "manifest says validation failed",
+        size=manifest.get("size"), manifest=manifest, problem=problem,
     )
 
 
@@ -237,19 +284,14 @@ def verify_backup(info: BackupInfo, journal_dir: Path) -> BackupVerification:
     checks, facts, digest = validate_copy(info.db_path, journal_dir)
     drift: list[str] = []
     if not info.validated:
-        drift.append("the manifest marks this backup as failed")
+        drift.append(f"not validated: {info.problem}")
     if digest != info.sha256:
         drift.append(f"sha256 drift: manifest {info.sha256}, file {digest}")
     for c in checks:
         if not c.passed:
             drift.append(f"{c.name} fails: {c.detail}")
     if facts is not None:
-        m = info.manifest
-        if facts.hwm_event_id != m.get("hwm_event_id") or facts.hwm_hash != m.get("hwm_hash"):
-            drift.append(f"high-water mark drift: manifest {m.get('hwm_event_id')}, "
-                         f"file {facts.hwm_event_id}")
-        if facts.row_counts != m.get("row_counts"):
-            drift.append("row counts differ from the manifest")
+        drift += manifest_drift(info.manifest, facts)
     return BackupVerification(info.name, not drift, checks, drift)
 
 
@@ -334,5 +376,5 @@ def prune(ws: Workspace, ledger: Ledger | None, *, actor: str, dry_run: bool) ->
 
 
 __all__ = ["BackupInfo", "BackupVerification", "PrunePlan", "find_backup", "list_backups",
-           "plan_prune", "prune", "read_backup", "take_backup", "validate_copy",
-           "verify_backup", "write_json_durably"]
+           "manifest_drift", "plan_prune", "prune", "read_backup", "take_backup",
+           "validate_copy", "verify_backup", "write_json_durably"]

@@ -71,19 +71,41 @@ def sqlite_check(path: Path, pragma: str, *, immutable: bool = False,
     return timed(pragma, run)
 
 
-def integrity_and_quick_check(path: Path, *, immutable: bool = False) -> Outcome:
-    """``integrity_check``, and ``quick_check``'s verdict: quick_check runs a subset of
-    integrity_check's tests, so when integrity_check passes quick_check passes too and
-    is not run again; when it fails, quick_check runs on its own for its own detail.
-    The outcome's value is the quick_check :class:`Check`."""
-    integrity = sqlite_check(path, "integrity_check", immutable=immutable)
-    if integrity.check.passed:
-        quick = Check(name="quick_check", passed=True, detail="ok (implied: integrity_check "
-                      "ran every quick_check test and passed)", ms=0.0)
-    else:
-        quick = sqlite_check(path, "quick_check", immutable=immutable).check
-    integrity.value = quick
-    return integrity
+def describe_damage(path: Path) -> list[str]:
+    """What can be said about a file whose checks raise instead of listing problems:
+    its header, its length against the page count the header states, and which tables
+    can still be read. Facts only; nothing is guessed."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(100)
+        size = path.stat().st_size
+    except OSError as exc:
+        return [f"cannot read {path.name}: {exc.strerror or exc}"]
+    if not header.startswith(b"SQLite format 3\x00"):
+        return [f"page 1: the header is not SQLite's (first bytes {header[:16]!r})"]
+    raw = int.from_bytes(header[16:18], "big")
+    page = 65536 if raw == 1 else raw
+    stated = int.from_bytes(header[28:32], "big")
+    out = []
+    if page and size < stated * page:
+        out.append(f"truncated: the header states {stated} pages of {page} bytes "
+                   f"({stated * page} bytes), the file has {size} bytes "
+                   f"(pages {size // page + 1}..{stated} are missing)")
+    try:
+        conn = open_ro(path)
+        try:
+            tables = [(str(r[0]), r[1]) for r in conn.execute(
+                "SELECT name, rootpage FROM sqlite_master WHERE type='table' ORDER BY name")]
+            for t, root in tables:
+                try:
+                    conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()
+                except sqlite3.DatabaseError as exc:
+                    out.append(f"table {t} (root page {root}): unreadable ({exc})")
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        out.append(f"the schema (page 1) cannot be read: {exc}")
+    return out
 
 
 def foreign_key_check(path: Path, *, immutable: bool = False) -> Outcome:
@@ -131,8 +153,9 @@ class Facts:
     hwm_hash: str | None = None
 
 
-def facts_check(path: Path, *, immutable: bool = False) -> Outcome:
-    """Page size and count, schema version, row counts, and the high-water mark."""
+def facts_check(path: Path, *, immutable: bool = False, counts: bool = True) -> Outcome:
+    """Page size and count, schema version, row counts (unless ``counts`` is false: they
+    cost a scan of every table), and the high-water mark."""
     def run() -> tuple[bool, str, Any]:
         conn = open_ro(path, immutable=immutable)
         try:
@@ -141,7 +164,7 @@ def facts_check(path: Path, *, immutable: bool = False) -> Outcome:
             f.page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
             row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
             f.schema_version = int(row[0] or 0)
-            for t in PROJECTED_TABLES:
+            for t in PROJECTED_TABLES if counts else ():
                 f.row_counts[t] = int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
             last = conn.execute("SELECT id, ts, hash FROM events ORDER BY id DESC LIMIT 1"
                                 ).fetchone()
@@ -232,6 +255,6 @@ def run_parallel(tasks: list[Callable[[], Outcome]]) -> list[Outcome]:
         return [f.result() for f in [pool.submit(t) for t in tasks]]
 
 
-__all__ = ["Facts", "Outcome", "chain_check", "facts_check", "foreign_key_check",
-           "integrity_and_quick_check", "open_ro",
+__all__ = ["Facts", "Outcome", "chain_check", "describe_damage", "facts_check",
+           "foreign_key_check", "open_ro",
            "run_parallel", "sha256_check", "sha256_file", "sqlite_check", "timed"]

@@ -2,7 +2,8 @@
 
 A detection must be recorded even when the database cannot be written, so it
 goes to the journal only; the next recovery replays it into the ledger like
-any other journaled event.
+any other journaled event. Until then the ledger refuses to write to the
+database (see ``Ledger._catch_up``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from ..ledger import Event, Journal, NewEvent, utc_now, verify
 from ..ledger.chain import Chain, read_gaps
 from ..ledger.journal import Located
 from ..ledger.lock import WriterLock
+from ..ledger.store import DETECTED
 from ..receipts import Check
 from ..workspace import Workspace
 from . import checks as ck
 
-DETECTED = "db.corruption.detected"
 SYSTEM_ACTOR = "atlas"
 
 
@@ -43,9 +44,15 @@ def _journal(ws: Workspace) -> Journal:
     return Journal(ws.journal_dir, ws.config.journal.segment_bytes)
 
 
-def record_detection(ws: Workspace, symptom: dict[str, Any], actor: str = SYSTEM_ACTOR
-                     ) -> tuple[Event | None, str | None]:
-    """Append ``db.corruption.detected`` to the journal only. Returns (event, why not)."""
+def record_detection(ws: Workspace, symptom: dict[str, Any], actor: str = SYSTEM_ACTOR,
+                     *, explicit: bool = False) -> tuple[Event | None, str | None]:
+    """Append ``db.corruption.detected`` to the journal only. Returns (event, why not).
+
+    One outage is recorded once: while a detection waits in the journal (the ledger
+    does not hold it yet), a detection met in passing (``explicit=False``: a command
+    that could not read the ledger) is not recorded again. An explicit check
+    (`atlas db check`, with its failing pages) adds its symptom once, unless the
+    detection waiting is already that same check's."""
     journal = _journal(ws)
     with WriterLock(ws.lock_path, timeout=30):
         tail = journal.tail()
@@ -53,8 +60,12 @@ def record_detection(ws: Workspace, symptom: dict[str, Any], actor: str = SYSTEM
             return None, f"the journal's tail is damaged ({tail.problem.describe()})"
         last = _last_journal_event(journal, tail.last_id)
         ledger_max = _ledger_max(ws)
+        pending = last is not None and last.kind == DETECTED and (
+            ledger_max is None or ledger_max < last.id)
+        same_check = last is not None and last.payload.get("detected_by") == symptom.get(
+            "detected_by")
         if last is not None and last.kind == DETECTED and (
-                ledger_max is None or ledger_max < last.id
+                (pending and (not explicit or same_check))
                 or last.payload.get("summary") == symptom.get("summary")):
             return last, None  # this outage is already on record
 
@@ -95,6 +106,7 @@ def db_check(ws: Workspace, *, full: bool = False, actor: str = SYSTEM_ACTOR) ->
     """``quick_check`` (or ``integrity_check``) plus ledger == journal; record any failure."""
     checks: list[Check] = []
     problems: list[str] = []
+    damage: list[str] = []
     if not ws.db_path.exists():
         checks.append(Check(name="database file", passed=False,
                             detail=f"{ws.db_path} is missing"))
@@ -105,6 +117,8 @@ def db_check(ws: Workspace, *, full: bool = False, actor: str = SYSTEM_ACTOR) ->
         checks.append(outcome.check)
         if not outcome.check.passed:
             problems.append(f"{pragma}: {outcome.check.detail}")
+            if outcome.value is None:  # the check raised instead of listing pages
+                damage = ck.describe_damage(ws.db_path)
     t0 = time.perf_counter()
     try:
         report = verify(ws.db_path, _journal(ws), limit=20)
@@ -121,10 +135,12 @@ def db_check(ws: Workspace, *, full: bool = False, actor: str = SYSTEM_ACTOR) ->
         problems.append(f"ledger cannot be compared with the journal: {exc.message}")
     if not problems:
         return DbCheck(True, checks, None)
-    symptom = {"summary": "; ".join(problems), "detected_by": "atlas db check"
-               + (" --full" if full else ""),
-               "checks": [c.model_dump() for c in checks]}
-    event, why = record_detection(ws, symptom, actor)
+    symptom: dict[str, Any] = {"summary": "; ".join(problems), "detected_by": "atlas db check"
+                               + (" --full" if full else ""),
+                               "checks": [c.model_dump() for c in checks]}
+    if damage:
+        symptom["damage"] = damage
+    event, why = record_detection(ws, symptom, actor, explicit=True)
     return DbCheck(False, checks, symptom, event.id if event else None, why)
 
 

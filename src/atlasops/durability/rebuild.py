@@ -26,7 +26,7 @@ from ..receipts import Action
 from ..workspace import Workspace
 from . import checks as ck
 from .backup import BackupInfo
-from .salvage import Salvage, salvage_events
+from .salvage import Salvage, salvage_events, sqlite_recover_probe
 
 
 @dataclass
@@ -48,7 +48,7 @@ def elapsed_ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
 
 
-# -- detection ---------------------------------------------------------------
+# -- the journal after the backup ---------------------------------------------
 
 @dataclass
 class JournalWindow:
@@ -58,10 +58,15 @@ class JournalWindow:
     last_id: int
     missing_segments: list[str]
     tail_clean: bool
+    missing_dir: bool = False
+    # the newest segment has reached the rotation size: the next append would have
+    # started a new one, so the journal may go on in a segment that is missing
+    last_segment_full: bool = False
 
     @property
     def intact(self) -> bool:
-        return not self.problems and not self.missing_segments and self.tail_clean
+        return (not self.problems and not self.missing_segments and self.tail_clean
+                and not self.missing_dir)
 
 
 def read_window(journal: Journal, after: int) -> JournalWindow:
@@ -70,7 +75,10 @@ def read_window(journal: Journal, after: int) -> JournalWindow:
     Only the segments that can hold them are read (:meth:`Journal.segments_from`); in
     those, records are checked from their stored text and only the ones after the mark
     are decoded. Damage in older segments is met by the final ledger == journal check
-    (see :func:`_old_journal_damage`)."""
+    (see ``recovery._old_journal_damage``). A missing journal directory reads as an
+    empty journal that says so."""
+    if not journal.directory.is_dir():
+        return JournalWindow({}, [], None, 0, [], True, missing_dir=True)
     events: dict[int, Event] = {}
     problems: list[str] = []
     first: int | None = None
@@ -98,8 +106,94 @@ def read_window(journal: Journal, after: int) -> JournalWindow:
                 problems.append(item.describe())
         prev_last = seg_last
     tail = journal.tail()
-    return JournalWindow(events, problems, first, last, missing, tail.problem is None)
+    return JournalWindow(events, problems, first, last, missing, tail.problem is None,
+                         last_segment_full=tail.size >= journal.segment_bytes)
 
+
+# -- merging under the hash chain ----------------------------------------------
+
+@dataclass
+class Merged:
+    accepted: list[Event] = field(default_factory=list)
+    replayed: int = 0
+    salvaged: list[int] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+    unmerged: list[dict[str, Any]] = field(default_factory=list)
+
+
+LOST = "lost in recovery: in no backup, journal record or verifiable row"
+
+
+def merge(hwm: int, hwm_hash: str, journal: dict[int, Event], salvaged: dict[int, Event],
+          max_known: int) -> Merged:
+    """Put the journal's records and the salvaged rows after the backup in id order,
+    accepting only what the hash chain ties to trusted history.
+
+    A journal record is trusted on its own (its CRC and its hash): it is accepted where
+    it links to the event before it, and after a gap too (the gap is declared). A
+    salvaged row (its own hash verifies) is accepted only when the chain ties it to
+    trusted history: its ``prev_hash`` is the hash of the accepted event just before it,
+    or, for a run of rows after a gap, the rows link to each other and the journal
+    record right after the run names the run's last hash as its ``prev_hash``. A run
+    after a gap that nothing anchors stays out (kept for review) and its ids are lost.
+    Every id in ``hwm+1..max_known`` that is not accepted falls in a declared gap."""
+    out = Merged()
+    chain = Chain().start_after(hwm, hwm_hash)
+    run: list[Event] = []  # salvaged rows after a gap, linked to each other, not anchored
+
+    def keep_for_review(events: list[Event], reason: str) -> None:
+        out.unmerged.extend({"id": e.id, "reason": reason, "event": e.to_dict()}
+                            for e in events)
+
+    def accept(e: Event, *, from_journal: bool) -> None:
+        if e.id != chain.expected:
+            out.gaps.append(Gap(chain.expected, e.id - 1, chain.prev, e.prev_hash, LOST))
+        chain.advance(e)
+        out.accepted.append(e)
+        if from_journal:
+            out.replayed += 1
+        else:
+            out.salvaged.append(e.id)
+
+    for i in sorted(i for i in set(journal) | set(salvaged) if i > hwm):
+        j, s = journal.get(i), salvaged.get(i)
+        if s is not None and j is not None:
+            if s != j:
+                keep_for_review([s], "differs from the journal record of the same id")
+            s = None
+        if run and j is not None and j.id == run[-1].id + 1 and j.prev_hash == run[-1].hash:
+            for e in run:  # the journal record anchors the run that precedes it
+                accept(e, from_journal=False)
+            run = []
+        elif run and s is not None and s.id == run[-1].id + 1 and s.prev_hash == run[-1].hash:
+            run.append(s)
+            continue
+        elif run:
+            keep_for_review(run, "after a gap: no journal record links to it, so the "
+                            "hash chain cannot verify it")
+            run = []
+        if i == chain.expected:
+            if j is not None and j.prev_hash == chain.prev:
+                accept(j, from_journal=True)
+            elif s is not None and s.prev_hash == chain.prev:
+                accept(s, from_journal=False)
+            else:
+                keep_for_review([e for e in (j, s) if e is not None],
+                                f"does not link to event {i - 1} in the hash chain")
+        elif j is not None:
+            accept(j, from_journal=True)
+        elif s is not None:
+            run = [s]
+    if run:
+        keep_for_review(run, "after a gap: no journal record links to it, so the hash "
+                        "chain cannot verify it")
+    if max_known >= chain.expected:
+        out.gaps.append(Gap(chain.expected, max_known, chain.prev, chain.prev,
+                            "lost in recovery: the newest events could not be recovered"))
+    return out
+
+
+# -- building the recovered ledger -------------------------------------------------
 
 @dataclass
 class Built:
@@ -117,7 +211,14 @@ class Built:
 
 
 def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: Steps,
-           jr: JournalWindow, salvage_source: Path | None) -> Built:
+                 jr: JournalWindow, salvage_source: Callable[[], Path | None],
+                 marks: list[BackupInfo]) -> Built:
+    """Restore, REINDEX, salvage, merge and replay into ``work/leads.db``.
+
+    ``salvage_source`` returns the damaged file to read (None when there is none); it
+    is called only after the restore and REINDEX, so a quarantine copy can still be
+    under way while they run. ``marks`` are the backups whose high-water marks show how
+    far history reached (the chosen one, and any other whose manifest states one)."""
     target = work / "leads.db"
     hwm = backup.hwm_event_id or 0 if backup is not None else 0
     hwm_hash = (backup.hwm_hash if backup is not None else None) or GENESIS_HASH
@@ -138,99 +239,20 @@ def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: St
         steps.run("reindex", lambda: (conn.execute("REINDEX"), "rebuilt every index")[1],
                   command="REINDEX")
         migrate(conn)
-        existing_gaps = [g for g in read_gaps(ws.journal_dir) if g.last <= hwm]
-
-        # What the journal holds after the backup, and what it lacks.
-        need_salvage = not jr.intact or any(
-            i not in jr.events for i in range(hwm + 1, jr.last_id + 1))
-        salvage = Salvage()
-        ranges: list[tuple[int, int | None]] = []
-        probe: int | None = None
-        if salvage_source is not None and not need_salvage:
-            # The journal covers the window; the file is needed only if it holds
-            # events beyond the journal's end (a missing newest segment).
-            def do_probe() -> str:
-                nonlocal probe
-                probe = probe_max_id(salvage_source)
-                if probe is None:
-                    return ("the damaged file's max(id) cannot be read: salvaging it to "
-                            "find any events beyond the journal's end")
-                if probe > max(hwm, jr.last_id):
-                    return (f"the damaged file holds ids up to {probe}, beyond the "
-                            f"journal's end ({jr.last_id}): salvaging it")
-                return (f"the journal holds every event after {hwm} with a clean tail and "
-                        f"the damaged file's max(id) is {probe}: nothing to salvage")
-            steps.run("probe damaged file", do_probe,
-                      command="SELECT max(id) FROM events (read-only, immutable)")
-        if probe is not None and probe <= max(hwm, jr.last_id):
-            salvage.max_id_seen, salvage.readable = probe, True
-            salvage.notes.append(f"salvage skipped: the journal covers events {hwm + 1}.."
-                                 f"{jr.last_id} and the damaged file holds no id beyond "
-                                 f"{probe}")
-        elif salvage_source is not None:
-            missing = [i for i in range(hwm + 1, jr.last_id + 1) if i not in jr.events]
-            ranges = _as_ranges(missing) + [(max(hwm, jr.last_id) + 1, None)]
-
-            def do_salvage() -> str:
-                nonlocal salvage
-                donor = backup.db_path if backup is not None else None
-                salvage = salvage_events(salvage_source, work, ranges, header_donor=donor)
-                return (f"read {len(salvage.events)} verifiable events from the damaged file "
-                        f"({len(salvage.bad_rows)} rows failed their hash, "
-                        f"{sum(b - a + 1 for a, b in salvage.unreadable)} ids unreadable)"
-                        + ("" if need_salvage else "; the journal already covered the window"))
-            steps.run("salvage", do_salvage, command="python rowid-range salvage")
-
-        # Merge, in id order, under the hash chain.
-        chain = Chain(existing_gaps).start_after(hwm, hwm_hash)
+        existing_gaps = ([g for g in read_gaps(ws.journal_dir) if g.last <= hwm]
+                         if not jr.missing_dir else [])
+        salvage = _salvage(backup, work, steps, jr, hwm, salvage_source())
         max_known = max(hwm, jr.last_id, salvage.max_id_seen,
                         max((e.id for e in salvage.events.values()), default=0))
-        gaps: list[Gap] = []
-        merged: list[int] = []
-        replayed = 0
-        accepted: list[Event] = []
-        candidates = sorted(set(jr.events) | set(salvage.events))
-        lost_start: int | None = None
-        for i in candidates:
-            if i <= hwm:
-                continue
-            options = [e for e in (jr.events.get(i), salvage.events.get(i)) if e is not None]
-            pick = None
-            if i == chain.expected:
-                pick = next((e for e in options if e.prev_hash == chain.prev), None)
-            else:
-                # a jump: acceptable only as a declared loss, and only if the rest of the
-                # history after it is consistent on its own (its own hash verifies)
-                pick = next((e for e in options if e.id > chain.expected), None)
-                if pick is not None:
-                    lost_start = chain.expected
-            if pick is None:
-                continue
-            if pick.id != chain.expected:
-                assert lost_start is not None
-                gaps.append(Gap(lost_start, pick.id - 1, chain.prev, pick.prev_hash,
-                                "lost in recovery: in no backup, journal record or readable row"))
-            chain.advance(pick)
-            accepted.append(pick)
-            if pick is jr.events.get(i):
-                replayed += 1
-            else:
-                merged.append(i)
-        if max_known >= chain.expected:
-            gaps.append(Gap(chain.expected, max_known, chain.prev, chain.prev,
-                            "lost in recovery: the newest events could not be recovered"))
-        accepted_ids = {e.id for e in accepted}
-        unmerged = [{"id": e.id, "reason": "does not link into the hash chain",
-                     "event": e.to_dict()} for i, e in salvage.events.items()
-                    if i > hwm and i not in accepted_ids and jr.events.get(i) != e]
-        unmerged += [{**r, "event": r.get("row")} for r in salvage.bad_rows if r["id"] > hwm]
+        m = merge(hwm, hwm_hash, jr.events, salvage.events, max_known)
+        m.unmerged += [{**r, "event": r.get("row")} for r in salvage.bad_rows if r["id"] > hwm]
 
         def replay() -> str:
-            projections.apply_all(conn, accepted)
-            first = accepted[0].id if accepted else None
-            return (f"applied {len(accepted)} events after the backup's high-water mark {hwm}"
-                    + (f" ({first}..{accepted[-1].id}; {replayed} from the journal, "
-                       f"{len(merged)} salvaged)" if accepted else ""))
+            projections.apply_all(conn, m.accepted)
+            a = m.accepted
+            return (f"applied {len(a)} events after the backup's high-water mark {hwm}"
+                    + (f" ({a[0].id}..{a[-1].id}; {m.replayed} from the journal, "
+                       f"{len(m.salvaged)} salvaged)" if a else ""))
 
         steps.run("replay", replay)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -238,16 +260,62 @@ def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: St
         last = conn.execute("SELECT id, ts FROM events ORDER BY id DESC LIMIT 1").fetchone()
     finally:
         conn.close()
-    unknown_after = None
-    evidence_beyond = salvage.max_id_seen > jr.last_id
-    salvage_complete = salvage.readable and not salvage.unreadable
-    if evidence_beyond or (not jr.tail_clean and not salvage_complete):
-        ts = str(last[1]) if last is not None and int(last[0]) == max_known else None
-        unknown_after = {"id": max_known, "ts": ts, "why": _why_unknown(jr, evidence_beyond)}
-    rewrite = bool(gaps) or bool(merged) or not jr.intact
-    return Built(target, int(last[0]) if last else 0, str(last[1]) if last else None,
-                  replayed, merged, existing_gaps + gaps, unmerged, max_known, unknown_after,
-                  rewrite, salvage.notes)
+    last_id = int(last[0]) if last else 0
+    last_ts = str(last[1]) if last else None
+    why = _why_unknown(jr, marks, salvage)
+    unknown_after = None if why is None else {
+        "id": max_known, "ts": last_ts if last_id == max_known else None, "why": why}
+    rewrite = bool(m.gaps) or bool(m.salvaged) or not jr.intact or last_id > jr.last_id
+    return Built(target, last_id, last_ts, m.replayed, m.salvaged, existing_gaps + m.gaps,
+                 m.unmerged, max_known, unknown_after, rewrite, salvage.notes)
+
+
+def _salvage(backup: BackupInfo | None, work: Path, steps: Steps, jr: JournalWindow,
+             hwm: int, source: Path | None) -> Salvage:
+    """Read from the damaged file what the journal lacks after the backup, or events
+    beyond the journal's end. Skipped when a read-only probe shows there is nothing."""
+    salvage = Salvage()
+    if source is None:
+        return salvage
+    need = not jr.intact or any(i not in jr.events for i in range(hwm + 1, jr.last_id + 1))
+    probe: int | None = None
+    if not need:
+        # The journal covers the window; the file is needed only if it holds
+        # events beyond the journal's end (a missing newest segment).
+        def do_probe() -> str:
+            nonlocal probe
+            probe = probe_max_id(source)
+            if probe is None:
+                return ("the damaged file's max(id) cannot be read: salvaging it to "
+                        "find any events beyond the journal's end")
+            if probe > max(hwm, jr.last_id):
+                return (f"the damaged file holds ids up to {probe}, beyond the "
+                        f"journal's end ({jr.last_id}): salvaging it")
+            return (f"the journal holds every event after {hwm} with a clean tail and "
+                    f"the damaged file's max(id) is {probe}: nothing to salvage")
+        steps.run("probe damaged file", do_probe,
+                  command="SELECT max(id) FROM events (read-only, immutable)")
+    if probe is not None and probe <= max(hwm, jr.last_id):
+        salvage.max_id_seen, salvage.readable = probe, True
+        salvage.notes.append(f"salvage skipped: the journal covers events {hwm + 1}.."
+                             f"{jr.last_id} and the damaged file holds no id beyond {probe}")
+        return salvage
+    steps.run("probe sqlite3 .recover",
+              lambda: f"{sqlite_recover_probe()[1]}; salvage reads rowid ranges in Python",
+              command="sqlite3 <a healthy test file> .recover")
+    missing = [i for i in range(hwm + 1, jr.last_id + 1) if i not in jr.events]
+    ranges = _as_ranges(missing) + [(max(hwm, jr.last_id) + 1, None)]
+
+    def do_salvage() -> str:
+        nonlocal salvage
+        donor = backup.db_path if backup is not None else None
+        salvage = salvage_events(source, work, ranges, header_donor=donor)
+        return (f"read {len(salvage.events)} events whose own hash verifies from the damaged "
+                f"file ({len(salvage.bad_rows)} rows failed their hash, "
+                f"{sum(b - a + 1 for a, b in salvage.unreadable)} ids unreadable)"
+                + ("" if need else "; the journal already covered the window"))
+    steps.run("salvage", do_salvage, command="python rowid-range salvage")
+    return salvage
 
 
 def probe_max_id(path: Path) -> int | None:
@@ -267,16 +335,35 @@ def probe_max_id(path: Path) -> int | None:
     return 0 if row is None or row[0] is None else int(row[0])
 
 
-def _why_unknown(jr: JournalWindow, evidence_beyond: bool) -> str:
-    reasons = list(jr.missing_segments)
-    if jr.problems:
-        reasons.append(f"{len(jr.problems)} damaged journal record(s)")
-    if not jr.tail_clean:
+def _why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage
+                 ) -> str | None:
+    """Why nothing after the last known event can be known, or None when the journal
+    proves where history ends."""
+    reasons: list[str] = []
+    mark = max(marks, key=lambda b: b.hwm_event_id or 0, default=None)
+    if jr.missing_dir:
+        reasons.append("the journal directory was missing")
+    elif mark is not None and jr.last_id <= (mark.hwm_event_id or 0):
+        reasons.append(
+            f"the journal ends at event {jr.last_id}, at or before backup {mark.name}'s "
+            f"high-water mark {mark.hwm_event_id}; every backup records its receipt as "
+            "the next event, so the journal's newest records are missing")
+    elif jr.last_segment_full and salvage.max_id_seen <= jr.last_id:
+        reasons.append(
+            f"the journal's newest segment is full, and the journal goes on in a new "
+            f"segment after a full one: either nothing was written after event "
+            f"{jr.last_id}, or a newer segment is missing")
+    if salvage.max_id_seen > jr.last_id and not jr.missing_dir:
+        reasons.append(f"the damaged database holds events up to {salvage.max_id_seen}, "
+                       f"beyond the journal's end ({jr.last_id}): a journal segment is "
+                       "missing")
+    if not jr.tail_clean and not (salvage.readable and not salvage.unreadable):
         reasons.append("the journal's tail is damaged")
-    if evidence_beyond:
-        reasons.append("the damaged database holds events beyond the journal's end "
-                       "(a journal segment is missing)")
-    return "; ".join(reasons) or "the journal cannot prove where history ends"
+    if not reasons:
+        return None
+    return "; ".join([*reasons, *jr.missing_segments,
+                      *([f"{len(jr.problems)} damaged journal record(s)"] if jr.problems
+                        else [])])
 
 
 def _as_ranges(ids: list[int]) -> list[tuple[int, int | None]]:
@@ -317,5 +404,5 @@ def write_journal(db: Path, target: Path, segment_bytes: int, gaps: list[Gap]) -
 
 
 
-__all__ = ["Built", "JournalWindow", "Steps", "build_ledger", "elapsed_ms", "probe_max_id",
-           "read_window", "write_journal"]
+__all__ = ["Built", "JournalWindow", "Merged", "Steps", "build_ledger", "elapsed_ms", "merge",
+           "probe_max_id", "read_window", "write_journal"]

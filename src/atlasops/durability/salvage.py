@@ -14,13 +14,20 @@ its library lacks. So salvage works through plain SQL on a scratch copy:
   for review, never trusted.
 
 The damaged original is never opened for writing: all work happens on the copy.
+
+A ``sqlite3`` command whose ``.recover`` works would be an alternative;
+:func:`sqlite_recover_probe` looks for one and tries it on a healthy file, and
+recovery records its verdict. It is not used for salvage even when it passes.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sqlite3
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,46 @@ class Salvage:
             self.unreadable[-1] = (self.unreadable[-1][0], b)
         else:
             self.unreadable.append((a, b))
+
+
+PROBE_ROWS = 100
+
+
+@functools.cache
+def sqlite_recover_probe() -> tuple[bool, str]:
+    """Whether a ``sqlite3`` on PATH can ``.recover`` a healthy file: tried once per
+    process on a small temporary database whose rows are known; the verdict is cached.
+    Returns (works, what happened)."""
+    exe = shutil.which("sqlite3")
+    if exe is None:
+        return False, "unavailable: no sqlite3 on PATH"
+    with tempfile.TemporaryDirectory(prefix="atlas-recover-probe-") as tmp:
+        src, dst = Path(tmp) / "healthy.db", Path(tmp) / "recovered.db"
+        want = [(i, f"row {i}") for i in range(1, PROBE_ROWS + 1)]
+        conn = sqlite3.connect(src)
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", want)
+        conn.commit()
+        conn.close()
+        try:
+            proc = subprocess.run([exe, str(src), ".recover"], capture_output=True, text=True,
+                                  timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"unavailable: {exe} did not run: {exc}"
+        if proc.returncode != 0 or "error" in proc.stderr.lower():
+            lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+            return False, f"unavailable: {lines[0]}"
+        out = sqlite3.connect(dst)
+        try:
+            out.executescript(proc.stdout)
+            got = out.execute("SELECT id, v FROM t ORDER BY id").fetchall()
+        except sqlite3.Error as exc:
+            return False, f"unavailable: its output does not load: {exc}"
+        finally:
+            out.close()
+    if got != want:
+        return False, f"unavailable: it recovered {len(got)} of {PROBE_ROWS} rows of a healthy file"
+    return True, f"available ({exe}): it recovered a healthy test file exactly"
 
 
 def _page_size(header: bytes) -> int:
@@ -185,4 +232,4 @@ def _read_open_ended(conn: sqlite3.Connection, reader: _Reader, start: int) -> N
     reader.out.notes.append(f"max(id) unreadable; probed ids {start}..{lo - 1}")
 
 
-__all__ = ["Salvage", "prepare_copy", "salvage_events"]
+__all__ = ["Salvage", "prepare_copy", "salvage_events", "sqlite_recover_probe"]

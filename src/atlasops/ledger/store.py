@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Conflict, DatabaseCorrupt, InputError, JournalCorrupt, StorageError
+from ..workspace import RECOVERY_PENDING
 from . import projections
 from .chain import Chain, read_gaps
 from .events import GENESIS_HASH, Event, NewEvent, StoredEvent, utc_now
@@ -37,6 +38,11 @@ KIND_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 CORRUPT_MARKERS = ("malformed", "not a database", "file is encrypted", "corrupt")
 SYSTEM_ACTOR = "atlas"
 CATCH_UP_CHUNK = 5000
+# Recorded (in the journal only) when the database is found damaged; while one waits in
+# the journal beyond the ledger's head, the database is not written to.
+DETECTED = "db.corruption.detected"
+# Recorded when a missing or empty database file was rebuilt from the journal on open.
+REBUILT = "ledger.rebuilt"
 
 
 def is_corruption(exc: BaseException) -> bool:
@@ -100,8 +106,12 @@ class Ledger:
     """One workspace's ledger. Safe to share between processes; one per thread."""
 
     def __init__(self, db_path: Path, journal_dir: Path, lock_path: Path,
-                 segment_bytes: int, *, lock_timeout: float = 60.0) -> None:
+                 segment_bytes: int, *, lock_timeout: float = 60.0,
+                 recovering: bool = False) -> None:
         self.db_path = Path(db_path)
+        self._recovering = recovering  # `atlas recover` recording its receipt mid-swap
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._fresh: str | None = None  # why the file was created on open, if it was
         self.journal = Journal(journal_dir, segment_bytes)
         self._lock = WriterLock(lock_path, timeout=lock_timeout)
         self._conn: sqlite3.Connection | None = None
@@ -111,23 +121,65 @@ class Ledger:
         self.report = OpenReport()
 
     @classmethod
-    def for_workspace(cls, ws: Any) -> Ledger:
-        return cls(ws.db_path, ws.journal_dir, ws.lock_path, ws.config.journal.segment_bytes)
+    def for_workspace(cls, ws: Any, *, recovering: bool = False) -> Ledger:
+        return cls(ws.db_path, ws.journal_dir, ws.lock_path, ws.config.journal.segment_bytes,
+                   recovering=recovering)
 
     # -- lifecycle ---------------------------------------------------------
 
     def open(self) -> Ledger:
-        """Open the database (creating it from the journal if it is missing) and catch up."""
-        self._conn = connect(self.db_path)
+        """Open the database (creating it from the journal if it is missing) and catch up.
+
+        The writer lock is taken *before* connecting: a recovery holds it while it swaps
+        the file, so a connection never points at a file that is being replaced."""
         with self._locked():
-            try:
-                self.report.migrations_applied = migrate(self._conn)
-            except sqlite3.Error as exc:
-                raise storage_error(exc, self.db_path) from exc
+            self._connect_locked()
             self._sync()
+            if self._fresh is not None and self.report.caught_up:
+                self._notices.append(NewEvent(REBUILT, SYSTEM_ACTOR, {
+                    "reason": f"{self.db_path.name} was {self._fresh}",
+                    "replayed": self.report.caught_up, "source": "journal"}))
             if self._notices:
                 self._append_locked(lambda _c: [])
         return self
+
+    def _connect_locked(self) -> None:
+        """Under the lock: connect to the file that is at ``db_path`` now, and migrate it."""
+        self._refuse_if_recovery_pending()
+        try:
+            size: int | None = self.db_path.stat().st_size
+        except FileNotFoundError:
+            size = None
+        conn = connect(self.db_path)
+        try:
+            self.report.migrations_applied = migrate(conn)
+            st = os.stat(self.db_path)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise storage_error(exc, self.db_path) from exc
+        self._conn, self._identity, self._tail = conn, (st.st_dev, st.st_ino), None
+        self._fresh = None if size else ("missing" if size is None else "empty (0 bytes)")
+
+    def _refuse_if_recovery_pending(self) -> None:
+        if not self._recovering and (self.db_path.parent / RECOVERY_PENDING).exists():
+            raise StorageError(
+                f"a recovery of {self.db_path} was interrupted before it finished; nothing "
+                "is written until it is done", hint="Run `atlas recover`: it finishes the "
+                "swap it had verified.")
+
+    def _reconnect_if_replaced(self) -> None:
+        """Under the lock: if the file at ``db_path`` is no longer the one this
+        connection holds (a recovery swapped it), connect to the new one. Writing to the
+        old inode would put events where no one will ever read them."""
+        self._refuse_if_recovery_pending()
+        try:
+            st = os.stat(self.db_path)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        if now != self._identity:
+            self.close()
+            self._connect_locked()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -166,6 +218,7 @@ class Ledger:
         the events it returns. ``build`` reads the current state through the connection
         it is given, so decisions (is this lead new?) cannot race another writer."""
         with self._locked():
+            self._reconnect_if_replaced()
             self._sync()
             return self._append_locked(build)
 
@@ -261,6 +314,8 @@ class Ledger:
             raise JournalCorrupt(
                 f"the ledger holds events up to {head_id} but the journal ends at "
                 f"{tail.last_id}: journal records are missing",
+                hint="Run `atlas recover --dry-run`, then `atlas recover`: it rewrites the "
+                     "journal from the ledger and states what can no longer be known.",
             )
         if head_id < tail.last_id:
             self._catch_up(head_id, head_hash)
@@ -274,32 +329,43 @@ class Ledger:
         self._next_id = chain.next_id
 
     def _catch_up(self, head_id: int, head_hash: str | None) -> None:
+        """Apply the journal records after the ledger's head, in one transaction: all of
+        them or none. A ``db.corruption.detected`` among them means this database was
+        found damaged and not yet recovered: nothing is written to it."""
         conn = self.conn
         chain = Chain(read_gaps(self.journal.directory)).start_after(head_id, head_hash)
         batch: list[Event] = []
-
-        def flush() -> None:
-            projections.apply_all(conn, batch)
-            self.report.caught_up += len(batch)
-            batch.clear()
-
+        count = 0
         try:
-            for item in self.journal.scan(after_id=head_id):
-                if not isinstance(item, Located):
-                    raise JournalCorrupt(f"cannot replay the journal: {item.describe()}")
-                event = item.event
-                problem = chain.accept(event)
-                if problem is not None:
-                    raise JournalCorrupt(
-                        f"journal record for event {event.id} at {item.segment} line "
-                        f"{item.line} does not continue the hash chain: {problem}")
-                batch.append(event)
-                if len(batch) >= CATCH_UP_CHUNK:
-                    flush()
-            if batch:
-                flush()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for item in self.journal.scan(after_id=head_id):
+                    if not isinstance(item, Located):
+                        raise JournalCorrupt(f"cannot replay the journal: {item.describe()}")
+                    event = item.event
+                    if event.kind == DETECTED:
+                        raise DatabaseCorrupt(
+                            f"{self.db_path} was found damaged (event {event.id}, {DETECTED}: "
+                            f"{event.payload.get('summary', 'no summary')}) and has not been "
+                            "recovered since; Atlas does not write to it",
+                            path=str(self.db_path))
+                    problem = chain.accept(event)
+                    if problem is not None:
+                        raise JournalCorrupt(
+                            f"journal record for event {event.id} at {item.segment} line "
+                            f"{item.line} does not continue the hash chain: {problem}")
+                    batch.append(event)
+                    if len(batch) >= CATCH_UP_CHUNK:
+                        count += _apply_batch(conn, batch)
+                count += _apply_batch(conn, batch)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise storage_error(exc, self.db_path) from exc
+        self.report.caught_up += count
 
     # -- reading -----------------------------------------------------------
 
@@ -349,6 +415,14 @@ class Ledger:
         return int(row["n"]) if row is not None else 0
 
 
+def _apply_batch(conn: sqlite3.Connection, batch: list[Event]) -> int:
+    for event in batch:
+        projections.apply(conn, event)
+    n = len(batch)
+    batch.clear()
+    return n
+
+
 EVENT_COLUMNS = "id, ts, kind, actor, subject, payload, prev_hash, hash"
 
 
@@ -382,5 +456,5 @@ def _validate(new: NewEvent) -> None:
         raise InputError("an event payload must be a JSON object")
 
 
-__all__ = ["EVENT_COLUMNS", "Ledger", "OpenReport", "connect", "connect_ro", "event_from_row",
-           "is_corruption", "storage_error", "stored_events"]
+__all__ = ["DETECTED", "EVENT_COLUMNS", "REBUILT", "Ledger", "OpenReport", "connect",
+           "connect_ro", "event_from_row", "is_corruption", "storage_error", "stored_events"]
