@@ -786,6 +786,29 @@ def test_a_job_timeout_kills_its_children(cli: Any, ws: Workspace, tmp_path: Pat
     assert not alive(int(pidfile.read_text()))
 
 
+
+def test_a_nested_jobs_processes_die_with_the_outer_timeout(cli: Any, ws: Workspace,
+                                                            tmp_path: Path) -> None:
+    """The inner runner starts its job in a session of its own, and its job ignores
+    SIGTERM: the outer timeout must still reach it (by descent), not only its session."""
+    pidfile = tmp_path / "inner.pid"
+    add_config(ws, f"""
+[jobs.inner]
+command = "trap '' TERM; sleep 120 & echo $! > {pidfile}; wait; wait"
+timeout = 600
+
+[jobs.outer]
+command = "{ATLAS} jobs run inner"
+timeout = 4
+""")
+    rec = cli("jobs", "run", "outer", "--json").json()
+    assert rec["evidence"]["timed_out"] is True
+    assert pidfile.read_text().strip(), "the inner job never started"
+    # sleep ignores SIGTERM (inherited from the trap): only the SIGKILL reaches it
+    assert not alive(int(pidfile.read_text())), "the nested job's process survived"
+    # the inner runner, its job's shell and the sleep: every one of them was signalled
+    assert rec["evidence"]["killed_processes"] >= 3, rec["evidence"]
+
 def test_jobs_run_killed_by_sigterm_writes_an_interrupted_receipt(
         cli: Any, ws: Workspace, tmp_path: Path) -> None:
     child = tmp_path / "child.pid"
