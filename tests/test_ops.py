@@ -750,6 +750,101 @@ def test_forged_or_finished_job_runs_are_refused(cli: Any, ws: Workspace, packet
     assert r.exit_code == 8 and "has finished" in r.stderr
 
 
+
+def wait_running(cli: Any, name: str) -> str:
+    deadline = time.monotonic() + 30
+    while True:
+        running = [r["run_id"] for r in cli("jobs", "runs", "--json").json()
+                   if r["name"] == name and r["state"] == "running"]
+        if running:
+            return str(running[0])
+        assert time.monotonic() < deadline, f"job {name} never started"
+        time.sleep(0.1)
+
+
+def test_a_job_cannot_borrow_another_running_jobs_run(cli: Any, ws: Workspace, packet: str,
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run id is honoured only in a process its runner started: a read-only job that
+    names another job's running run is refused, and the refusal counts against its own
+    run, not the victim's."""
+    add_config(ws, '\n[jobs.longreviewer]\ncommand = "sleep 60"\nlanes = ["outbound.review"]\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    victim = subprocess.Popen([*ATLAS.split(), "jobs", "run", "longreviewer", "--json",
+                               "--home", str(ws.home)], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        run = wait_running(cli, "longreviewer")
+        add_config(ws, f'\n[jobs.borrower]\ncommand = "ATLAS_JOB_RUN={run} '
+                   f'ATLAS_CAPABILITIES= {ATLAS} packet send-review p"\nread_only = true\n')
+        rec = cli("jobs", "run", "borrower", "--json").json()
+        assert rec["outcome"] == "failed" and rec["evidence"]["violation"] is True
+        assert rec["evidence"]["refused_attempts"] == 1
+        assert "is not this process's job run" in rec["evidence"]["output_tail"]
+        # the operator's own shell cannot borrow it either (no receipt for a snapshot)
+        data = tmp_path / "s.json"
+        data.write_text("{}")
+        monkeypatch.setenv("ATLAS_JOB_RUN", run)
+        r = cli("snapshot", "record", "portfolio", "--file", str(data))
+        assert r.exit_code == 8 and "is not this process's job run" in r.stderr
+        assert cli("packet", "send-review", "p").exit_code == 8
+        monkeypatch.delenv("ATLAS_JOB_RUN")
+    finally:
+        victim.send_signal(signal.SIGTERM)
+        stdout, _ = victim.communicate(timeout=30)
+    assert maildir_count(ws) == 0 and cli("snapshot", "list", "--json").json() == []
+    own = json.loads(stdout)
+    assert own["evidence"]["performed_effects"] == 0 and own["evidence"]["refused_attempts"] == 0
+    refused = [cli("receipts", "show", str(x["id"]), "--json").json()["evidence"]["job_run"]
+               for x in cli("receipts", "list", "--kind", "effect.refused", "--json").json()]
+    assert sorted(refused, key=str) == sorted([rec["evidence"]["run_id"], None], key=str)
+
+
+
+def test_a_nested_job_cannot_act_as_its_parent_run(cli: Any, ws: Workspace,
+                                                   packet: str) -> None:
+    """The outer runner is an ancestor of the inner job too, but the inner job belongs to
+    its own (narrower) run: naming the outer run does not give it the outer's lanes."""
+    add_config(ws, f"""
+[jobs.outer]
+command = "OUTER=$ATLAS_JOB_RUN {ATLAS} jobs run inner"
+lanes = ["outbound.review"]
+
+[jobs.inner]
+command = "ATLAS_JOB_RUN=$OUTER {ATLAS} packet send-review p"
+read_only = true
+""")
+    outer = cli("jobs", "run", "outer", "--json").json()
+    inner = [r for r in cli("jobs", "runs", "--json").json() if r["name"] == "inner"][0]
+    shown = cli("receipts", "show", str(inner["receipt_id"]), "--json").json()
+    assert shown["evidence"]["violation"] is True
+    assert shown["evidence"]["refused_attempts"] == 1
+    assert "is not this process's job run" in shown["evidence"]["output_tail"]
+    assert maildir_count(ws) == 0 and outer["evidence"]["performed_effects"] == 0
+
+def test_a_runner_is_known_by_pid_and_start_time() -> None:
+    """A zombie is not a running runner, and neither is another process that got its pid."""
+    from atlasops.gates.effects import runner_alive
+    from atlasops.ops.process import proc_stat
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        stat = proc_stat(child.pid)
+        assert stat is not None
+        assert runner_alive({"runner_pid": child.pid, "runner_start": stat.start})
+        # the same pid with another start time: the pid was reused, the runner is gone
+        assert not runner_alive({"runner_pid": child.pid, "runner_start": stat.start - 1})
+        child.kill()
+        deadline = time.monotonic() + 10
+        while (now := proc_stat(child.pid)) is not None and now.state != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert now is not None and now.state == "Z"  # dead, not yet reaped
+        assert not runner_alive({"runner_pid": child.pid, "runner_start": stat.start})
+    finally:
+        child.kill()
+        child.wait()
+
 def test_a_job_cannot_leave_processes_behind(cli: Any, ws: Workspace, packet: str,
                                              tmp_path: Path) -> None:
     pidfile = tmp_path / "late.pid"

@@ -5,15 +5,17 @@ timeout), then runs the job with ``ATLAS_JOB_RUN`` (its run id),
 ``ATLAS_CAPABILITIES``, ``ATLAS_ACTOR`` and ``ATLAS_HOME`` in its environment.
 Every side effect it asks Atlas for (CLI or library) is checked by the effects
 module against the capabilities *recorded in the ledger* for that run (the
-environment can only narrow them) and tagged with the run id.
+environment can only narrow them) and tagged with the run id. A run id is honoured
+only in a process its runner started (the runner, recorded by pid and start time,
+must be the caller's nearest job-runner ancestor): another job cannot borrow it.
 
 When the job's own process exits, what it left running in its session is
 killed (jobs may not leave daemons), and only then is the receipt written: it
 counts every effect tagged with the run (performed or refused) and the deploys
 it recorded. A read-only run with any performed or attempted effect is a
-*violation*. A process that drops both variables, or leaves the session with
-``setsid``, is outside this accounting: capabilities bind cooperating processes
-that go through Atlas; they are not a sandbox.
+*violation*. A process that drops both variables is outside this accounting:
+capabilities bind cooperating processes that go through Atlas; they are not a
+sandbox.
 
 Built-in jobs (backup, db check, route checks, backup prune, chronicle) are jobs
 too, so the number of jobs run in a day is honest; their receipts say
@@ -88,6 +90,13 @@ def _command(name: str, job: Job | None, home: Path) -> str | list[str]:
     return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
 
 
+def _runner() -> dict[str, int | None]:
+    """This process, as ``job.started`` records it: its pid, and its start time, so that a
+    reused pid is never taken for the runner."""
+    me = process.proc_stat(os.getpid())
+    return {"runner_pid": os.getpid(), "runner_start": me.start if me else None}
+
+
 def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
             env: Mapping[str, str]) -> dict[str, Any]:
     """Run a job now and write its job-run receipt. A job started from inside another job
@@ -102,7 +111,7 @@ def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str
     ledger.append("job.started", actor, {
         "run_id": run_id, "name": name, "capabilities": caps.spelled(),
         "parent_run": declared.job_run, "builtin": job is None, "timeout": timeout,
-        "runner_pid": os.getpid()}, subject=f"job:{name}")
+        **_runner()}, subject=f"job:{name}")
     started = utc_now()
     # The job never inherits the caller's identity: an owner's token in the operator's
     # shell must not let a job approve, open lanes or mint tokens.
