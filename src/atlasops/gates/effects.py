@@ -319,10 +319,12 @@ def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Cap
         if over:
             refuse(ledger, actor, caps, effect, f"Lane {lane.name}: {describe(over)}.")
         sender: Sender = sender_for(lane.channel, channel, home, env)
+        attempt = _attempting(ledger, actor, caps, effect, lane.channel)
         reply = sender.send(message)
         if not only_to_owner(config, message):  # mail only to the owner is review mail
             counters.emails_sent = 1
     elif effect.kind != "email" and effect.deliver is not None and channel.type == "directory":
+        attempt = _attempting(ledger, actor, caps, effect, lane.channel)
         reply = effect.deliver(lane.channel, channel, home)
         counter = COUNTER.get(effect.kind)
         if counter is not None:
@@ -332,9 +334,18 @@ def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Cap
                f"available on channel {lane.channel} ({channel.type}).")
     ledger.append("effect.performed", actor, {
         "kind": effect.kind, "lane": effect.lane, "summary": effect.summary,
-        "channel": lane.channel, "job_run": caps.job_run, "effects": counters.model_dump()},
-        subject=f"lane:{effect.lane}")
+        "channel": lane.channel, "job_run": caps.job_run, "effects": counters.model_dump(),
+        "attempt": attempt}, subject=f"lane:{effect.lane}")
     return reply, counters
+
+
+def _attempting(ledger: Ledger, actor: str, caps: Capabilities, effect: Effect,
+                channel: str) -> int:
+    """Recorded before the provider is called, so an effect cut off in flight (a job killed
+    at its timeout mid-send) is still on record: its id is the outcome's ``attempt``."""
+    return ledger.append("effect.attempting", actor, {
+        "kind": effect.kind, "lane": effect.lane, "summary": effect.summary,
+        "channel": channel, "job_run": caps.job_run}, subject=f"lane:{effect.lane}").id
 
 
 __all__ = ["RUN_GRACE", "Capabilities", "Deliver", "Effect", "EffectRefused", "RunningJob",
