@@ -725,6 +725,69 @@ def test_dropping_the_job_run_escapes_tagging_and_the_receipt_says_so(
     assert "not attributed to it" in rec["summary"]
 
 
+
+def test_untagged_deploys_and_publishes_are_counted_once_each(
+        cli: Any, ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    article = tmp_path / "a.md"
+    article.write_text("# Market data\n")
+    item = cli("content", "add", "--business", "wimper", "--title", "Market data", "--file",
+               str(article), "--json").json()["id"]
+    bare = f"env -u ATLAS_CAPABILITIES -u ATLAS_JOB_RUN {ATLAS}"
+    deploy = "deploy record --site s --provider p --url https://s.example"
+    add_config(ws, PUBLISHING.format(approval="false") + f"""
+[jobs.escape]
+command = "{bare} {deploy} && {bare} content publish {item}"
+read_only = true
+""")
+    with Ledger.for_workspace(ws) as led:
+        monkeypatch.setenv("ATLAS_TOKEN", owner_token(led))
+    assert cli("lane", "open", "social.post", "--reason", "posts").exit_code == 0
+    monkeypatch.delenv("ATLAS_TOKEN")
+    rec = cli("jobs", "run", "escape", "--json").json()
+    assert rec["evidence"]["exit_code"] == 0, rec["evidence"]["output_tail"]
+    # ground truth, read apart from the receipt: one deploy and one published file
+    assert len(cli("deploy", "list", "--json").json()) == 1
+    assert len(list((ws.home / "published").iterdir())) == 1
+    assert rec["evidence"]["untagged_effects_in_window"] == 2
+    assert rec["evidence"]["violation"] is False and rec["evidence"]["deploys_recorded"] == 0
+
+
+def test_an_effect_cut_off_in_flight_is_reported(cli: Any, ws: Workspace, packet: str,
+                                                 tmp_path: Path) -> None:
+    """A job killed at its timeout while the SMTP server holds its message: the send may
+    have happened (here it did), and the receipt says so instead of counting nothing."""
+    port, received = free_port(), tmp_path / "received.eml"
+    server = subprocess.Popen([sys.executable, "-m", "tests.slow_smtp", str(port),
+                               str(received)], cwd=ROOT)
+    try:
+        wait_listening(port, server)
+        add_config(ws, f"""
+[channels.slow]
+type = "smtp"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+from_address = "atlas@wimper.example"
+timeout = 60
+
+[lanes."outbound.review"]
+channel = "slow"
+
+[jobs.reviewer]
+command = "{ATLAS} packet send-review p"
+lanes = ["outbound.review"]
+timeout = 4
+""")
+        rec = cli("jobs", "run", "reviewer", "--json").json()
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert received.read_bytes().count(b"=====\n") == 1  # the server has the message
+    ev = rec["evidence"]
+    assert ev["timed_out"] is True and ev["performed_effects"] == 0
+    assert ev["in_flight_effects"] == 1 and ev["refused_attempts"] == 0
+    assert "1 side effect(s) in flight when stopped: may have happened" in rec["summary"]
+
 def test_forged_or_finished_job_runs_are_refused(cli: Any, ws: Workspace, packet: str,
                                                  tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:

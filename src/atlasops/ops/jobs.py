@@ -159,12 +159,13 @@ class Tally:
     effects: Effects
     performed: int  # effect.performed events tagged with the run
     refused: int  # effect.refused receipts tagged with the run
+    in_flight: int  # effect.attempting events with no outcome: cut off, may have happened
     deploys: int  # deploy receipts tagged with the run
-    untagged: int  # effects with no job run, recorded while it ran: not attributable
+    untagged: int  # effect records with no job run, made while it ran: not attributable
 
     @property
     def attempted(self) -> int:
-        return self.performed + self.refused
+        return self.performed + self.refused + self.in_flight
 
 
 def _receipt(ledger: Ledger, run: _Run, ran: process.Ran) -> Receipt:
@@ -192,9 +193,13 @@ def _receipt(ledger: Ledger, run: _Run, ran: process.Ran) -> Receipt:
         notes.append(f"{len(ran.left)} process(es) it left running were killed")
     if violation:
         notes.append(f"VIOLATION: a read-only job requested {tally.attempted} side "
-                     f"effect(s) ({tally.refused} refused, {tally.performed} performed)")
+                     f"effect(s) ({tally.refused} refused, {tally.performed} performed, "
+                     f"{tally.in_flight} in flight)")
     elif tally.refused:
         notes.append(f"{tally.refused} side effect(s) refused")
+    if tally.in_flight:
+        notes.append(f"{tally.in_flight} side effect(s) in flight when stopped: may have "
+                     "happened (the provider was called; no outcome was recorded)")
     if tally.untagged:
         notes.append(f"{tally.untagged} side effect(s) without a job run were recorded while "
                      "it ran (not attributed to it: any process may have caused them)")
@@ -212,7 +217,8 @@ def _receipt(ledger: Ledger, run: _Run, ran: process.Ran) -> Receipt:
                   "timed_out": ran.timed_out, "interrupted": ran.interrupted,
                   "output_bytes": ran.output_bytes, "output_tail": ran.output_tail,
                   "violation": violation, "performed_effects": tally.performed,
-                  "refused_attempts": tally.refused, "deploys_recorded": tally.deploys,
+                  "refused_attempts": tally.refused, "in_flight_effects": tally.in_flight,
+                  "deploys_recorded": tally.deploys,
                   "left_processes": len(ran.left), "killed_processes": ran.killed,
                   "untagged_effects_in_window": tally.untagged,
                   "parent_run": run.parent,
@@ -233,32 +239,48 @@ def _runs_under(ledger: Ledger, run_id: str) -> list[str]:
     return runs
 
 
+# An effect.attempting event (``a``) whose outcome was never recorded: no later event
+# names it as its ``attempt`` (effect.performed), and no receipt does (a refusal or failure).
+_NO_OUTCOME = ("NOT EXISTS (SELECT 1 FROM events o WHERE o.id > a.id AND "
+               "(json_extract(o.payload, '$.attempt') = a.id OR "
+               "json_extract(o.payload, '$.evidence.attempt') = a.id))")
+# Receipts that record an effect themselves (not through effect.performed): refusals and
+# deploy records. A content publish is counted once, by its effect.performed event.
+_EFFECT_RECEIPTS = ("effect.refused", "deploy")
+
+
 def tally_run(ledger: Ledger, run_id: str, started: str, finished: str) -> Tally:
     """Add up what the run (and runs inside it) caused: the counters of its performed
-    effects, its refusals and its deploy records. Effects recorded in its time window
-    without any run id are counted apart: they cannot be attributed."""
+    effects, its refusals, its effects cut off in flight and its deploy records. Effect
+    records made in its time window without any run id are counted apart: they cannot be
+    attributed."""
     runs = _runs_under(ledger, run_id)
     marks = ",".join("?" * len(runs))
+    tagged = f"json_extract(a.payload, '$.job_run') IN ({marks})"
     total = Effects()
-    performed = ledger.query("SELECT payload FROM events WHERE kind='effect.performed' AND "
-                             f"json_extract(payload, '$.job_run') IN ({marks})", runs)
+    performed = ledger.query("SELECT payload FROM events a WHERE kind='effect.performed' "
+                             f"AND {tagged}", runs)
     for row in performed:
         for key, value in json.loads(row["payload"]).get("effects", {}).items():
             setattr(total, key, getattr(total, key) + int(value))
+    in_flight = ledger.query("SELECT count(*) AS n FROM events a WHERE "
+                             f"kind='effect.attempting' AND {tagged} AND {_NO_OUTCOME}", runs)
 
-    def tagged(kind: str) -> int:
+    def receipts(kind: str) -> int:
         return int(ledger.query(
             "SELECT count(*) AS n FROM receipts WHERE kind=? AND json_extract(body, "
             f"'$.evidence.job_run') IN ({marks})", [kind, *runs])[0]["n"])
 
+    kinds = ",".join(f"'{k}'" for k in _EFFECT_RECEIPTS)
     untagged = ledger.query(
-        "SELECT (SELECT count(*) FROM events WHERE kind='effect.performed' AND ts BETWEEN ? "
-        "AND ? AND json_extract(payload, '$.job_run') IS NULL) + (SELECT count(*) FROM "
-        "receipts WHERE kind='effect.refused' AND finished_at BETWEEN ? AND ? AND "
+        "SELECT (SELECT count(*) FROM events a WHERE ts BETWEEN ? AND ? AND "
+        "json_extract(payload, '$.job_run') IS NULL AND (kind='effect.performed' OR "
+        f"(kind='effect.attempting' AND {_NO_OUTCOME}))) + (SELECT count(*) FROM receipts "
+        f"WHERE kind IN ({kinds}) AND finished_at BETWEEN ? AND ? AND "
         "json_extract(body, '$.evidence.job_run') IS NULL) AS n",
         [started, finished, started, finished])[0]["n"]
-    return Tally(total, len(performed), tagged("effect.refused"), tagged("deploy"),
-                 int(untagged))
+    return Tally(total, len(performed), receipts("effect.refused"), int(in_flight[0]["n"]),
+                 receipts("deploy"), int(untagged))
 
 
 def list_runs(ledger: Ledger, since: str | None = None) -> list[dict[str, Any]]:
