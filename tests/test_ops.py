@@ -644,12 +644,102 @@ def test_a_step_may_leave_a_server_running(cli: Any, ws: Workspace, tmp_path: Pa
 
 
 def test_step_env_values_are_secrets_too(cli: Any, ws: Workspace, app: dict[str, Any]) -> None:
-    configure(ws, app, '{{ name = "deploy", command = "echo using $DEPLOY_KEY; exit 1", '
-              'env = {{ DEPLOY_KEY = "step-own-key-31337" }} }},')
+    """Every value of a step's own env is hidden, whatever its name says (HOOK_URL does
+    not look secret), in the output, in the command, and in a dry run's plan."""
+    hook = "https://hooks.example/T0/B1/step-own-hook-31337"
+    configure(ws, app, '{{ name = "deploy", command = "echo using $HOOK_URL; curl -s '
+              + hook + ' || exit 1", env = {{ HOOK_URL = "' + hook + '" }} }},')
+    plan = cli("repair", "releases", "--dry-run", "--json").json()["plan"]
+    assert plan[0]["command"] == "echo using $HOOK_URL; curl -s [REDACTED] || exit 1"
     rec = cli("repair", "releases", "--json").json()
     assert "using [REDACTED]" in rec["actions"][0]["output_tail"]
-    assert "step-own-key-31337" not in json.dumps(rec)
+    assert "step-own-hook-31337" not in json.dumps(rec)
+    printed = cli("repair", "releases", "--dry-run").stdout
+    assert "would run deploy" in printed and "step-own-hook-31337" not in printed
 
+
+
+def repair_in_background(ws: Workspace, route: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    return subprocess.Popen(  # SIGINT as a terminal would deliver it, even if ignored here
+        [*ATLAS.split(), "repair", route, "--json", "--home", str(ws.home)], env=env,
+        stdout=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stopped_repair_kills_its_step_and_writes_its_receipt(
+        cli: Any, ws: Workspace, pages: str, tmp_path: Path, sig: signal.Signals) -> None:
+    pidfile = tmp_path / "step.pid"
+    add_config(ws, f'\n[runbooks.hang]\nsteps = [{{ name = "build", command = "sleep 300 & '
+               f'echo $! > {pidfile}; wait" }}]\n')
+    routes(ws, dead=f'url = "{pages}/flap/F"\nrunbook = "hang"')
+    runner = repair_in_background(ws, "dead")
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline and runner.poll() is None, "the step never ran"
+        time.sleep(0.05)
+    runner.send_signal(sig)
+    stdout, _ = runner.communicate(timeout=30)
+    rec = json.loads(stdout)
+    assert runner.returncode == 1 and rec["outcome"] == "not_fixed"
+    said = f"interrupted ({sig.name}): killed with its session"
+    assert rec["actions"][0]["result"] == said and rec["evidence"]["interrupted"] == sig.name
+    assert rec["summary"] == (f"Not fixed: runbook step 'build' was {said}; the page was not "
+                              "read back (the repair was stopped).")
+    assert not alive(int(pidfile.read_text()))
+    assert [r["id"] for r in cli("receipts", "list", "--kind", "repair", "--json").json()] == [
+        rec["receipt_id"]]
+
+
+def test_repair_is_a_side_effect_for_jobs(cli: Any, ws: Workspace, pages: str,
+                                          tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "ran"
+    add_config(ws, f'\n[runbooks.mark]\nsteps = [{{ name = "mark", command = "echo x >> '
+               f'{marker}" }}]\n')
+    routes(ws, dead=f'url = "{pages}/flap/F"\nrunbook = "mark"\nreadback_deadline = 0.5')
+    add_config(ws, f"""
+[jobs.watcher]
+command = "{ATLAS} repair dead --force"
+read_only = true
+
+[jobs.lanes-only]
+command = "{ATLAS} repair dead"
+lanes = ["outbound.review"]
+
+[jobs.fixer]
+command = "{ATLAS} repair dead"
+lanes = ["repair"]
+
+[jobs.operator-shell]
+command = "env -u ATLAS_JOB_RUN -u ATLAS_CAPABILITIES {ATLAS} repair dead"
+read_only = true
+""")
+    rec = cli("jobs", "run", "watcher", "--json").json()
+    assert rec["evidence"]["violation"] is True and rec["evidence"]["refused_attempts"] == 1
+    assert rec["evidence"]["exit_code"] == 8 and not marker.exists()
+    rec = cli("jobs", "run", "lanes-only", "--json").json()
+    assert rec["outcome"] == "failed" and rec["evidence"]["refused_attempts"] == 1
+    assert "do not include repair" in rec["evidence"]["output_tail"] and not marker.exists()
+    # a forged run id is refused with a receipt, not only an error
+    monkeypatch.setenv("ATLAS_JOB_RUN", "forged-123")
+    r = cli("repair", "dead")
+    assert r.exit_code == 8 and "not a job run" in r.stderr and not marker.exists()
+    monkeypatch.delenv("ATLAS_JOB_RUN")
+    refused = cli("receipts", "list", "--kind", "effect.refused", "--json").json()
+    assert len(refused) == 3
+    rec = cli("jobs", "run", "fixer", "--json").json()
+    assert rec["evidence"]["repairs_run"] == 1 and marker.read_text() == "x\n"
+    assert "1 repair(s) ran a runbook" in rec["summary"]
+    repair = cli("receipts", "list", "--kind", "repair", "--json").json()[-1]
+    shown = cli("receipts", "show", str(repair["id"]), "--json").json()
+    assert shown["evidence"]["job_run"] == rec["evidence"]["run_id"]
+    assert shown["actor"] == f"job:fixer#{rec['evidence']['run_id']}"
+    # a repair made outside any run while a job runs is counted apart, not attributed
+    rec = cli("jobs", "run", "operator-shell", "--json").json()
+    assert marker.read_text() == "x\nx\n" and rec["evidence"]["repairs_run"] == 0
+    assert rec["evidence"]["untagged_effects_in_window"] == 1
 
 def test_a_secret_cut_by_the_tail_is_not_leaked(tmp_path: Path) -> None:
     from atlasops.ops import process

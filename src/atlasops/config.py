@@ -181,8 +181,9 @@ class Runbook(_Strict):
     steps: list[Step] = Field(min_length=1)
 
 
-# What a job may be given: the lanes, and ``deploy`` (recording deploys).
-JOB_CAPABILITIES = (*LANE_EFFECTS, "deploy")
+# What a job may be given: the lanes, ``deploy`` (recording deploys) and ``repair``
+# (running runbooks: `atlas repair`).
+JOB_CAPABILITIES = (*LANE_EFFECTS, "deploy", "repair")
 # The built-in jobs (atlasops.ops.jobs.BUILTINS says what each runs).
 BUILTIN_JOBS = ("backup", "db-check", "route-checks", "backup-prune", "chronicle")
 BUILTIN_TIMEOUT = 3600.0

@@ -37,7 +37,7 @@ from .conditions import describe, failing
 from .lanes import get_lane, limit_conditions, parse_ts
 from .suppression import address_key
 
-Kind = Literal["email", "post", "cta_change", "spend", "deploy"]
+Kind = Literal["email", "post", "cta_change", "spend", "deploy", "repair"]
 COUNTER = {"email": "emails_sent", "post": "public_posts", "cta_change": "cta_changes",
            "spend": "spend_cents"}
 

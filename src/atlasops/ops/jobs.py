@@ -11,11 +11,11 @@ must be the caller's nearest job-runner ancestor): another job cannot borrow it.
 
 When the job's own process exits, what it left running in its session is
 killed (jobs may not leave daemons), and only then is the receipt written: it
-counts every effect tagged with the run (performed or refused) and the deploys
-it recorded. A read-only run with any performed or attempted effect is a
-*violation*. A process that drops both variables is outside this accounting:
-capabilities bind cooperating processes that go through Atlas; they are not a
-sandbox.
+counts every effect tagged with the run (performed, refused, or cut off in flight),
+the deploys it recorded and the repairs it ran. A read-only run with any performed,
+refused or in-flight effect is a *violation*. A process that drops both variables
+is outside this accounting: capabilities bind cooperating processes that go through
+Atlas; they are not a sandbox.
 
 Built-in jobs (backup, db check, route checks, backup prune, chronicle) are jobs
 too, so the number of jobs run in a day is honest; their receipts say
@@ -161,6 +161,7 @@ class Tally:
     refused: int  # effect.refused receipts tagged with the run
     in_flight: int  # effect.attempting events with no outcome: cut off, may have happened
     deploys: int  # deploy receipts tagged with the run
+    repairs: int  # repair receipts tagged with the run that ran runbook steps
     untagged: int  # effect records with no job run, made while it ran: not attributable
 
     @property
@@ -189,6 +190,8 @@ def _receipt(ledger: Ledger, run: _Run, ran: process.Ran) -> Receipt:
     notes = []
     if tally.deploys:
         notes.append(f"{tally.deploys} deploy(s) recorded")
+    if tally.repairs:
+        notes.append(f"{tally.repairs} repair(s) ran a runbook")
     if ran.left:
         notes.append(f"{len(ran.left)} process(es) it left running were killed")
     if violation:
@@ -218,7 +221,7 @@ def _receipt(ledger: Ledger, run: _Run, ran: process.Ran) -> Receipt:
                   "output_bytes": ran.output_bytes, "output_tail": ran.output_tail,
                   "violation": violation, "performed_effects": tally.performed,
                   "refused_attempts": tally.refused, "in_flight_effects": tally.in_flight,
-                  "deploys_recorded": tally.deploys,
+                  "deploys_recorded": tally.deploys, "repairs_run": tally.repairs,
                   "left_processes": len(ran.left), "killed_processes": ran.killed,
                   "untagged_effects_in_window": tally.untagged,
                   "parent_run": run.parent,
@@ -244,14 +247,17 @@ def _runs_under(ledger: Ledger, run_id: str) -> list[str]:
 _NO_OUTCOME = ("NOT EXISTS (SELECT 1 FROM events o WHERE o.id > a.id AND "
                "(json_extract(o.payload, '$.attempt') = a.id OR "
                "json_extract(o.payload, '$.evidence.attempt') = a.id))")
-# Receipts that record an effect themselves (not through effect.performed): refusals and
-# deploy records. A content publish is counted once, by its effect.performed event.
-_EFFECT_RECEIPTS = ("effect.refused", "deploy")
+# Receipts that record an effect themselves (not through effect.performed): refusals,
+# deploy records, and repairs that ran runbook steps (a restart). A content publish is
+# counted once, by its effect.performed event.
+_RAN_STEPS = "json_array_length(body, '$.actions') > 0"
+_EFFECT_RECEIPT = f"(kind IN ('effect.refused', 'deploy') OR (kind = 'repair' AND {_RAN_STEPS}))"
 
 
 def tally_run(ledger: Ledger, run_id: str, started: str, finished: str) -> Tally:
     """Add up what the run (and runs inside it) caused: the counters of its performed
-    effects, its refusals, its effects cut off in flight and its deploy records. Effect
+    effects, its refusals, its effects cut off in flight, its deploy records and its
+    repairs that ran a runbook. Effect
     records made in its time window without any run id are counted apart: they cannot be
     attributed."""
     runs = _runs_under(ledger, run_id)
@@ -266,21 +272,20 @@ def tally_run(ledger: Ledger, run_id: str, started: str, finished: str) -> Tally
     in_flight = ledger.query("SELECT count(*) AS n FROM events a WHERE "
                              f"kind='effect.attempting' AND {tagged} AND {_NO_OUTCOME}", runs)
 
-    def receipts(kind: str) -> int:
+    def receipts(kind: str, where: str = "1") -> int:
         return int(ledger.query(
-            "SELECT count(*) AS n FROM receipts WHERE kind=? AND json_extract(body, "
-            f"'$.evidence.job_run') IN ({marks})", [kind, *runs])[0]["n"])
+            f"SELECT count(*) AS n FROM receipts WHERE kind=? AND {where} AND "
+            f"json_extract(body, '$.evidence.job_run') IN ({marks})", [kind, *runs])[0]["n"])
 
-    kinds = ",".join(f"'{k}'" for k in _EFFECT_RECEIPTS)
     untagged = ledger.query(
         "SELECT (SELECT count(*) FROM events a WHERE ts BETWEEN ? AND ? AND "
         "json_extract(payload, '$.job_run') IS NULL AND (kind='effect.performed' OR "
         f"(kind='effect.attempting' AND {_NO_OUTCOME}))) + (SELECT count(*) FROM receipts "
-        f"WHERE kind IN ({kinds}) AND finished_at BETWEEN ? AND ? AND "
+        f"WHERE {_EFFECT_RECEIPT} AND finished_at BETWEEN ? AND ? AND "
         "json_extract(body, '$.evidence.job_run') IS NULL) AS n",
         [started, finished, started, finished])[0]["n"]
     return Tally(total, len(performed), receipts("effect.refused"), int(in_flight[0]["n"]),
-                 receipts("deploy"), int(untagged))
+                 receipts("deploy"), receipts("repair", _RAN_STEPS), int(untagged))
 
 
 def list_runs(ledger: Ledger, since: str | None = None) -> list[dict[str, Any]]:

@@ -97,14 +97,28 @@ def stop_signals_interrupt() -> Iterator[None]:
         _Stop.pending = None
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """A wait that a stop signal (one that arrived before it, or during it) cuts short."""
     if _Stop.pending is not None:
         raise Interrupted(_Stop.pending)
     _Stop.armed = True
     try:
-        proc.wait(timeout=timeout)
+        yield
     finally:
         _Stop.armed = False
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    with _interruptible():
+        proc.wait(timeout=timeout)
+
+
+def pause(seconds: float) -> None:
+    """Sleep; inside :func:`stop_signals_interrupt`, a stop signal raises
+    :class:`Interrupted` instead (also one that arrived while the caller was busy)."""
+    with _interruptible():
+        time.sleep(seconds)
 
 
 def secret_values(env: Mapping[str, str], names: Iterable[str] = ()) -> list[str]:
@@ -302,5 +316,5 @@ def run(command: str | list[str], *, cwd: Path | None = None, env: Mapping[str, 
 
 
 __all__ = ["Interrupted", "Proc", "Ran", "ancestry", "config_secret_names", "cut_tail",
-           "kill_tree", "proc_stat", "read_tail", "redact", "run", "secret_values",
+           "kill_tree", "pause", "proc_stat", "read_tail", "redact", "run", "secret_values",
            "still_running", "stop_signals_interrupt", "tree_members"]
