@@ -498,6 +498,37 @@ def test_redirects_are_evidence_and_fail_unless_allowed(cli: Any, ws: Workspace,
     assert reading["final_url"].startswith("http://localhost:")
 
 
+
+def test_a_redirect_must_stay_on_the_routes_origin(cli: Any, ws: Workspace,
+                                                   pages: str) -> None:
+    """Scheme, host and port are compared exactly; an allowed path means the route's own
+    origin; an allowed URL prefix ends at a path boundary; the query counts."""
+    port = pages.rsplit(":", 1)[1]
+    with route_server() as other:  # the same host name, another port
+        cases = {
+            "port": (f"/page?redirect={other}/page", []),
+            "query": ("/page?redirect=/page%3Fstate%3Dexpired", []),
+            "path_other_host": (f"/x?redirect=http://localhost:{port}/login", ["/login"]),
+            "no_boundary": ("/x?redirect=/login", [f"{pages}/log"]),
+            "prefix_other_port": (f"/x?redirect={other}/login", [pages]),
+            "host_prefix": (f"/x?redirect=http://localhost:{port}/page",
+                            ["http://localhost"]),
+        }
+        allowed = {
+            "slash": ("/dir", []),  # a trailing slash is not a move
+            "same_origin_path": ("/x?redirect=/login%3Fnext%3D/x", ["/login"]),
+            "prefix": ("/x?redirect=/login/done", [f"{pages}/login"]),
+        }
+        for name, (path, allow) in {**cases, **allowed}.items():
+            routes(ws, **{name: f'url = "{pages}{path}"\nallow_redirect_to = {json.dumps(allow)}'})
+        for name in cases:
+            reading = check(cli, name)
+            assert reading["redirects"] and failed_checks(reading)[:1] == ["redirect"], name
+        for name in allowed:
+            reading = check(cli, name)
+            assert reading["redirects"] and "redirect" not in failed_checks(reading), (
+                name, reading["checks"])
+
 def test_routes_that_cannot_be_judged_are_refused_at_load(cli: Any, ws: Workspace) -> None:
     with open(ws.config_path, "a") as fh:
         fh.write('\n[routes.head]\nurl = "http://127.0.0.1:1/"\nmethod = "HEAD"\n'

@@ -146,8 +146,9 @@ class Route(_Strict):
     readback_deadline: float = Field(default=60, gt=0)
     readback_interval: float = Field(default=1, gt=0)
     user_can: str | None = None  # "open the releases page": the repair summary says so
-    # Redirects are followed; landing on another path or host fails the check unless the
-    # final URL is allowed here (a path like "/login/done", or a full URL prefix).
+    # Redirects are followed; landing anywhere but the route's own URL fails the check
+    # unless the final URL is allowed here (a path like "/login/done" on the route's own
+    # origin, or a full URL prefix: same origin, path boundary).
     follow_redirects: bool = True
     allow_redirect_to: list[str] = Field(default_factory=list)
 
