@@ -406,15 +406,63 @@ read_only = true
 def test_configured_secrets_are_redacted_in_job_output(cli: Any, ws: Workspace,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZOHO_APP_LOGIN", "zoho-app-pw-777")
-    with open(ws.config_path, "a") as fh:
-        fh.write('\n[channels.zoho]\ntype = "smtp"\nhost = "smtp.example"\n'
+    with open(ws.config_path, "a") as fh:  # the job's lane uses the channel: it gets the
+        fh.write('\n[channels.zoho]\ntype = "smtp"\nhost = "smtp.example"\n'  # password
                  'from_address = "a@b.example"\nuser_env = "ZOHO_USER"\n'
                  'password_env = "ZOHO_APP_LOGIN"\n'
-                 '\n[jobs.leak]\ncommand = "echo pw=$ZOHO_APP_LOGIN"\n')
+                 '\n[lanes."outbound.prospect"]\nchannel = "zoho"\n'
+                 '\n[jobs.leak]\ncommand = "echo pw=$ZOHO_APP_LOGIN"\n'
+                 'lanes = ["outbound.prospect"]\n')
     rec = cli("jobs", "run", "leak", "--json").json()
     assert "zoho-app-pw-777" not in json.dumps(rec)
     assert "[REDACTED]" in rec["evidence"]["output_tail"]
 
+
+
+def test_a_job_gets_only_the_credentials_its_capabilities_use(
+        cli: Any, ws: Workspace, pages: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {"ZOHO_USER": "zoho-user-name-1", "ZOHO_PASS": "zoho-pass-4242",
+               "SITE_TOKEN": "site-token-5151"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    # each job writes what it was given to a file of its own: the ground truth
+    peek = " ".join(f"{k}=${{{k}:-unset}}" for k in secrets)
+    jobs = {"ro": "read_only = true", "mailer": 'lanes = ["outbound.prospect"]',
+            "reviewer": 'lanes = ["outbound.review"]', "fixer": 'lanes = ["repair"]'}
+    add_config(ws, f"""
+[channels.zoho]
+type = "smtp"
+host = "smtp.example"
+from_address = "a@wimper.example"
+user_env = "ZOHO_USER"
+password_env = "ZOHO_PASS"
+
+[lanes."outbound.prospect"]
+channel = "zoho"
+
+[routes.site]
+url = "{pages}/reflect"
+auth = {{ type = "bearer", env = "SITE_TOKEN" }}
+must_contain = ["Releases"]
+""" + "".join(f'\n[jobs.{n}]\ncommand = "echo {peek} > {seen / n}"\n{c}\n'
+              for n, c in jobs.items()))
+    for name in jobs:
+        assert cli("jobs", "run", name).exit_code == 0
+    given = {n: dict(kv.split("=", 1) for kv in (seen / n).read_text().split())
+             for n in jobs}
+    unset = dict.fromkeys(secrets, "unset")
+    assert given["ro"] == unset and given["reviewer"] == unset
+    assert given["mailer"] == {**unset, "ZOHO_USER": secrets["ZOHO_USER"],
+                               "ZOHO_PASS": secrets["ZOHO_PASS"]}
+    assert given["fixer"] == {**unset, "SITE_TOKEN": secrets["SITE_TOKEN"]}
+    # the built-in route-checks job reads the route with its credentials
+    rec = cli("jobs", "run", "route-checks", "--json").json()
+    assert rec["outcome"] == "ok", rec["evidence"]["output_tail"]
+    check_receipt = cli("receipts", "list", "--kind", "route.check", "--json").json()[-1]
+    assert check_receipt["outcome"] == "ok"
 
 def test_a_step_that_cannot_start_still_leaves_a_receipt(cli: Any, ws: Workspace,
                                                          app: dict[str, Any]) -> None:

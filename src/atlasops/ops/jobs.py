@@ -90,6 +90,24 @@ def _command(name: str, job: Job | None, home: Path) -> str | list[str]:
     return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
 
 
+def withheld_credentials(config: Config, name: str, job: Job | None,
+                         caps: Capabilities) -> set[str]:
+    """The credential variables atlas.toml names that a run may not see. A channel's
+    (``user_env``, ``password_env``) only reach a run with a lane that sends through that
+    channel; a route's (``auth.env``) only the built-in ``route-checks`` job and runs with
+    the ``repair`` capability (a repair reads the route before and after)."""
+    lanes = config.all_lanes()
+    usable = set(lanes) if caps.lanes is None else caps.lanes
+    used = {lanes[n].channel for n in usable if n in lanes and not caps.read_only}
+    withheld = {v for cname, ch in config.all_channels().items() if cname not in used
+                for v in (ch.user_env, ch.password_env) if v}
+    reads_routes = (job is None and name == "route-checks") or (
+        not caps.read_only and (caps.lanes is None or "repair" in caps.lanes))
+    if not reads_routes:
+        withheld |= {r.auth.env for r in config.routes.values() if r.auth is not None}
+    return withheld
+
+
 def _runner() -> dict[str, int | None]:
     """This process, as ``job.started`` records it: its pid, and its start time, so that a
     reused pid is never taken for the runner."""
@@ -113,9 +131,11 @@ def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str
         "parent_run": declared.job_run, "builtin": job is None, "timeout": timeout,
         **_runner()}, subject=f"job:{name}")
     started = utc_now()
-    # The job never inherits the caller's identity: an owner's token in the operator's
-    # shell must not let a job approve, open lanes or mint tokens.
-    child_env = {k: v for k, v in env.items() if k != "ATLAS_TOKEN"}
+    # The job never inherits the caller's identity (an owner's token in the operator's
+    # shell must not let a job approve, open lanes or mint tokens), nor credentials its
+    # capabilities do not use.
+    hidden = {"ATLAS_TOKEN", *withheld_credentials(config, name, job, caps)}
+    child_env = {k: v for k, v in env.items() if k not in hidden}
     child_env.update({"ATLAS_JOB_RUN": run_id, "ATLAS_CAPABILITIES": caps.spelled(),
                       "ATLAS_HOME": str(home), "ATLAS_ACTOR": f"job:{name}#{run_id}"})
     if job is not None and job.business:
@@ -316,4 +336,5 @@ def _unfinished(started_at: str, started: dict[str, Any]) -> str:
     return "running" if in_time and runner_alive(started) else "no receipt (runner died)"
 
 
-__all__ = ["BUILTINS", "Tally", "all_jobs", "list_runs", "run_job", "tally_run"]
+__all__ = ["BUILTINS", "Tally", "all_jobs", "list_runs", "run_job", "tally_run",
+           "withheld_credentials"]
