@@ -185,8 +185,15 @@ class Runbook(_Strict):
 # What a job may be given: the lanes, ``deploy`` (recording deploys) and ``repair``
 # (running runbooks: `atlas repair`).
 JOB_CAPABILITIES = (*LANE_EFFECTS, "deploy", "repair")
-# The built-in jobs (atlasops.ops.jobs.BUILTINS says what each runs).
-BUILTIN_JOBS = ("backup", "db-check", "route-checks", "backup-prune", "chronicle")
+# The built-in jobs: what each runs (`atlas ARGS...`) and what it is for. Their names are
+# reserved: a [jobs.NAME] section cannot shadow one.
+BUILTIN_JOBS: dict[str, tuple[tuple[str, ...], str]] = {
+    "backup": (("backup", "--label", "scheduled"), "take and validate a backup"),
+    "db-check": (("db", "check"), "quick_check and ledger == journal"),
+    "route-checks": (("check", "routes"), "read every configured route"),
+    "backup-prune": (("backups", "prune"), "apply the backup retention policy"),
+    "chronicle": (("chronicle",), "write today's chronicle"),
+}
 BUILTIN_TIMEOUT = 3600.0
 
 
@@ -322,6 +329,10 @@ class Config(_Strict):
                 raise ValueError(f"routes.{name}.runbook names {route.runbook!r}, which is "
                                  "not a [runbooks] entry")
         for name, job in self.jobs.items():
+            if name in BUILTIN_JOBS:
+                raise ValueError(f"jobs.{name}: {name!r} is a built-in job's name, and "
+                                 "built-in names are reserved; choose another name (a "
+                                 f"built-in's timeout is set in [builtin_jobs.{name}])")
             if job.business is not None and job.business not in self.businesses:
                 raise ValueError(f"jobs.{name}.business: unknown business {job.business!r}")
             for lane_name in job.lanes:

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..config import BUILTIN_TIMEOUT, Config, Job
+from ..config import BUILTIN_JOBS, BUILTIN_TIMEOUT, Config, Job
 from ..errors import NotFound
 from ..gates.effects import RUN_GRACE, Capabilities, runner_alive
 from ..gates.lanes import parse_ts
@@ -44,13 +44,7 @@ from ..receipts import Effects, Receipt
 from . import process
 from .records import parse_since
 
-BUILTINS: dict[str, tuple[list[str], str]] = {
-    "backup": (["backup", "--label", "scheduled"], "take and validate a backup"),
-    "db-check": (["db", "check"], "quick_check and ledger == journal"),
-    "route-checks": (["check", "routes"], "read every configured route"),
-    "backup-prune": (["backups", "prune"], "apply the backup retention policy"),
-    "chronicle": (["chronicle"], "write today's chronicle"),
-}
+BUILTINS = BUILTIN_JOBS  # the one list is config.BUILTIN_JOBS; this name is for older imports
 
 
 def _timeout(config: Config, name: str, job: Job | None) -> float:
@@ -62,7 +56,7 @@ def _timeout(config: Config, name: str, job: Job | None) -> float:
 
 def all_jobs(config: Config) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for name, (argv, what) in BUILTINS.items():
+    for name, (argv, what) in BUILTIN_JOBS.items():
         out[name] = {"name": name, "builtin": True, "command": "atlas " + " ".join(argv),
                      "read_only": True, "lanes": [], "business": None,
                      "timeout": _timeout(config, name, None), "description": what}
@@ -81,7 +75,7 @@ def _capabilities(job: Job | None) -> Capabilities:
 
 def _command(name: str, job: Job | None, home: Path) -> str | list[str]:
     if job is None:
-        return [sys.executable, "-m", "atlasops", *BUILTINS[name][0], "--home", str(home)]
+        return [sys.executable, "-m", "atlasops", *BUILTIN_JOBS[name][0], "--home", str(home)]
     if job.command is not None:
         return job.command
     assert job.entry is not None
@@ -120,7 +114,7 @@ def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str
     """Run a job now and write its job-run receipt. A job started from inside another job
     gets no more than its parent's capabilities, as the ledger recorded them."""
     job = config.jobs.get(name)
-    if job is None and name not in BUILTINS:
+    if job is None and name not in BUILTIN_JOBS:
         raise NotFound(f"no job named {name!r}", hint="`atlas jobs list` shows them.")
     declared = Capabilities.from_env(env)
     caps = _capabilities(job).narrow(declared.verified(ledger))  # a forged parent: refused
