@@ -164,7 +164,11 @@ class Route(_Strict):
         if self.method == "HEAD" and self.must_contain:
             raise ValueError("a HEAD route has no body, so must_contain can never pass; "
                              "use GET, or drop must_contain")
-        if self.auth is not None and self.method != "HEAD" and not self.must_contain:
+        if self.auth is not None and self.method == "HEAD":
+            raise ValueError("a route with auth cannot use HEAD: only the body tells the "
+                             "signed-in page from a login page that answers 200 too; use GET "
+                             "with must_contain")
+        if self.auth is not None and not self.must_contain:
             raise ValueError("a route with auth needs must_contain (text only the signed-in "
                              "page shows): a login page answers 200 too")
         return self

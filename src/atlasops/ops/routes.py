@@ -40,12 +40,14 @@ class Reading:
     error: str | None = None
     final_url: str | None = None  # where the reading ended, after redirects
     redirects: list[dict[str, Any]] = field(default_factory=list)  # each hop: status, url
+    timeout: float | None = None  # the longest this reading was allowed to wait (s)
 
     def to_dict(self) -> dict[str, Any]:
         return {"route": self.route, "url": self.url, "passed": self.passed,
                 "status": self.status, "ms": self.ms, "error": self.error,
                 "final_url": self.final_url, "redirects": self.redirects,
-                "snippet": self.snippet, "checks": [c.model_dump() for c in self.checks]}
+                "snippet": self.snippet, "timeout": self.timeout,
+                "checks": [c.model_dump() for c in self.checks]}
 
     def evidence(self) -> dict[str, Any]:
         """What a receipt keeps of the reading."""
@@ -173,7 +175,7 @@ def read(name: str, route: Route, env: Mapping[str, str],
     return Reading(name, route.url, all(c.passed for c in checks), status, ms, checks,
                    snippet, redact(error, secrets) if error else None,
                    redact(final_url, secrets) if final_url else None,
-                   [{**h, "url": redact(h["url"], secrets)} for h in hops])
+                   [{**h, "url": redact(h["url"], secrets)} for h in hops], limit)
 
 
 def read_or_fail(name: str, route: Route, env: Mapping[str, str],
