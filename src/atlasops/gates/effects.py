@@ -108,39 +108,34 @@ def running_job(ledger: Ledger, run_id: str, pid: int | None = None) -> RunningJ
     process (``pid``, default this one) belongs to — its runner an ancestor of the caller.
     Raises :class:`UnknownJobRun` otherwise; its ``actual_run`` detail names the run the
     caller does belong to, if any."""
+    own = own_runs(ledger, pid)
+    actual = own[0] if own else None
     rows = ledger.query("SELECT j.name, j.receipt_id, j.started_at, e.payload FROM job_runs j "
                         "JOIN events e ON e.id = j.started_event WHERE j.run_id = ?", (run_id,))
     if not rows:
         raise UnknownJobRun(f"ATLAS_JOB_RUN={run_id!r} is not a job run of this workspace",
-                            actual_run=_own_run(ledger, pid))
+                            actual_run=actual)
     if rows[0]["receipt_id"] is not None:
         raise UnknownJobRun(f"job run {run_id!r} has finished (receipt "
                             f"#{rows[0]['receipt_id']}); it can no longer act",
-                            actual_run=_own_run(ledger, pid))
+                            actual_run=actual)
     started: dict[str, Any] = json.loads(rows[0]["payload"])
     timeout = started.get("timeout")
     if timeout is not None:
         ends = parse_ts(str(rows[0]["started_at"])) + timedelta(seconds=float(timeout))
         if datetime.now(UTC) > ends + RUN_GRACE:
             raise UnknownJobRun(f"job run {run_id!r} is past its {float(timeout):g} s "
-                                "timeout; it can no longer act",
-                                actual_run=_own_run(ledger, pid))
+                                "timeout; it can no longer act", actual_run=actual)
     if not runner_alive(started):
         raise UnknownJobRun(f"the runner of job run {run_id!r} is gone; the run can no "
-                            "longer act", actual_run=_own_run(ledger, pid))
-    own = own_runs(ledger, pid)
+                            "longer act", actual_run=actual)
     if run_id not in own:
         raise UnknownJobRun(f"job run {run_id!r} is not this process's job run: its runner "
                             f"(pid {started.get('runner_pid')}) did not start this process; "
                             "work may act only for the job run that started it",
-                            actual_run=own[0] if own else None)
+                            actual_run=actual)
     return RunningJob(run_id, str(rows[0]["name"]), str(started["capabilities"]),
                       bool(started.get("builtin", False)))
-
-
-def _own_run(ledger: Ledger, pid: int | None) -> str | None:
-    own = own_runs(ledger, pid)
-    return own[0] if own else None
 
 
 @dataclass(frozen=True)
