@@ -271,9 +271,8 @@ _EFFECT_RECEIPT = f"(kind IN ('effect.refused', 'deploy') OR (kind = 'repair' AN
 def tally_run(ledger: Ledger, run_id: str, started: str, finished: str) -> Tally:
     """Add up what the run (and runs inside it) caused: the counters of its performed
     effects, its refusals, its effects cut off in flight, its deploy records and its
-    repairs that ran a runbook. Effect
-    records made in its time window without any run id are counted apart: they cannot be
-    attributed."""
+    repairs that ran a runbook. Effect records made in its time window without any run
+    id are counted apart: they cannot be attributed."""
     runs = _runs_under(ledger, run_id)
     marks = ",".join("?" * len(runs))
     tagged = f"json_extract(a.payload, '$.job_run') IN ({marks})"
