@@ -8,6 +8,8 @@ make route checks go wrong:
     /slow?ms=N        waits N ms, then answers like /page
     /flap/SEQ         the n-th request answers 200 "Releases" if SEQ[n] is P, else 500
     /reflect          200 "Releases" and what the request said about who it is
+    ANY?redirect=URL  302 to URL (any path: a redirect from the route's own path)
+    /dir              302 to /dir/, which answers like /page
 
     python -m tests.route_server PORT [CERT KEY]    (HTTPS when a cert is given)
 """
@@ -51,7 +53,12 @@ def main() -> None:
 
         def do_GET(self) -> None:  # noqa: N802
             url = urlparse(self.path)
-            if url.path == "/page":
+            target = parse_qs(url.query).get("redirect")
+            if target:
+                self._send(302, "", target[0])
+            elif url.path == "/dir":
+                self._send(302, "", "/dir/")
+            elif url.path in ("/page", "/dir/"):
                 self._send(200, PAGE)
             elif url.path == "/login":
                 self._send(200, LOGIN)

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -23,7 +22,6 @@ import pytest
 
 from atlasops.config import BUILTIN_JOBS
 from atlasops.ledger import Ledger
-from atlasops.ops.jobs import BUILTINS
 from atlasops.workspace import Workspace
 from tests.conftest import owner_token, write_csv
 from tests.smtp_servers import free_port
@@ -322,7 +320,6 @@ def test_builtin_jobs_are_jobs(cli: Any, ws: Workspace) -> None:
     listed = {j["name"]: j for j in cli("jobs", "list", "--json").json()}
     assert {n for n, j in listed.items() if j["builtin"]} == {
         "backup", "db-check", "route-checks", "backup-prune", "chronicle"}
-    assert set(BUILTINS) == set(BUILTIN_JOBS)
     r = cli("jobs", "run", "db-check", "--json")
     assert r.exit_code == 0 and r.json()["outcome"] == "ok"
     assert r.json()["evidence"]["builtin"] is True
@@ -339,6 +336,13 @@ def test_builtin_jobs_are_jobs(cli: Any, ws: Workspace) -> None:
         fh.write("\n[builtin_jobs.nope]\ntimeout = 1\n")
     r = cli("jobs", "list")
     assert r.exit_code == 4 and "builtin_jobs.nope" in r.stderr
+    # a [jobs.NAME] section cannot shadow a built-in: every built-in name is reserved
+    for name in BUILTIN_JOBS:
+        text = ws.config_path.read_text().replace("\n[builtin_jobs.nope]\ntimeout = 1\n", "")
+        ws.config_path.write_text(text + f'\n[jobs.{name}]\ncommand = "echo mine"\n')
+        r = cli("jobs", "run", name)
+        assert r.exit_code == 4 and f"jobs.{name}" in r.stderr and "reserved" in r.stderr
+        ws.config_path.write_text(text)
 
 
 def test_content_and_deploys(cli: Any, ws: Workspace, tmp_path: Path,
@@ -406,15 +410,63 @@ read_only = true
 def test_configured_secrets_are_redacted_in_job_output(cli: Any, ws: Workspace,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZOHO_APP_LOGIN", "zoho-app-pw-777")
-    with open(ws.config_path, "a") as fh:
-        fh.write('\n[channels.zoho]\ntype = "smtp"\nhost = "smtp.example"\n'
+    with open(ws.config_path, "a") as fh:  # the job's lane uses the channel: it gets the
+        fh.write('\n[channels.zoho]\ntype = "smtp"\nhost = "smtp.example"\n'  # password
                  'from_address = "a@b.example"\nuser_env = "ZOHO_USER"\n'
                  'password_env = "ZOHO_APP_LOGIN"\n'
-                 '\n[jobs.leak]\ncommand = "echo pw=$ZOHO_APP_LOGIN"\n')
+                 '\n[lanes."outbound.prospect"]\nchannel = "zoho"\n'
+                 '\n[jobs.leak]\ncommand = "echo pw=$ZOHO_APP_LOGIN"\n'
+                 'lanes = ["outbound.prospect"]\n')
     rec = cli("jobs", "run", "leak", "--json").json()
     assert "zoho-app-pw-777" not in json.dumps(rec)
     assert "[REDACTED]" in rec["evidence"]["output_tail"]
 
+
+
+def test_a_job_gets_only_the_credentials_its_capabilities_use(
+        cli: Any, ws: Workspace, pages: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {"ZOHO_USER": "zoho-user-name-1", "ZOHO_PASS": "zoho-pass-4242",
+               "SITE_TOKEN": "site-token-5151"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    # each job writes what it was given to a file of its own: the ground truth
+    peek = " ".join(f"{k}=${{{k}:-unset}}" for k in secrets)
+    jobs = {"ro": "read_only = true", "mailer": 'lanes = ["outbound.prospect"]',
+            "reviewer": 'lanes = ["outbound.review"]', "fixer": 'lanes = ["repair"]'}
+    add_config(ws, f"""
+[channels.zoho]
+type = "smtp"
+host = "smtp.example"
+from_address = "a@wimper.example"
+user_env = "ZOHO_USER"
+password_env = "ZOHO_PASS"
+
+[lanes."outbound.prospect"]
+channel = "zoho"
+
+[routes.site]
+url = "{pages}/reflect"
+auth = {{ type = "bearer", env = "SITE_TOKEN" }}
+must_contain = ["Releases"]
+""" + "".join(f'\n[jobs.{n}]\ncommand = "echo {peek} > {seen / n}"\n{c}\n'
+              for n, c in jobs.items()))
+    for name in jobs:
+        assert cli("jobs", "run", name).exit_code == 0
+    given = {n: dict(kv.split("=", 1) for kv in (seen / n).read_text().split())
+             for n in jobs}
+    unset = dict.fromkeys(secrets, "unset")
+    assert given["ro"] == unset and given["reviewer"] == unset
+    assert given["mailer"] == {**unset, "ZOHO_USER": secrets["ZOHO_USER"],
+                               "ZOHO_PASS": secrets["ZOHO_PASS"]}
+    assert given["fixer"] == {**unset, "SITE_TOKEN": secrets["SITE_TOKEN"]}
+    # the built-in route-checks job reads the route with its credentials
+    rec = cli("jobs", "run", "route-checks", "--json").json()
+    assert rec["outcome"] == "ok", rec["evidence"]["output_tail"]
+    check_receipt = cli("receipts", "list", "--kind", "route.check", "--json").json()[-1]
+    assert check_receipt["outcome"] == "ok"
 
 def test_a_step_that_cannot_start_still_leaves_a_receipt(cli: Any, ws: Workspace,
                                                          app: dict[str, Any]) -> None:
@@ -498,6 +550,37 @@ def test_redirects_are_evidence_and_fail_unless_allowed(cli: Any, ws: Workspace,
     assert reading["final_url"].startswith("http://localhost:")
 
 
+
+def test_a_redirect_must_stay_on_the_routes_origin(cli: Any, ws: Workspace,
+                                                   pages: str) -> None:
+    """Scheme, host and port are compared exactly; an allowed path means the route's own
+    origin; an allowed URL prefix ends at a path boundary; the query counts."""
+    port = pages.rsplit(":", 1)[1]
+    with route_server() as other:  # the same host name, another port
+        cases = {
+            "port": (f"/page?redirect={other}/page", []),
+            "query": ("/page?redirect=/page%3Fstate%3Dexpired", []),
+            "path_other_host": (f"/x?redirect=http://localhost:{port}/login", ["/login"]),
+            "no_boundary": ("/x?redirect=/login", [f"{pages}/log"]),
+            "prefix_other_port": (f"/x?redirect={other}/login", [pages]),
+            "host_prefix": (f"/x?redirect=http://localhost:{port}/page",
+                            ["http://localhost"]),
+        }
+        allowed = {
+            "slash": ("/dir", []),  # a trailing slash is not a move
+            "same_origin_path": ("/x?redirect=/login%3Fnext%3D/x", ["/login"]),
+            "prefix": ("/x?redirect=/login/done", [f"{pages}/login"]),
+        }
+        for name, (path, allow) in {**cases, **allowed}.items():
+            routes(ws, **{name: f'url = "{pages}{path}"\nallow_redirect_to = {json.dumps(allow)}'})
+        for name in cases:
+            reading = check(cli, name)
+            assert reading["redirects"] and failed_checks(reading)[:1] == ["redirect"], name
+        for name in allowed:
+            reading = check(cli, name)
+            assert reading["redirects"] and "redirect" not in failed_checks(reading), (
+                name, reading["checks"])
+
 def test_routes_that_cannot_be_judged_are_refused_at_load(cli: Any, ws: Workspace) -> None:
     with open(ws.config_path, "a") as fh:
         fh.write('\n[routes.head]\nurl = "http://127.0.0.1:1/"\nmethod = "HEAD"\n'
@@ -509,6 +592,12 @@ def test_routes_that_cannot_be_judged_are_refused_at_load(cli: Any, ws: Workspac
     ws.config_path.write_text(text)
     r = cli("check", "routes")
     assert r.exit_code == 4 and "a route with auth needs must_contain" in r.stderr
+    # HEAD has no body to tell the signed-in page from a login page: refused with auth
+    ws.config_path.write_text(text.replace('auth = { type = "bearer", env = "T" }',
+                                           'auth = { type = "bearer", env = "T" }\n'
+                                           'method = "HEAD"'))
+    r = cli("check", "routes")
+    assert r.exit_code == 4 and "a route with auth cannot use HEAD" in r.stderr
 
 
 def test_tls_errors_timeouts_and_latency(cli: Any, ws: Workspace, pages: str,
@@ -564,15 +653,19 @@ def test_readback_count_restarts_after_a_failed_reading(cli: Any, ws: Workspace,
 
 
 def test_readback_never_waits_past_its_deadline(cli: Any, ws: Workspace, pages: str) -> None:
+    """Structural, not timed: the route allows 30 s per reading and the readback 1 s in
+    all. Every reading but the last completed, so each took at least the server's 0.3 s
+    plus the 0.05 s interval: the last one may wait only for what is left after them."""
     add_config(ws, NOOP)
-    routes(ws, slowfix=f'url = "{pages}/slow?ms=5000"\ntimeout = 30\nreadback_deadline = 1\n'
-                       'runbook = "noop"\nmax_latency_ms = 100000\nmust_contain = ["nope"]')
+    routes(ws, slowfix=f'url = "{pages}/slow?ms=300"\ntimeout = 30\nreadback_deadline = 1\n'
+                       'readback_interval = 0.05\nrunbook = "noop"\nmax_latency_ms = 100000\n'
+                       'must_contain = ["nope"]')
     rec = cli("repair", "slowfix", "--json").json()
-    reading = rec["readback"]["readings"][-1]
-    # the route allows 30 s per reading, but only ~1 s of the deadline was left
-    assert rec["outcome"] == "not_fixed" and reading["status"] is None
-    waited = re.search(r"timed out after ([\d.]+) s", reading["error"])
-    assert waited is not None and float(waited.group(1)) <= 1.0
+    assert rec["outcome"] == "not_fixed"
+    taken, shown = rec["evidence"]["readings"], rec["readback"]["readings"]
+    assert 1 <= taken <= 3 and len(shown) == taken  # at most 3 fit in 1 s at 0.35 s each
+    assert all(r["timeout"] <= 1.0 for r in shown)
+    assert (taken - 1) * 0.35 + shown[-1]["timeout"] <= 1.0 + 1e-6
 
 
 def test_dry_run_on_a_broken_route_runs_nothing(cli: Any, ws: Workspace, app: dict[str, Any],
@@ -644,12 +737,102 @@ def test_a_step_may_leave_a_server_running(cli: Any, ws: Workspace, tmp_path: Pa
 
 
 def test_step_env_values_are_secrets_too(cli: Any, ws: Workspace, app: dict[str, Any]) -> None:
-    configure(ws, app, '{{ name = "deploy", command = "echo using $DEPLOY_KEY; exit 1", '
-              'env = {{ DEPLOY_KEY = "step-own-key-31337" }} }},')
+    """Every value of a step's own env is hidden, whatever its name says (HOOK_URL does
+    not look secret), in the output, in the command, and in a dry run's plan."""
+    hook = "https://hooks.example/T0/B1/step-own-hook-31337"
+    configure(ws, app, '{{ name = "deploy", command = "echo using $HOOK_URL; curl -s '
+              + hook + ' || exit 1", env = {{ HOOK_URL = "' + hook + '" }} }},')
+    plan = cli("repair", "releases", "--dry-run", "--json").json()["plan"]
+    assert plan[0]["command"] == "echo using $HOOK_URL; curl -s [REDACTED] || exit 1"
     rec = cli("repair", "releases", "--json").json()
     assert "using [REDACTED]" in rec["actions"][0]["output_tail"]
-    assert "step-own-key-31337" not in json.dumps(rec)
+    assert "step-own-hook-31337" not in json.dumps(rec)
+    printed = cli("repair", "releases", "--dry-run").stdout
+    assert "would run deploy" in printed and "step-own-hook-31337" not in printed
 
+
+
+def repair_in_background(ws: Workspace, route: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    return subprocess.Popen(  # SIGINT as a terminal would deliver it, even if ignored here
+        [*ATLAS.split(), "repair", route, "--json", "--home", str(ws.home)], env=env,
+        stdout=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stopped_repair_kills_its_step_and_writes_its_receipt(
+        cli: Any, ws: Workspace, pages: str, tmp_path: Path, sig: signal.Signals) -> None:
+    pidfile = tmp_path / "step.pid"
+    add_config(ws, f'\n[runbooks.hang]\nsteps = [{{ name = "build", command = "sleep 300 & '
+               f'echo $! > {pidfile}; wait" }}]\n')
+    routes(ws, dead=f'url = "{pages}/flap/F"\nrunbook = "hang"')
+    runner = repair_in_background(ws, "dead")
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline and runner.poll() is None, "the step never ran"
+        time.sleep(0.05)
+    runner.send_signal(sig)
+    stdout, _ = runner.communicate(timeout=30)
+    rec = json.loads(stdout)
+    assert runner.returncode == 1 and rec["outcome"] == "not_fixed"
+    said = f"interrupted ({sig.name}): killed with its session"
+    assert rec["actions"][0]["result"] == said and rec["evidence"]["interrupted"] == sig.name
+    assert rec["summary"] == (f"Not fixed: runbook step 'build' was {said}; the page was not "
+                              "read back (the repair was stopped).")
+    assert not alive(int(pidfile.read_text()))
+    assert [r["id"] for r in cli("receipts", "list", "--kind", "repair", "--json").json()] == [
+        rec["receipt_id"]]
+
+
+def test_repair_is_a_side_effect_for_jobs(cli: Any, ws: Workspace, pages: str,
+                                          tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "ran"
+    add_config(ws, f'\n[runbooks.mark]\nsteps = [{{ name = "mark", command = "echo x >> '
+               f'{marker}" }}]\n')
+    routes(ws, dead=f'url = "{pages}/flap/F"\nrunbook = "mark"\nreadback_deadline = 0.5')
+    add_config(ws, f"""
+[jobs.watcher]
+command = "{ATLAS} repair dead --force"
+read_only = true
+
+[jobs.lanes-only]
+command = "{ATLAS} repair dead"
+lanes = ["outbound.review"]
+
+[jobs.fixer]
+command = "{ATLAS} repair dead"
+lanes = ["repair"]
+
+[jobs.operator-shell]
+command = "env -u ATLAS_JOB_RUN -u ATLAS_CAPABILITIES {ATLAS} repair dead"
+read_only = true
+""")
+    rec = cli("jobs", "run", "watcher", "--json").json()
+    assert rec["evidence"]["violation"] is True and rec["evidence"]["refused_attempts"] == 1
+    assert rec["evidence"]["exit_code"] == 8 and not marker.exists()
+    rec = cli("jobs", "run", "lanes-only", "--json").json()
+    assert rec["outcome"] == "failed" and rec["evidence"]["refused_attempts"] == 1
+    assert "do not include repair" in rec["evidence"]["output_tail"] and not marker.exists()
+    # a forged run id is refused with a receipt, not only an error
+    monkeypatch.setenv("ATLAS_JOB_RUN", "forged-123")
+    r = cli("repair", "dead")
+    assert r.exit_code == 8 and "not a job run" in r.stderr and not marker.exists()
+    monkeypatch.delenv("ATLAS_JOB_RUN")
+    refused = cli("receipts", "list", "--kind", "effect.refused", "--json").json()
+    assert len(refused) == 3
+    rec = cli("jobs", "run", "fixer", "--json").json()
+    assert rec["evidence"]["repairs_run"] == 1 and marker.read_text() == "x\n"
+    assert "1 repair(s) ran a runbook" in rec["summary"]
+    repair = cli("receipts", "list", "--kind", "repair", "--json").json()[-1]
+    shown = cli("receipts", "show", str(repair["id"]), "--json").json()
+    assert shown["evidence"]["job_run"] == rec["evidence"]["run_id"]
+    assert shown["actor"] == f"job:fixer#{rec['evidence']['run_id']}"
+    # a repair made outside any run while a job runs is counted apart, not attributed
+    rec = cli("jobs", "run", "operator-shell", "--json").json()
+    assert marker.read_text() == "x\nx\n" and rec["evidence"]["repairs_run"] == 0
+    assert rec["evidence"]["untagged_effects_in_window"] == 1
 
 def test_a_secret_cut_by_the_tail_is_not_leaked(tmp_path: Path) -> None:
     from atlasops.ops import process
@@ -725,6 +908,69 @@ def test_dropping_the_job_run_escapes_tagging_and_the_receipt_says_so(
     assert "not attributed to it" in rec["summary"]
 
 
+
+def test_untagged_deploys_and_publishes_are_counted_once_each(
+        cli: Any, ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    article = tmp_path / "a.md"
+    article.write_text("# Market data\n")
+    item = cli("content", "add", "--business", "wimper", "--title", "Market data", "--file",
+               str(article), "--json").json()["id"]
+    bare = f"env -u ATLAS_CAPABILITIES -u ATLAS_JOB_RUN {ATLAS}"
+    deploy = "deploy record --site s --provider p --url https://s.example"
+    add_config(ws, PUBLISHING.format(approval="false") + f"""
+[jobs.escape]
+command = "{bare} {deploy} && {bare} content publish {item}"
+read_only = true
+""")
+    with Ledger.for_workspace(ws) as led:
+        monkeypatch.setenv("ATLAS_TOKEN", owner_token(led))
+    assert cli("lane", "open", "social.post", "--reason", "posts").exit_code == 0
+    monkeypatch.delenv("ATLAS_TOKEN")
+    rec = cli("jobs", "run", "escape", "--json").json()
+    assert rec["evidence"]["exit_code"] == 0, rec["evidence"]["output_tail"]
+    # ground truth, read apart from the receipt: one deploy and one published file
+    assert len(cli("deploy", "list", "--json").json()) == 1
+    assert len(list((ws.home / "published").iterdir())) == 1
+    assert rec["evidence"]["untagged_effects_in_window"] == 2
+    assert rec["evidence"]["violation"] is False and rec["evidence"]["deploys_recorded"] == 0
+
+
+def test_an_effect_cut_off_in_flight_is_reported(cli: Any, ws: Workspace, packet: str,
+                                                 tmp_path: Path) -> None:
+    """A job killed at its timeout while the SMTP server holds its message: the send may
+    have happened (here it did), and the receipt says so instead of counting nothing."""
+    port, received = free_port(), tmp_path / "received.eml"
+    server = subprocess.Popen([sys.executable, "-m", "tests.slow_smtp", str(port),
+                               str(received)], cwd=ROOT)
+    try:
+        wait_listening(port, server)
+        add_config(ws, f"""
+[channels.slow]
+type = "smtp"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+from_address = "atlas@wimper.example"
+timeout = 60
+
+[lanes."outbound.review"]
+channel = "slow"
+
+[jobs.reviewer]
+command = "{ATLAS} packet send-review p"
+lanes = ["outbound.review"]
+timeout = 4
+""")
+        rec = cli("jobs", "run", "reviewer", "--json").json()
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert received.read_bytes().count(b"=====\n") == 1  # the server has the message
+    ev = rec["evidence"]
+    assert ev["timed_out"] is True and ev["performed_effects"] == 0
+    assert ev["in_flight_effects"] == 1 and ev["refused_attempts"] == 0
+    assert "1 side effect(s) in flight when stopped: may have happened" in rec["summary"]
+
 def test_forged_or_finished_job_runs_are_refused(cli: Any, ws: Workspace, packet: str,
                                                  tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
@@ -749,6 +995,101 @@ def test_forged_or_finished_job_runs_are_refused(cli: Any, ws: Workspace, packet
     r = cli("snapshot", "record", "portfolio", "--file", str(data))
     assert r.exit_code == 8 and "has finished" in r.stderr
 
+
+
+def wait_running(cli: Any, name: str) -> str:
+    deadline = time.monotonic() + 30
+    while True:
+        running = [r["run_id"] for r in cli("jobs", "runs", "--json").json()
+                   if r["name"] == name and r["state"] == "running"]
+        if running:
+            return str(running[0])
+        assert time.monotonic() < deadline, f"job {name} never started"
+        time.sleep(0.1)
+
+
+def test_a_job_cannot_borrow_another_running_jobs_run(cli: Any, ws: Workspace, packet: str,
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run id is honoured only in a process its runner started: a read-only job that
+    names another job's running run is refused, and the refusal counts against its own
+    run, not the victim's."""
+    add_config(ws, '\n[jobs.longreviewer]\ncommand = "sleep 60"\nlanes = ["outbound.review"]\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    victim = subprocess.Popen([*ATLAS.split(), "jobs", "run", "longreviewer", "--json",
+                               "--home", str(ws.home)], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        run = wait_running(cli, "longreviewer")
+        add_config(ws, f'\n[jobs.borrower]\ncommand = "ATLAS_JOB_RUN={run} '
+                   f'ATLAS_CAPABILITIES= {ATLAS} packet send-review p"\nread_only = true\n')
+        rec = cli("jobs", "run", "borrower", "--json").json()
+        assert rec["outcome"] == "failed" and rec["evidence"]["violation"] is True
+        assert rec["evidence"]["refused_attempts"] == 1
+        assert "is not this process's job run" in rec["evidence"]["output_tail"]
+        # the operator's own shell cannot borrow it either (no receipt for a snapshot)
+        data = tmp_path / "s.json"
+        data.write_text("{}")
+        monkeypatch.setenv("ATLAS_JOB_RUN", run)
+        r = cli("snapshot", "record", "portfolio", "--file", str(data))
+        assert r.exit_code == 8 and "is not this process's job run" in r.stderr
+        assert cli("packet", "send-review", "p").exit_code == 8
+        monkeypatch.delenv("ATLAS_JOB_RUN")
+    finally:
+        victim.send_signal(signal.SIGTERM)
+        stdout, _ = victim.communicate(timeout=30)
+    assert maildir_count(ws) == 0 and cli("snapshot", "list", "--json").json() == []
+    own = json.loads(stdout)
+    assert own["evidence"]["performed_effects"] == 0 and own["evidence"]["refused_attempts"] == 0
+    refused = [cli("receipts", "show", str(x["id"]), "--json").json()["evidence"]["job_run"]
+               for x in cli("receipts", "list", "--kind", "effect.refused", "--json").json()]
+    assert sorted(refused, key=str) == sorted([rec["evidence"]["run_id"], None], key=str)
+
+
+
+def test_a_nested_job_cannot_act_as_its_parent_run(cli: Any, ws: Workspace,
+                                                   packet: str) -> None:
+    """The outer runner is an ancestor of the inner job too, but the inner job belongs to
+    its own (narrower) run: naming the outer run does not give it the outer's lanes."""
+    add_config(ws, f"""
+[jobs.outer]
+command = "OUTER=$ATLAS_JOB_RUN {ATLAS} jobs run inner"
+lanes = ["outbound.review"]
+
+[jobs.inner]
+command = "ATLAS_JOB_RUN=$OUTER {ATLAS} packet send-review p"
+read_only = true
+""")
+    outer = cli("jobs", "run", "outer", "--json").json()
+    inner = [r for r in cli("jobs", "runs", "--json").json() if r["name"] == "inner"][0]
+    shown = cli("receipts", "show", str(inner["receipt_id"]), "--json").json()
+    assert shown["evidence"]["violation"] is True
+    assert shown["evidence"]["refused_attempts"] == 1
+    assert "is not this process's job run" in shown["evidence"]["output_tail"]
+    assert maildir_count(ws) == 0 and outer["evidence"]["performed_effects"] == 0
+
+def test_a_runner_is_known_by_pid_and_start_time() -> None:
+    """A zombie is not a running runner, and neither is another process that got its pid."""
+    from atlasops.gates.effects import runner_alive
+    from atlasops.ops.process import proc_stat
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        stat = proc_stat(child.pid)
+        assert stat is not None
+        assert runner_alive({"runner_pid": child.pid, "runner_start": stat.start})
+        # the same pid with another start time: the pid was reused, the runner is gone
+        assert not runner_alive({"runner_pid": child.pid, "runner_start": stat.start - 1})
+        child.kill()
+        deadline = time.monotonic() + 10
+        while (now := proc_stat(child.pid)) is not None and now.state != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert now is not None and now.state == "Z"  # dead, not yet reaped
+        assert not runner_alive({"runner_pid": child.pid, "runner_start": stat.start})
+    finally:
+        child.kill()
+        child.wait()
 
 def test_a_job_cannot_leave_processes_behind(cli: Any, ws: Workspace, packet: str,
                                              tmp_path: Path) -> None:
@@ -785,6 +1126,29 @@ def test_a_job_timeout_kills_its_children(cli: Any, ws: Workspace, tmp_path: Pat
     time.sleep(0.2)
     assert not alive(int(pidfile.read_text()))
 
+
+
+def test_a_nested_jobs_processes_die_with_the_outer_timeout(cli: Any, ws: Workspace,
+                                                            tmp_path: Path) -> None:
+    """The inner runner starts its job in a session of its own, and its job ignores
+    SIGTERM: the outer timeout must still reach it (by descent), not only its session."""
+    pidfile = tmp_path / "inner.pid"
+    add_config(ws, f"""
+[jobs.inner]
+command = "trap '' TERM; sleep 120 & echo $! > {pidfile}; wait; wait"
+timeout = 600
+
+[jobs.outer]
+command = "{ATLAS} jobs run inner"
+timeout = 4
+""")
+    rec = cli("jobs", "run", "outer", "--json").json()
+    assert rec["evidence"]["timed_out"] is True
+    assert pidfile.read_text().strip(), "the inner job never started"
+    # sleep ignores SIGTERM (inherited from the trap): only the SIGKILL reaches it
+    assert not alive(int(pidfile.read_text())), "the nested job's process survived"
+    # the inner runner, its job's shell and the sleep: every one of them was signalled
+    assert rec["evidence"]["killed_processes"] >= 3, rec["evidence"]
 
 def test_jobs_run_killed_by_sigterm_writes_an_interrupted_receipt(
         cli: Any, ws: Workspace, tmp_path: Path) -> None:

@@ -146,8 +146,9 @@ class Route(_Strict):
     readback_deadline: float = Field(default=60, gt=0)
     readback_interval: float = Field(default=1, gt=0)
     user_can: str | None = None  # "open the releases page": the repair summary says so
-    # Redirects are followed; landing on another path or host fails the check unless the
-    # final URL is allowed here (a path like "/login/done", or a full URL prefix).
+    # Redirects are followed; landing anywhere but the route's own URL fails the check
+    # unless the final URL is allowed here (a path like "/login/done" on the route's own
+    # origin, or a full URL prefix: same origin, path boundary).
     follow_redirects: bool = True
     allow_redirect_to: list[str] = Field(default_factory=list)
 
@@ -163,7 +164,11 @@ class Route(_Strict):
         if self.method == "HEAD" and self.must_contain:
             raise ValueError("a HEAD route has no body, so must_contain can never pass; "
                              "use GET, or drop must_contain")
-        if self.auth is not None and self.method != "HEAD" and not self.must_contain:
+        if self.auth is not None and self.method == "HEAD":
+            raise ValueError("a route with auth cannot use HEAD: only the body tells the "
+                             "signed-in page from a login page that answers 200 too; use GET "
+                             "with must_contain")
+        if self.auth is not None and not self.must_contain:
             raise ValueError("a route with auth needs must_contain (text only the signed-in "
                              "page shows): a login page answers 200 too")
         return self
@@ -181,10 +186,18 @@ class Runbook(_Strict):
     steps: list[Step] = Field(min_length=1)
 
 
-# What a job may be given: the lanes, and ``deploy`` (recording deploys).
-JOB_CAPABILITIES = (*LANE_EFFECTS, "deploy")
-# The built-in jobs (atlasops.ops.jobs.BUILTINS says what each runs).
-BUILTIN_JOBS = ("backup", "db-check", "route-checks", "backup-prune", "chronicle")
+# What a job may be given: the lanes, ``deploy`` (recording deploys) and ``repair``
+# (running runbooks: `atlas repair`).
+JOB_CAPABILITIES = (*LANE_EFFECTS, "deploy", "repair")
+# The built-in jobs: what each runs (`atlas ARGS...`) and what it is for. Their names are
+# reserved: a [jobs.NAME] section cannot shadow one.
+BUILTIN_JOBS: dict[str, tuple[tuple[str, ...], str]] = {
+    "backup": (("backup", "--label", "scheduled"), "take and validate a backup"),
+    "db-check": (("db", "check"), "quick_check and ledger == journal"),
+    "route-checks": (("check", "routes"), "read every configured route"),
+    "backup-prune": (("backups", "prune"), "apply the backup retention policy"),
+    "chronicle": (("chronicle",), "write today's chronicle"),
+}
 BUILTIN_TIMEOUT = 3600.0
 
 
@@ -320,6 +333,10 @@ class Config(_Strict):
                 raise ValueError(f"routes.{name}.runbook names {route.runbook!r}, which is "
                                  "not a [runbooks] entry")
         for name, job in self.jobs.items():
+            if name in BUILTIN_JOBS:
+                raise ValueError(f"jobs.{name}: {name!r} is a built-in job's name, and "
+                                 "built-in names are reserved; choose another name (a "
+                                 f"built-in's timeout is set in [builtin_jobs.{name}])")
             if job.business is not None and job.business not in self.businesses:
                 raise ValueError(f"jobs.{name}.business: unknown business {job.business!r}")
             for lane_name in job.lanes:

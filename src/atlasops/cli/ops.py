@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..gates.effects import Capabilities, running_job
+from ..gates.effects import Capabilities, UnknownJobRun, running_job
 from ..ledger import Ledger
 from ..ops import jobs as jobs_lib
 from ..ops import records
@@ -226,12 +226,20 @@ def repair(
     """Read the route (the symptom), run its runbook, then read it back.
 
     The outcome is `fixed` only when the readback passes; `not_fixed` otherwise (exit 1);
-    `not_broken` when the route already passed (nothing run unless --force).
+    `not_broken` when the route already passed (nothing run unless --force). Running a
+    runbook is a side effect: from a job it needs the `repair` capability (a read-only
+    job is refused, exit 8, with a receipt). SIGTERM or Ctrl-C kills the running step and
+    still writes the receipt. --dry-run only reads (secrets in the commands redacted).
     """
     with open_ledger(home) as (ws, ledger), err.status(f"Repairing {route}: read, run, "
                                                        "read back..."):
-        result = repair_lib(ledger, ws.config, ws.home, route, actor=actor(), env=os.environ,
-                            dry_run=dry_run, force=force)
+        caps = capabilities()
+        try:
+            who, caps = _acting(ledger)
+        except UnknownJobRun:  # the repair's own capability check refuses it, with a receipt
+            who = actor()
+        result = repair_lib(ledger, ws.config, ws.home, route, actor=who, env=os.environ,
+                            caps=caps, dry_run=dry_run, force=force)
     if as_json:
         print_json(result)
     elif dry_run:

@@ -30,13 +30,14 @@ from typing import Any, Literal, NoReturn
 from ..config import LANE_EFFECTS, Channel, Config
 from ..errors import AtlasError, PermissionDenied
 from ..ledger import Ledger, NewEvent, utc_now
+from ..ops import process
 from ..receipts import Effects, Receipt
 from .channels import Sender, sender_for
 from .conditions import describe, failing
 from .lanes import get_lane, limit_conditions, parse_ts
 from .suppression import address_key
 
-Kind = Literal["email", "post", "cta_change", "spend", "deploy"]
+Kind = Literal["email", "post", "cta_change", "spend", "deploy", "repair"]
 COUNTER = {"email": "emails_sent", "post": "public_posts", "cta_change": "cta_changes",
            "spend": "spend_cents"}
 
@@ -46,7 +47,8 @@ class EffectRefused(AtlasError):
 
 
 class UnknownJobRun(PermissionDenied):
-    """``ATLAS_JOB_RUN`` names a run that does not exist or is no longer running."""
+    """``ATLAS_JOB_RUN`` names a run that does not exist, is no longer running, or is not
+    the caller's own (``details["actual_run"]``: the run the caller belongs to, if any)."""
 
     default_hint = ("ATLAS_JOB_RUN is set by `atlas jobs run` for the job it runs; work that "
                     "is not a running job must not set it.")
@@ -70,40 +72,68 @@ class RunningJob:
 
 
 def runner_alive(started: Mapping[str, Any]) -> bool:
-    """Whether the `atlas jobs run` process a ``job.started`` payload names still exists
-    (on this machine; a payload without the pid is given the benefit of the doubt)."""
+    """Whether the `atlas jobs run` process a ``job.started`` payload names still runs: the
+    same pid with the same start time (a zombie, or a reused pid, is not the runner). A
+    payload without the pid is given the benefit of the doubt."""
     pid = started.get("runner_pid")
     if pid is None:
         return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's process
-        return True
-    return True
+    start = started.get("runner_start")
+    return process.still_running(int(pid), None if start is None else int(start))
 
 
-def running_job(ledger: Ledger, run_id: str) -> RunningJob:
-    """The job run ``run_id``, checked against the ledger: it must have been started by
-    `atlas jobs run` and not have finished. Raises :class:`UnknownJobRun` otherwise."""
+def own_runs(ledger: Ledger, pid: int | None = None) -> list[str]:
+    """The job runs process ``pid`` (default: this one) belongs to: the unfinished runs
+    whose runner is its nearest ancestor (itself included) that runs any. A nested job's
+    processes belong to the nested run, not to the outer one."""
+    runners: dict[int, list[tuple[int | None, str]]] = {}
+    for row in ledger.query("SELECT j.run_id, e.payload FROM job_runs j JOIN events e ON "
+                            "e.id = j.started_event WHERE j.receipt_id IS NULL"):
+        started = json.loads(row["payload"])
+        if started.get("runner_pid") is not None:
+            start = started.get("runner_start")
+            runners.setdefault(int(started["runner_pid"]), []).append(
+                (None if start is None else int(start), str(row["run_id"])))
+    for proc in process.ancestry(os.getpid() if pid is None else pid):
+        runs = [run for start, run in runners.get(proc.pid, ())
+                if start is None or start == proc.start]
+        if runs:
+            return runs
+    return []
+
+
+def running_job(ledger: Ledger, run_id: str, pid: int | None = None) -> RunningJob:
+    """The job run ``run_id``, checked against the ledger and the process tree: it must
+    have been started by `atlas jobs run`, not have finished, and be the run the calling
+    process (``pid``, default this one) belongs to — its runner an ancestor of the caller.
+    Raises :class:`UnknownJobRun` otherwise; its ``actual_run`` detail names the run the
+    caller does belong to, if any."""
+    own = own_runs(ledger, pid)
+    actual = own[0] if own else None
     rows = ledger.query("SELECT j.name, j.receipt_id, j.started_at, e.payload FROM job_runs j "
                         "JOIN events e ON e.id = j.started_event WHERE j.run_id = ?", (run_id,))
     if not rows:
-        raise UnknownJobRun(f"ATLAS_JOB_RUN={run_id!r} is not a job run of this workspace")
+        raise UnknownJobRun(f"ATLAS_JOB_RUN={run_id!r} is not a job run of this workspace",
+                            actual_run=actual)
     if rows[0]["receipt_id"] is not None:
         raise UnknownJobRun(f"job run {run_id!r} has finished (receipt "
-                            f"#{rows[0]['receipt_id']}); it can no longer act")
+                            f"#{rows[0]['receipt_id']}); it can no longer act",
+                            actual_run=actual)
     started: dict[str, Any] = json.loads(rows[0]["payload"])
     timeout = started.get("timeout")
     if timeout is not None:
         ends = parse_ts(str(rows[0]["started_at"])) + timedelta(seconds=float(timeout))
         if datetime.now(UTC) > ends + RUN_GRACE:
             raise UnknownJobRun(f"job run {run_id!r} is past its {float(timeout):g} s "
-                                "timeout; it can no longer act")
+                                "timeout; it can no longer act", actual_run=actual)
     if not runner_alive(started):
         raise UnknownJobRun(f"the runner of job run {run_id!r} is gone; the run can no "
-                            "longer act")
+                            "longer act", actual_run=actual)
+    if run_id not in own:
+        raise UnknownJobRun(f"job run {run_id!r} is not this process's job run: its runner "
+                            f"(pid {started.get('runner_pid')}) did not start this process; "
+                            "work may act only for the job run that started it",
+                            actual_run=actual)
     return RunningJob(run_id, str(rows[0]["name"]), str(started["capabilities"]),
                       bool(started.get("builtin", False)))
 
@@ -221,13 +251,19 @@ def only_to_owner(config: Config, message: EmailMessage) -> bool:
 def capability_check(ledger: Ledger, caps: Capabilities,
                      lane: str) -> tuple[Capabilities, str | None]:
     """The capabilities verified against the ledger, and why they do not allow an effect
-    on ``lane`` (None when they do). Reads only: safe inside a write transaction."""
-    if caps.read_only:
-        return caps, "The work runs read-only: it may not cause side effects."
+    on ``lane`` (None when they do). Reads only: safe inside a write transaction. A
+    refusal is tagged with the job run the caller really belongs to, never with one it
+    only names."""
+    read_only = "The work runs read-only: it may not cause side effects"
     try:
-        caps = caps.verified(ledger)
+        verified = caps.verified(ledger)
     except UnknownJobRun as exc:
-        return caps, exc.message + "."
+        caps = replace(caps, job_run=exc.details.get("actual_run"))
+        return caps, (f"{read_only} (and {exc.message})." if caps.read_only else
+                      exc.message + ".")
+    if caps.read_only:
+        return verified, read_only + "."
+    caps = verified
     if caps.read_only:
         return caps, f"Job run {caps.job_run} runs read-only: it may not cause side effects."
     if caps.lanes is not None and lane not in caps.lanes:
@@ -278,10 +314,12 @@ def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Cap
         if over:
             refuse(ledger, actor, caps, effect, f"Lane {lane.name}: {describe(over)}.")
         sender: Sender = sender_for(lane.channel, channel, home, env)
+        attempt = _attempting(ledger, actor, caps, effect, lane.channel)
         reply = sender.send(message)
         if not only_to_owner(config, message):  # mail only to the owner is review mail
             counters.emails_sent = 1
     elif effect.kind != "email" and effect.deliver is not None and channel.type == "directory":
+        attempt = _attempting(ledger, actor, caps, effect, lane.channel)
         reply = effect.deliver(lane.channel, channel, home)
         counter = COUNTER.get(effect.kind)
         if counter is not None:
@@ -291,11 +329,21 @@ def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Cap
                f"available on channel {lane.channel} ({channel.type}).")
     ledger.append("effect.performed", actor, {
         "kind": effect.kind, "lane": effect.lane, "summary": effect.summary,
-        "channel": lane.channel, "job_run": caps.job_run, "effects": counters.model_dump()},
-        subject=f"lane:{effect.lane}")
+        "channel": lane.channel, "job_run": caps.job_run, "effects": counters.model_dump(),
+        "attempt": attempt}, subject=f"lane:{effect.lane}")
     return reply, counters
+
+
+def _attempting(ledger: Ledger, actor: str, caps: Capabilities, effect: Effect,
+                channel: str) -> int:
+    """Recorded before the provider is called, so an effect cut off in flight (a job killed
+    at its timeout mid-send) is still on record: its id is the outcome's ``attempt``."""
+    return ledger.append("effect.attempting", actor, {
+        "kind": effect.kind, "lane": effect.lane, "summary": effect.summary,
+        "channel": channel, "job_run": caps.job_run}, subject=f"lane:{effect.lane}").id
 
 
 __all__ = ["RUN_GRACE", "Capabilities", "Deliver", "Effect", "EffectRefused", "RunningJob",
            "UnknownJobRun", "authorize", "capability_check", "only_to_owner", "perform",
-           "recipient_keys", "refusal_event", "refuse", "runner_alive", "running_job"]
+           "own_runs", "recipient_keys", "refusal_event", "refuse", "runner_alive",
+           "running_job"]

@@ -7,9 +7,11 @@ Output goes to a file, not a pipe: a process the command leaves running (a
 server a runbook step restarts) keeps writing to it instead of dying on a
 closed pipe, and the command's duration never waits for it. Whether such
 processes may stay is the caller's choice (``leave_running``): runbook steps
-may leave a daemon, jobs may not. Processes are found by their session (and
-process group), read from ``/proc``: a process that starts a session of its own
-(``setsid``) is out of reach, by design of the operating system.
+may leave a daemon, jobs may not. Processes are found in ``/proc`` by their session
+(and process group) and by descent (``PPid``): a nested job's processes, in a session
+of their own, are its runner's descendants and are killed with it. A process that
+leaves the session *and* whose parent has exited (a daemon that forks twice) is out
+of reach, by design of the operating system.
 """
 
 from __future__ import annotations
@@ -95,14 +97,28 @@ def stop_signals_interrupt() -> Iterator[None]:
         _Stop.pending = None
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """A wait that a stop signal (one that arrived before it, or during it) cuts short."""
     if _Stop.pending is not None:
         raise Interrupted(_Stop.pending)
     _Stop.armed = True
     try:
-        proc.wait(timeout=timeout)
+        yield
     finally:
         _Stop.armed = False
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    with _interruptible():
+        proc.wait(timeout=timeout)
+
+
+def pause(seconds: float) -> None:
+    """Sleep; inside :func:`stop_signals_interrupt`, a stop signal raises
+    :class:`Interrupted` instead (also one that arrived while the caller was busy)."""
+    with _interruptible():
+        time.sleep(seconds)
 
 
 def secret_values(env: Mapping[str, str], names: Iterable[str] = ()) -> list[str]:
@@ -142,33 +158,92 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return BEARER.sub(lambda m: m.group(1) + REDACTED, text)
 
 
-def session_members(sid: int) -> list[int]:
-    """Live processes of session ``sid`` or process group ``sid`` (zombies excluded)."""
+@dataclass(frozen=True)
+class Proc:
+    """One line of ``/proc/<pid>/stat``. ``start`` (clock ticks after boot) and ``pid``
+    together name one process for good: a reused pid has another start time."""
+
+    pid: int
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    start: int
+
+    @property
+    def alive(self) -> bool:
+        return self.state not in ("Z", "X")  # a zombie has exited, only not been reaped
+
+
+def proc_stat(pid: int) -> Proc | None:
+    """The process ``pid`` as ``/proc`` shows it now; None when there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone (or it exited while we looked)
+        return None
+    f = text.rsplit(")", 1)[1].split()  # the name, in parentheses, may hold anything
+    return Proc(pid, f[0], int(f[1]), int(f[2]), int(f[3]), int(f[19]))
+
+
+def still_running(pid: int, start: int | None) -> bool:
+    """Whether the process ``pid`` that started at ``start`` (None: any start) is alive."""
+    p = proc_stat(pid)
+    return p is not None and p.alive and (start is None or p.start == start)
+
+
+def ancestry(pid: int) -> list[Proc]:
+    """The process and its ancestors, nearest first."""
+    chain: list[Proc] = []
+    while pid > 0 and all(p.pid != pid for p in chain):
+        p = proc_stat(pid)
+        if p is None:
+            break
+        chain.append(p)
+        pid = p.ppid
+    return chain
+
+
+def _processes() -> list[Proc]:
     found = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path("/proc", entry.name, "stat").read_text()
-        except OSError:  # it exited while we looked
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, pgrp, session = fields[0], int(fields[2]), int(fields[3])
-        if state not in ("Z", "X") and sid in (pgrp, session):
-            found.append(int(entry.name))
+        if entry.name.isdigit() and (p := proc_stat(int(entry.name))) is not None:
+            found.append(p)
     return found
 
 
-def kill_session(proc: subprocess.Popen[bytes]) -> int:
-    """SIGTERM every process of the command's session, then SIGKILL what is left.
-    Returns how many processes were signalled."""
-    seen: set[int] = set()
+def tree_members(sid: int) -> dict[int, int]:
+    """Live processes of session ``sid`` or process group ``sid``, and every descendant
+    of theirs wherever it runs (a nested job's own session): pid -> start time."""
+    procs = _processes()
+    children: dict[int, list[Proc]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p)
+    found: dict[int, int] = {}
+    frontier = [p for p in procs if sid in (p.pgrp, p.session)]
+    while frontier:
+        p = frontier.pop()
+        if p.pid not in found:
+            if p.alive:
+                found[p.pid] = p.start
+            frontier += children.get(p.pid, [])
+    return found
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM every process of the command's session and their descendants, then SIGKILL
+    what is left. A process seen once stays a target even after its parent dies (it is
+    then no longer anyone's descendant). Returns how many processes were signalled."""
+    seen: dict[int, int] = {}
+
+    def live() -> list[int]:
+        seen.update(tree_members(proc.pid))
+        return [pid for pid, start in seen.items() if still_running(pid, start)]
+
     for sig, wait in ((signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, 5.0)):
-        members = session_members(proc.pid)
-        if not members:
+        targets = live()
+        if not targets:
             break
-        seen.update(members)
-        for pid in members:
+        for pid in targets:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -176,7 +251,7 @@ def kill_session(proc: subprocess.Popen[bytes]) -> int:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             proc.poll()  # reap the leader, so it does not linger as a zombie
-            if not session_members(proc.pid):
+            if not live():
                 break
             time.sleep(0.02)
     proc.poll()
@@ -210,9 +285,10 @@ def run(command: str | list[str], *, cwd: Path | None = None, env: Mapping[str, 
         leave_running: bool = False) -> Ran:
     """Run ``command`` (a shell string or an argv list) and wait at most ``timeout``.
 
-    When the command exits, processes it left in its session are killed, unless
-    ``leave_running`` (a runbook step that starts a server). At the timeout, or when the
-    runner is interrupted (:func:`stop_signals_interrupt`), the whole session is killed.
+    When the command exits, processes it left (in its session, or descended from it) are
+    killed, unless ``leave_running`` (a runbook step that starts a server). At the
+    timeout, or when the runner is interrupted (:func:`stop_signals_interrupt`), all of
+    them are killed.
     """
     hidden = list(secrets)
     with tempfile.TemporaryFile(prefix="atlas-output-") as spool:
@@ -232,12 +308,13 @@ def run(command: str | list[str], *, cwd: Path | None = None, env: Mapping[str, 
             interrupted = "SIGINT"
         ms = round((time.perf_counter() - t0) * 1000, 3)
         stopped = timed_out or interrupted is not None
-        left = [] if stopped else session_members(proc.pid)
-        killed = kill_session(proc) if stopped or (left and not leave_running) else 0
+        left = [] if stopped else sorted(tree_members(proc.pid))
+        killed = kill_tree(proc) if stopped or (left and not leave_running) else 0
         output_bytes, tail = read_tail(spool, tail_bytes, hidden)
     return Ran(None if stopped else proc.returncode, ms, tail, output_bytes, timed_out,
                left, killed, interrupted)
 
 
-__all__ = ["Interrupted", "Ran", "config_secret_names", "cut_tail", "kill_session", "read_tail",
-           "redact", "run", "secret_values", "session_members", "stop_signals_interrupt"]
+__all__ = ["Interrupted", "Proc", "Ran", "ancestry", "config_secret_names", "cut_tail",
+           "kill_tree", "pause", "proc_stat", "read_tail", "redact", "run", "secret_values",
+           "still_running", "stop_signals_interrupt", "tree_members"]

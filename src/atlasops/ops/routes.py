@@ -3,10 +3,10 @@
 A check passes only when the status is the expected one, every must-contain
 text appears, no must-not-contain text appears ("Internal Server Error",
 "Application error" by default, which also catches a 200 that is really an
-error page), the latency is within bound, and any redirect ends on the route's own
-path and host (or where ``allow_redirect_to`` allows). A 200 that is really a
-login form fails its must-contain condition, and a redirect to it fails the
-redirect condition.
+error page), the latency is within bound, and any redirect ends back on the route's
+own URL (scheme, host, port, path and query; a trailing slash aside) or where
+``allow_redirect_to`` allows. A 200 that is really a login form fails its
+must-contain condition, and a redirect to it fails the redirect condition.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -40,12 +40,14 @@ class Reading:
     error: str | None = None
     final_url: str | None = None  # where the reading ended, after redirects
     redirects: list[dict[str, Any]] = field(default_factory=list)  # each hop: status, url
+    timeout: float | None = None  # the longest this reading was allowed to wait (s)
 
     def to_dict(self) -> dict[str, Any]:
         return {"route": self.route, "url": self.url, "passed": self.passed,
                 "status": self.status, "ms": self.ms, "error": self.error,
                 "final_url": self.final_url, "redirects": self.redirects,
-                "snippet": self.snippet, "checks": [c.model_dump() for c in self.checks]}
+                "snippet": self.snippet, "timeout": self.timeout,
+                "checks": [c.model_dump() for c in self.checks]}
 
     def evidence(self) -> dict[str, Any]:
         """What a receipt keeps of the reading."""
@@ -71,7 +73,7 @@ def _auth_headers(route: Route, env: Mapping[str, str]) -> dict[str, str]:
 
 def describe_route(route: Route) -> str:
     """What the route promises a user, in the words a receipt uses."""
-    path = urlparse(route.url).path or "/"
+    path = urlsplit(route.url).path or "/"
     who = " for an authenticated user" if route.auth else ""
     return f"{route.method} {path} returns {route.expect_status}{who}"
 
@@ -80,19 +82,48 @@ def client_for(route: Route) -> httpx.Client:
     return httpx.Client(timeout=route.timeout, follow_redirects=route.follow_redirects)
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port (the default port spelled out): where a page is served."""
+    u = urlsplit(url)
+    scheme = u.scheme.lower()
+    return scheme, (u.hostname or "").lower(), u.port or DEFAULT_PORTS.get(scheme)
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path.rstrip("/") or "/"
+
+
 def _same_place(a: str, b: str) -> bool:
-    """The same host and path (a scheme upgrade or a trailing slash is not a move)."""
-    x, y = urlparse(a), urlparse(b)
-    return (x.hostname, x.path.rstrip("/")) == (y.hostname, y.path.rstrip("/"))
+    """The same origin (scheme, host, port), path and query; a trailing slash is not a
+    move, and neither is a fragment."""
+    x, y = urlsplit(a), urlsplit(b)
+    return (_origin(a), _path(a), x.query) == (_origin(b), _path(b), y.query)
+
+
+def _allowed(route_url: str, final_url: str, target: str) -> bool:
+    """Whether ``allow_redirect_to`` entry ``target`` allows ending on ``final_url``. A path
+    ("/login/done") means that path on the route's own origin (any query). A full URL is a
+    prefix: the same origin, and a path that is the prefix's or lies under it at a ``/``
+    boundary ("https://a.example/app" allows /app and /app/x, not /apple); a query in the
+    prefix must be the final URL's query."""
+    if "://" not in target:
+        return (_origin(final_url) == _origin(route_url)
+                and _path(final_url) == (target.rstrip("/") or "/"))
+    prefix, final = urlsplit(target), urlsplit(final_url)
+    base = prefix.path.rstrip("/")
+    return (_origin(final_url) == _origin(target)
+            and (final.path.rstrip("/") == base or final.path.startswith(base + "/"))
+            and (not prefix.query or prefix.query == final.query))
 
 
 def _redirect_check(route: Route, final_url: str, hops: list[dict[str, Any]]) -> Check:
     chain = " -> ".join(f"{h['status']} {h['url']}" for h in hops) + f" -> {final_url}"
     if _same_place(route.url, final_url):
         return Check(name="redirect", passed=True, detail=f"back on the route: {chain}")
-    allowed = any(final_url.startswith(a) if "://" in a
-                  else urlparse(final_url).path.rstrip("/") == a.rstrip("/")
-                  for a in route.allow_redirect_to)
+    allowed = any(_allowed(route.url, final_url, a) for a in route.allow_redirect_to)
     return Check(name="redirect", passed=allowed,
                  detail=(f"allowed by allow_redirect_to: {chain}" if allowed else
                          f"redirected away from the route: {chain}"))
@@ -144,7 +175,7 @@ def read(name: str, route: Route, env: Mapping[str, str],
     return Reading(name, route.url, all(c.passed for c in checks), status, ms, checks,
                    snippet, redact(error, secrets) if error else None,
                    redact(final_url, secrets) if final_url else None,
-                   [{**h, "url": redact(h["url"], secrets)} for h in hops])
+                   [{**h, "url": redact(h["url"], secrets)} for h in hops], limit)
 
 
 def read_or_fail(name: str, route: Route, env: Mapping[str, str],
