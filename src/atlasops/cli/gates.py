@@ -176,7 +176,7 @@ def lane_posture(
     note: Annotated[str, typer.Option("--note")] = "",
     home: HomeOpt = None,
 ) -> None:
-    """Record the lane's deliverability posture (SPF, DKIM, DMARC, notes)."""
+    """Record the lane's deliverability posture (owner only): SPF, DKIM, DMARC, notes."""
     with open_ledger(home) as (ws, ledger):
         eid = lanes_lib.record_posture(ledger, ws.config, principal(ws, ledger), name,
                                        {"spf": spf, "dkim": dkim, "dmarc": dmarc,
