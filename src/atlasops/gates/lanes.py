@@ -134,10 +134,15 @@ REVIEW_SENT = ("kind = 'packet.review_sent' AND json_extract(payload, '$.lane') 
 # (``effect.attempting``, written before any provider is called) on the lane since midnight
 # UTC, less those whose recorded outcome says they did not happen. An attempt that may have
 # happened (no outcome yet, or an ambiguous one) counts.
+# (Both scans are ranges of an index on (kind, id) from the day's first event on.)
 ATTEMPTS_TODAY = (
-    "SELECT count(*) AS n FROM events a WHERE a.kind = 'effect.attempting' AND a.ts >= ? "
-    "AND json_extract(a.payload, '$.lane') = ? AND NOT EXISTS (SELECT 1 FROM receipts r "
-    "WHERE r.kind = 'effect.refused' AND json_extract(r.body, '$.evidence.attempt') = a.id "
+    "WITH today AS (SELECT coalesce(min(id), 9223372036854775807) AS first FROM events "
+    "WHERE ts >= ?) "
+    "SELECT count(*) AS n FROM events a, today WHERE a.kind = 'effect.attempting' "
+    "AND a.id >= today.first AND json_extract(a.payload, '$.lane') = ? "
+    "AND a.id NOT IN (SELECT json_extract(r.body, '$.evidence.attempt') FROM receipts r, "
+    "today t WHERE r.kind = 'effect.refused' AND r.id >= t.first AND r.outcome = 'failed' "
+    "AND json_extract(r.body, '$.evidence.attempt') IS NOT NULL "
     "AND json_extract(r.body, '$.evidence.may_have_happened') = 0)")
 
 
