@@ -116,3 +116,18 @@ def smtp() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def gws(ws: Workspace, smtp: Any) -> Workspace:
+    """The test workspace with the prospect lane on the `smtp` server (lane closed)."""
+    return gate_workspace(ws, smtp.port)
+
+
+@pytest.fixture
+def owner(gws: Workspace) -> Any:
+    """The owner, authenticated by the workspace's first owner token."""
+    from atlasops.auth import authenticate
+
+    with Ledger.for_workspace(gws) as led:
+        return authenticate(led, gws.config, owner_token(led))

@@ -4,7 +4,8 @@
 TCP) that keeps every message it accepted. `reply` makes it answer DATA with a
 chosen status instead. `DroppingServer` is a raw socket server that reads a
 whole message and then closes the connection without answering: the client
-cannot know whether it was accepted (it was).
+cannot know whether it was accepted (it was); it can also hang after DATA, or
+never greet at all.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Received:
     subject: str
     body: str
     raw: bytes
+    rcpts: list[str] = field(default_factory=list)  # the envelope's RCPT TO
 
     def content_sha256(self) -> str:
         return hashlib.sha256(json.dumps(
@@ -58,14 +60,16 @@ class _Handler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         if self.reply is not None:
             return self.reply
-        self.messages.append(parse(envelope.content))
+        received = parse(envelope.content)
+        received.rcpts = list(envelope.rcpt_tos)
+        self.messages.append(received)
         return "250 OK queued as atlas-test"
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.handler = _Handler()
-        self.port = free_port()
+        self.port = port or free_port()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
 
     @property
@@ -84,11 +88,18 @@ class Recorder:
 
 
 class DroppingServer:
-    """Accepts the whole message, then drops the connection instead of answering."""
+    """Accepts the whole message, then drops the connection instead of answering.
 
-    def __init__(self) -> None:
+    ``after_data="hang"`` keeps the connection open without answering instead (the
+    client waits for its timeout); ``greet=False`` accepts connections but never says
+    hello (the client waits in connect). ``accepted`` is set once a client connects."""
+
+    def __init__(self, *, after_data: str = "drop", greet: bool = True) -> None:
         self.port = free_port()
         self.messages: list[Received] = []
+        self.after_data, self.greet = after_data, greet
+        self.accepted = threading.Event()
+        self.stopped = threading.Event()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", self.port))
@@ -106,7 +117,11 @@ class DroppingServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.accepted.set()
             with conn:
+                if not self.greet:
+                    self.stopped.wait()
+                    continue
                 f = conn.makefile("rb")
                 conn.sendall(b"220 drop.test ESMTP\r\n")
                 data = b""
@@ -115,6 +130,8 @@ class DroppingServer:
                     if in_data:
                         if line == b".\r\n":
                             self.messages.append(parse(data))
+                            if self.after_data == "hang":
+                                self.stopped.wait()
                             break  # close without answering
                         data += line[1:] if line.startswith(b"..") else line
                         continue
@@ -133,4 +150,5 @@ class DroppingServer:
 
     def stop(self) -> None:
         self.running = False
+        self.stopped.set()
         self.sock.close()

@@ -270,3 +270,33 @@ def test_gate_status_names_what_holds_send_ready_drafts(cli: Any, setup: dict[st
                    "--body", "B" + FOOTER).exit_code == 0
     out = cli("gate", "status").stdout
     assert "3 send-ready draft(s) await approval-ready: lane outbound.prospect is closed" in out
+
+
+def test_approving_a_draft_named_twice_approves_it_once(cli: Any, setup: dict[str, str]
+                                                        ) -> None:
+    assert cli("lane", "posture", "outbound.prospect", *PASSING).exit_code == 0
+    assert cli("lane", "open", "outbound.prospect", "--reason", "t").exit_code == 0
+    draft = str(cli("drafts", "create", "--to", "c1@cpa1.example", "--subject", "S",
+                    "--body", "B" + FOOTER, "--json").json()["id"])
+    r = cli("approve", draft, draft, draft)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.count("approved until") == 1
+    (receipt,) = cli("receipts", "list", "--kind", "approval", "--json").json()
+    assert receipt["summary"].startswith("1 draft(s) approved")
+    approved = cli("drafts", "list", "--state", "approved", "--json").json()
+    assert [d["id"] for d in approved] == [int(draft)]
+
+
+def test_a_token_that_is_not_utf8_is_an_invalid_token(ws: Workspace) -> None:
+    """The environment carries bytes: a token that is not UTF-8 is refused as any wrong
+    token is (exit 8), never a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+    env.update({b"ATLAS_HOME": os.fsencode(ws.home), b"ATLAS_TOKEN": b"atl_\xff"})
+    r = subprocess.run([sys.executable, "-m", "atlasops", "lane", "list"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 8
+    assert "not a valid token" in r.stderr and "Traceback" not in r.stderr

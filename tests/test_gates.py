@@ -24,18 +24,6 @@ AGENT = Principal("agent", "outreach")
 CAPS = Capabilities()
 
 
-@pytest.fixture
-def gws(ws: Workspace, smtp: Any) -> Workspace:
-    return gate_workspace(ws, smtp.port)
-
-
-@pytest.fixture
-def owner(gws: Workspace) -> Principal:
-    with Ledger.for_workspace(gws) as led:
-        token = owner_token(led)
-        return authenticate(led, gws.config, token)
-
-
 def open_lane(led: Ledger, ws: Workspace, owner: Principal) -> None:
     lanes.record_posture(led, ws.config, owner, "outbound.prospect",
                          {"spf": "pass", "dkim": "pass", "dmarc": "pass"})
@@ -726,21 +714,40 @@ def test_mail_counts_as_sent_unless_every_recipient_is_the_owner(
 
 def test_suppression_that_lands_just_before_the_claim_stops_the_send(
         gws: Workspace, owner: Principal, smtp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fault injection: a concurrent owner action lands after the outbox listed the
-    approved drafts and just before it claims one. The claim decides everything under
-    the writer lock, in the transaction that records the intent."""
-    real = outbox._Pass._claim
+    """Fault injection: another process records an unsubscribe after the outbox listed the
+    approved drafts and began the claim, just before the claim takes the writer lock. The
+    claim decides everything under that lock, in the transaction that records the intent,
+    so it sees the unsubscribe: no intent, the draft fails, nothing is sent."""
+    import os
+    import subprocess
+    import sys
+
+    from atlasops.ledger.lock import WriterLock
+
+    real_claim, real_acquire = outbox._Pass._claim, WriterLock.acquire
+    state = {"claiming": False, "injected": False}
+
+    def claim(self: Any, *args: Any) -> Any:
+        state["claiming"] = True
+        return real_claim(self, *args)
+
+    def acquire(self: WriterLock) -> None:
+        if state["claiming"] and not state["injected"] and self.path.endswith("writer.lock"):
+            state["injected"] = True
+            env = {**os.environ, "ATLAS_HOME": str(gws.home)}
+            env.pop("ATLAS_TOKEN", None)
+            subprocess.run([sys.executable, "-m", "atlasops", "suppress", "cpa@firm.example"],
+                           env=env, check=True, capture_output=True, timeout=120)
+        real_acquire(self)
+
     with Ledger.for_workspace(gws) as led:
         open_lane(led, gws, owner)
         d = new_draft(led, gws)
         drafts.approve(led, gws.config, owner, [d["id"]])
-
-        def late_unsubscribe(self: Any, *args: Any) -> Any:
-            suppress(led, owner, ["cpa@firm.example"], "unsubscribe")
-            return real(self, *args)
-
-        monkeypatch.setattr(outbox._Pass, "_claim", late_unsubscribe)
+        monkeypatch.setattr(outbox._Pass, "_claim", claim)
+        monkeypatch.setattr(WriterLock, "acquire", acquire)
         report = run(gws, led)
+        assert state["injected"]
         assert report.failed == [d["id"]] and report.sent == []
         assert led.query("SELECT count(*) AS n FROM events WHERE kind='draft.sending'"
                          )[0]["n"] == 0
@@ -874,6 +881,8 @@ def test_messages_are_opaque_carry_list_unsubscribe_and_maildir_files_are_privat
         packets.send_review(gws, led, AGENT, "p", caps=CAPS, env={})
     files = list((gws.home / "data/maildir/owner/new").iterdir())
     assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    for folder in ("data/maildir", "data/maildir/owner", "data/maildir/owner/new"):
+        assert stat.S_IMODE((gws.home / folder).stat().st_mode) == 0o700, folder
     (review,) = mailbox.Maildir(gws.home / "data/maildir/owner", create=False)
     assert review["List-Unsubscribe"] is None  # the owner's review mail needs none
 

@@ -46,6 +46,12 @@ def states(ws: Workspace) -> dict[int, dict[str, Any]]:
         return {int(r["id"]): dict(r) for r in led.query("SELECT * FROM drafts")}
 
 
+def attempts(ws: Workspace) -> int:
+    with Ledger.for_workspace(ws) as led:
+        return int(led.query("SELECT count(*) AS n FROM events WHERE "
+                             "kind='effect.attempting'")[0]["n"])
+
+
 def test_sigkill_during_outbox_never_delivers_twice(smtp: Any) -> None:
     rng = random.Random(int(os.environ.get("ATLAS_CRASH_SEED", "4242")))
     kinds: Counter[str] = Counter()
@@ -70,6 +76,8 @@ def test_sigkill_during_outbox_never_delivers_twice(smtp: Any) -> None:
             received_at_kill = Counter(m.message_id for m in smtp.messages)
             in_flight = [i for i, d in at_kill.items() if d["state"] == "sending"]
             assert len(in_flight) <= 1, "only one send is ever in flight"
+            # no message reaches the server without its attempt recorded first
+            assert len(smtp.messages) <= attempts(ws)
             for i, d in at_kill.items():
                 got = received_at_kill.get(d["message_id"], 0) if d["message_id"] else 0
                 if d["state"] == "sent":

@@ -49,7 +49,10 @@ class Principal:
 
 
 def digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    """sha256 of the token. A token that is not valid UTF-8 (bytes in the environment
+    arrive as lone surrogates) is still digested, so it is refused as any wrong token is:
+    every real token is ASCII."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def authenticate(ledger: Ledger, config: Config, token: str | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ from ..gates import packets as packets_lib
 from ..gates.status import gate_status
 from ..gates.suppression import read_file
 from ..gates.suppression import suppress as suppress_lib
+from ..ops.process import stop_requested, stop_signals_interrupt
 from .common import (
     HomeOpt,
     JsonOpt,
@@ -174,7 +176,7 @@ def lane_posture(
     note: Annotated[str, typer.Option("--note")] = "",
     home: HomeOpt = None,
 ) -> None:
-    """Record the lane's deliverability posture (SPF, DKIM, DMARC, notes)."""
+    """Record the lane's deliverability posture (owner only): SPF, DKIM, DMARC, notes."""
     with open_ledger(home) as (ws, ledger):
         eid = lanes_lib.record_posture(ledger, ws.config, principal(ws, ledger), name,
                                        {"spf": spf, "dkim": dkim, "dmarc": dmarc,
@@ -433,6 +435,34 @@ def reject(draft_id: Annotated[int, typer.Argument(metavar="ID")], reason: Reaso
 
 # -- outbox -------------------------------------------------------------------
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _show_pass(r: outbox_lib.OutboxReport) -> None:
+    if r.config_error is not None:
+        err.print(f"Nothing was sent: {r.config_error}. Receipt #{r.receipt_id}.",
+                  style="red")
+        return
+    out.print(f"{len(r.sent)} sent, {len(r.failed)} failed, {len(r.retrying)} retrying, "
+              f"{len(r.ambiguous)} ambiguous, {len(r.refused)} refused "
+              f"({r.outcome}). Receipt #{r.receipt_id}.")
+    for line in r.reason_lines():
+        out.print(line, style="red", highlight=False)
+    for line in r.hold_lines():
+        out.print(line, style="yellow", highlight=False)
+    if r.interrupted is not None:
+        err.print(f"Stopped by {r.interrupted}: no further send was begun; the pass's "
+                  "receipt is written.", style="yellow")
+
+
+def _outbox_exit(last: outbox_lib.OutboxReport, stopped: str | None) -> int:
+    """128 + the signal when stopped; else 1 when the pass failed, 8 when every draft it
+    tried was refused, 0 otherwise."""
+    if stopped is not None:
+        return 128 + int(signal.Signals[stopped])
+    return {"failed": 1, "refused": 8}.get(last.outcome, 0)
+
+
 @outbox_app.command("run")
 @handles_errors
 def outbox_run(
@@ -443,26 +473,34 @@ def outbox_run(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Send approved drafts through their lane's one channel, re-checking every gate first."""
+    """Send approved drafts through their lane's one channel, re-checking every gate first.
+
+    Each pass is printed as it ends: what was sent, and what was not and why (failed,
+    voided, refused, held). With --json: a list of passes with --once, else one JSON
+    object per pass. Ctrl-C or SIGTERM ends the pass after the send in progress (one not
+    yet handed to the server is not sent, and is sent on the next pass); the pass writes
+    its receipt. Exit 0; 1 if the pass failed; 8 if every draft it tried was refused
+    (capabilities); 130 (Ctrl-C) or 143 (SIGTERM) when stopped.
+    """
+    def show(report: outbox_lib.OutboxReport) -> None:
+        if as_json:
+            if not once:
+                print_json(report.to_dict())
+        else:
+            _show_pass(report)
+
     with open_ledger(home) as (ws, ledger):
         who = principal(ws, ledger)
-        try:
+        with stop_signals_interrupt(STOP_SIGNALS):
             reports = outbox_lib.run(ws, ledger, actor=who.actor, caps=capabilities(),
-                                     env=os.environ, once=once, interval=interval)
-        except KeyboardInterrupt:
-            return
-    if as_json:
+                                     env=os.environ, once=once, interval=interval,
+                                     on_pass=show)
+            stopped = stop_requested()
+    if as_json and once:
         print_json([r.to_dict() for r in reports])
-        return
-    for r in reports:
-        if r.config_error is not None:
-            err.print(f"Nothing was sent: {r.config_error}. Receipt #{r.receipt_id}.",
-                      style="red")
-            continue
-        out.print(f"{len(r.sent)} sent, {len(r.failed)} failed, {len(r.retrying)} retrying, "
-                  f"{len(r.ambiguous)} ambiguous. Receipt #{r.receipt_id}.")
-        for line in r.hold_lines():
-            out.print(line, style="yellow")
+    code = _outbox_exit(reports[-1], stopped)
+    if code:
+        raise typer.Exit(code)
 
 
 @outbox_app.command("resolve")

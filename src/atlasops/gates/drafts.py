@@ -335,6 +335,7 @@ def approve(ledger: Ledger, config: Config, principal: Principal, ids: list[int]
     principal.require_owner("approve drafts")
     if not ids:
         raise InputError("name at least one draft id")
+    ids = list(dict.fromkeys(ids))  # a draft named twice is approved once
     from ..ledger import utc_now
 
     def build(conn: sqlite3.Connection) -> list[NewEvent]:

@@ -3,12 +3,17 @@ spend, deploy).
 
 Work runs with :class:`Capabilities` (a read-only job, or the lanes it may use).
 A job run's capabilities are those its ``job.started`` event recorded: what the
-process declares in its environment can only narrow them. :func:`perform` checks
-the capability, then the lane (open, its one channel, owner-only recipients,
-daily cap, per-recipient cooldown), and only then talks to the channel. A
-refusal is recorded as a receipt (what was attempted, why refused) and raised as
-:class:`EffectRefused`; counters of a refused effect stay 0. A performed effect
-is recorded as ``effect.performed``, tagged with its job run.
+process declares in its environment can only narrow them. :func:`perform` checks,
+under the writer lock, the capability, then the lane (open, its one channel,
+owner-only recipients, suppression, per-recipient cooldown, the daily cap for
+every kind of effect), and in the same transaction records the attempt
+(``effect.attempting``); only then does it talk to the provider. A refusal is
+recorded as a receipt (what was attempted, why refused) and raised as
+:class:`EffectRefused`; counters of a refused effect stay 0. The attempt's
+outcome names it (``"attempt": id``): ``effect.performed``, tagged with its job
+run, or an ``effect.refused`` receipt (outcome ``failed``) when the provider
+failed, with ``may_have_happened``. An attempt without an outcome was cut off
+(the process died or was killed) and may have happened.
 
 An email counts as ``emails_sent`` unless every recipient is one of the owner's
 addresses (mail to the owner is review mail, counted by the callers' receipts as
@@ -17,8 +22,10 @@ addresses (mail to the owner is review mail, counted by the callers' receipts as
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -31,11 +38,17 @@ from ..config import LANE_EFFECTS, Channel, Config
 from ..errors import AtlasError, PermissionDenied
 from ..ledger import Ledger, NewEvent, utc_now
 from ..ops import process
-from ..receipts import Effects, Receipt
-from .channels import Sender, sender_for
+from ..receipts import Effects, Outcome, Receipt
+from .channels import (
+    ChannelUnavailable,
+    PermanentFailure,
+    Sender,
+    TemporaryFailure,
+    sender_for,
+)
 from .conditions import describe, failing
-from .lanes import get_lane, limit_conditions, parse_ts
-from .suppression import address_key
+from .lanes import cap_condition, cooldown_condition, get_lane, parse_ts
+from .suppression import address_key, is_suppressed
 
 Kind = Literal["email", "post", "cta_change", "spend", "deploy", "repair"]
 COUNTER = {"email": "emails_sent", "post": "public_posts", "cta_change": "cta_changes",
@@ -216,16 +229,18 @@ class Effect:
     deliver: Deliver | None = None
 
 
-def refusal_event(actor: str, caps: Capabilities, effect: Effect, why: str) -> NewEvent:
+def refusal_event(actor: str, caps: Capabilities, effect: Effect, why: str, *,
+                  outcome: Outcome = "refused", **evidence: Any) -> NewEvent:
     """The receipt of a refused effect: what was attempted and why it was refused."""
     now = utc_now()
     return Receipt(
         kind="effect.refused", subject=f"lane:{effect.lane}", actor=actor, started_at=now,
-        finished_at=now, outcome="refused",
-        summary=f"Refused: {effect.summary}. {why}",
+        finished_at=now, outcome=outcome,
+        summary=f"{'Refused' if outcome == 'refused' else 'Failed'}: {effect.summary}. {why}",
         evidence={"attempted": {"kind": effect.kind, "lane": effect.lane,
                                 "summary": effect.summary, **effect.detail},
-                  "capabilities": caps.describe(), "job_run": caps.job_run, "why": why},
+                  "capabilities": caps.describe(), "job_run": caps.job_run, "why": why,
+                  **evidence},
     ).as_event()
 
 
@@ -280,70 +295,130 @@ def authorize(ledger: Ledger, actor: str, caps: Capabilities, effect: Effect) ->
     return verified
 
 
+@dataclass
+class _Decision:
+    """What :func:`_decide` found: the verified capabilities, and either why the effect is
+    refused, or how to perform it (through which channel)."""
+
+    caps: Capabilities
+    why: str | None = None
+    channel: str = ""
+    provider: Callable[[], str] | None = None
+    counters: Effects = field(default_factory=Effects)
+
+
+def _decide(ledger: Ledger, config: Config, home: Path, caps: Capabilities, effect: Effect,
+            env: Mapping[str, str], at: datetime) -> _Decision:
+    """Every check before an effect, on the state as it is now (run under the writer lock,
+    in the transaction that records the attempt): capabilities, the lane (open, carrying
+    this kind, its one channel), then for email the owner-only rule, the suppression list
+    and each recipient's cooldown, and for every kind the lane's daily cap. Raises
+    :class:`ChannelUnavailable` when the channel cannot be used at all (credentials)."""
+    caps, why = capability_check(ledger, caps, effect.lane)
+    if why is not None:
+        return _Decision(caps, why)
+    if effect.lane not in LANE_EFFECTS:
+        return _Decision(caps, f"There is no lane {effect.lane}.")
+    if effect.kind != "deploy" and LANE_EFFECTS[effect.lane] != effect.kind:
+        return _Decision(caps, f"Lane {effect.lane} does not carry {effect.kind} effects.")
+    lane = get_lane(ledger, config, effect.lane)
+    if not lane.open:
+        return _Decision(caps, f"Lane {lane.name} is closed ({lane.reason}).")
+    channels = config.all_channels()
+    if lane.channel is None or lane.channel not in channels:
+        return _Decision(caps, f"Lane {lane.name} has no channel configured.")
+    name, channel = lane.channel, channels[lane.channel]
+    decision = _Decision(caps, channel=name)
+    limits = [cap_condition(ledger, lane, at)]
+    message, deliver = effect.message, effect.deliver
+    if effect.kind == "email" and message is not None and channel.type != "directory":
+        if lane.settings.owner_only and not only_to_owner(config, message):
+            return _Decision(caps, f"Lane {lane.name} only sends to the owner's addresses.")
+        keys = sorted(recipient_keys(message))
+        suppressed = [k for k in keys if is_suppressed(ledger, k)]
+        if suppressed:
+            return _Decision(caps, f"{', '.join(suppressed)} is on the suppression list.")
+        draft = effect.detail.get("draft")  # a draft's own recorded intent is not a prior send
+        limits += [cooldown_condition(ledger, lane, k, at, exclude_draft=draft) for k in keys]
+        sender: Sender = sender_for(name, channel, home, env)
+        sender.check()
+        decision.provider = functools.partial(sender.send, message)
+        if not only_to_owner(config, message):  # mail only to the owner is review mail
+            decision.counters.emails_sent = 1
+    elif effect.kind != "email" and deliver is not None and channel.type == "directory":
+        decision.provider = functools.partial(deliver, name, channel, home)
+        counter = COUNTER.get(effect.kind)
+        if counter is not None:
+            setattr(decision.counters, counter,
+                    effect.amount_cents if counter == "spend_cents" else 1)
+    else:
+        return _Decision(caps, f"No provider for {effect.kind} effects is available on "
+                               f"channel {name} ({channel.type}).")
+    over = failing(limits)
+    if over:
+        return _Decision(caps, f"Lane {lane.name}: {describe(over)}.")
+    return decision
+
+
+def failure_event(actor: str, caps: Capabilities, effect: Effect, attempt: int,
+                  exc: BaseException, *, may_have_happened: bool) -> NewEvent:
+    """The outcome of an attempt the provider did not complete: an ``effect.refused``
+    receipt naming the attempt, saying whether the effect may still have happened."""
+    reason = getattr(exc, "reason", None) or getattr(exc, "message", None) or str(exc)
+    why = (f"The provider failed after the attempt was recorded: {reason}"
+           + (" It may have happened." if may_have_happened else " It did not happen."))
+    return refusal_event(actor, caps, effect, why, outcome="failed", attempt=attempt,
+                         failure=type(exc).__name__, may_have_happened=may_have_happened)
+
+
 def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Capabilities,
             effect: Effect, env: Mapping[str, str],
             now: datetime | None = None) -> tuple[str, Effects]:
     """Perform one side effect, or refuse it with a receipt. Returns (reply, counters).
 
-    A performed effect is also recorded as an ``effect.performed`` event tagged with the
-    job run, so a job's receipt counts every effect it caused, counters or not."""
-    caps = authorize(ledger, actor, caps, effect)
-    if effect.lane not in LANE_EFFECTS:
-        refuse(ledger, actor, caps, effect, f"There is no lane {effect.lane}.")
-    if effect.kind != "deploy" and LANE_EFFECTS[effect.lane] != effect.kind:
-        refuse(ledger, actor, caps, effect, f"Lane {effect.lane} does not carry "
-               f"{effect.kind} effects.")
-    lane = get_lane(ledger, config, effect.lane)
-    if not lane.open:
-        refuse(ledger, actor, caps, effect, f"Lane {lane.name} is closed ({lane.reason}).")
-    channels = config.all_channels()
-    if lane.channel is None or lane.channel not in channels:
-        refuse(ledger, actor, caps, effect, f"Lane {lane.name} has no channel configured.")
-    assert lane.channel is not None
-    channel = channels[lane.channel]
-    counters = Effects()
-    if effect.kind == "email" and effect.message is not None and channel.type != "directory":
-        message = effect.message
-        if lane.settings.owner_only and not only_to_owner(config, message):
-            refuse(ledger, actor, caps, effect, f"Lane {lane.name} only sends to the owner's "
-                   "addresses.")
-        at = now or datetime.now(UTC)
-        draft = effect.detail.get("draft")  # a draft's own recorded intent is not a prior send
-        over = [c for key in sorted(recipient_keys(message))
-                for c in failing(limit_conditions(ledger, lane, key, at, exclude_draft=draft))]
-        if over:
-            refuse(ledger, actor, caps, effect, f"Lane {lane.name}: {describe(over)}.")
-        sender: Sender = sender_for(lane.channel, channel, home, env)
-        attempt = _attempting(ledger, actor, caps, effect, lane.channel)
-        reply = sender.send(message)
-        if not only_to_owner(config, message):  # mail only to the owner is review mail
-            counters.emails_sent = 1
-    elif effect.kind != "email" and effect.deliver is not None and channel.type == "directory":
-        attempt = _attempting(ledger, actor, caps, effect, lane.channel)
-        reply = effect.deliver(lane.channel, channel, home)
-        counter = COUNTER.get(effect.kind)
-        if counter is not None:
-            setattr(counters, counter, effect.amount_cents if counter == "spend_cents" else 1)
-    else:
-        refuse(ledger, actor, caps, effect, f"No provider for {effect.kind} effects is "
-               f"available on channel {lane.channel} ({channel.type}).")
+    The decision (:func:`_decide`) is made under the writer lock, in the transaction that
+    records the attempt (``effect.attempting``: kind, lane, summary, channel, job_run)
+    *before* any provider is called, so an effect cut off mid-way (the process killed)
+    still leaves a trace. Its outcome names the attempt: ``effect.performed`` (tagged with
+    the job run, so a job's receipt counts every effect it caused, counters or not), or,
+    when the provider fails, an ``effect.refused`` receipt saying whether the effect may
+    still have happened."""
+    at = now or datetime.now(UTC)
+    found: list[_Decision] = []
+
+    def build(_conn: sqlite3.Connection) -> list[NewEvent]:
+        found[:] = [_decide(ledger, config, home, caps, effect, env, at)]
+        d = found[0]
+        if d.why is not None:
+            return [refusal_event(actor, d.caps, effect, d.why)]
+        return [NewEvent("effect.attempting", actor, {
+            "kind": effect.kind, "lane": effect.lane, "summary": effect.summary,
+            "channel": d.channel, "job_run": d.caps.job_run}, subject=f"lane:{effect.lane}")]
+
+    recorded = ledger.transact(build)[0]
+    d = found[0]
+    if d.why is not None:
+        raise EffectRefused(f"{effect.summary}: refused. {d.why}", receipt_id=recorded.id)
+    assert d.provider is not None
+    try:
+        reply = d.provider()
+    except (PermanentFailure, TemporaryFailure, ChannelUnavailable, AtlasError) as exc:
+        ledger.append_many([failure_event(actor, d.caps, effect, recorded.id, exc,
+                                          may_have_happened=False)])
+        raise
+    except Exception as exc:  # ambiguous, or unexplained after the attempt
+        ledger.append_many([failure_event(actor, d.caps, effect, recorded.id, exc,
+                                          may_have_happened=True)])
+        raise
     ledger.append("effect.performed", actor, {
         "kind": effect.kind, "lane": effect.lane, "summary": effect.summary,
-        "channel": lane.channel, "job_run": caps.job_run, "effects": counters.model_dump(),
-        "attempt": attempt}, subject=f"lane:{effect.lane}")
-    return reply, counters
+        "channel": d.channel, "job_run": d.caps.job_run, "attempt": recorded.id,
+        "effects": d.counters.model_dump()}, subject=f"lane:{effect.lane}")
+    return reply, d.counters
 
-
-def _attempting(ledger: Ledger, actor: str, caps: Capabilities, effect: Effect,
-                channel: str) -> int:
-    """Recorded before the provider is called, so an effect cut off in flight (a job killed
-    at its timeout mid-send) is still on record: its id is the outcome's ``attempt``."""
-    return ledger.append("effect.attempting", actor, {
-        "kind": effect.kind, "lane": effect.lane, "summary": effect.summary,
-        "channel": channel, "job_run": caps.job_run}, subject=f"lane:{effect.lane}").id
 
 
 __all__ = ["RUN_GRACE", "Capabilities", "Deliver", "Effect", "EffectRefused", "RunningJob",
-           "UnknownJobRun", "authorize", "capability_check", "only_to_owner", "perform",
-           "own_runs", "recipient_keys", "refusal_event", "refuse", "runner_alive",
+           "UnknownJobRun", "authorize", "capability_check", "failure_event", "only_to_owner",
+           "own_runs", "perform", "recipient_keys", "refusal_event", "refuse", "runner_alive",
            "running_job"]

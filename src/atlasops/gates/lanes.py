@@ -121,25 +121,36 @@ def fmt_ts(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-# A send whose outcome is unknown may have reached the recipient: it counts toward the
-# cap and the cooldown as if it had (from the moment its intent was recorded). Packets
-# sent for review count toward the lane they went through (``packet.review_sent``).
+# Cooldowns are per recipient, read from what was sent to whom: a draft whose send may
+# have reached the recipient (sent, sending, or ambiguous) counts from the moment of its
+# last change (for an ambiguous draft: when it was found ambiguous, at or after its intent,
+# which can only lengthen the cooldown). Packets sent for review count toward the lane they
+# went through (``packet.review_sent``).
 MAYBE_SENT = "state IN ('sent', 'sending', 'ambiguous')"
 SENT_AT = "COALESCE(sent_at, updated_at)"
 REVIEW_SENT = ("kind = 'packet.review_sent' AND json_extract(payload, '$.lane') = ?")
 
+# The daily cap counts, for every kind of effect, the attempts the effects module recorded
+# (``effect.attempting``, written before any provider is called) on the lane since midnight
+# UTC, less those whose recorded outcome says they did not happen. An attempt that may have
+# happened (no outcome yet, or an ambiguous one) counts.
+# (Both scans are ranges of an index on (kind, id) from the day's first event on.)
+ATTEMPTS_TODAY = (
+    "WITH today AS (SELECT coalesce(min(id), 9223372036854775807) AS first FROM events "
+    "WHERE ts >= ?) "
+    "SELECT count(*) AS n FROM events a, today WHERE a.kind = 'effect.attempting' "
+    "AND a.id >= today.first AND json_extract(a.payload, '$.lane') = ? "
+    "AND a.id NOT IN (SELECT json_extract(r.body, '$.evidence.attempt') FROM receipts r, "
+    "today t WHERE r.kind = 'effect.refused' AND r.id >= t.first AND r.outcome = 'failed' "
+    "AND json_extract(r.body, '$.evidence.attempt') IS NOT NULL "
+    "AND json_extract(r.body, '$.evidence.may_have_happened') = 0)")
 
-def sent_today(ledger: Ledger, lane: str, now: datetime, *,
-               exclude_draft: int | None = None) -> int:
-    """Sends through the lane since midnight UTC; ``exclude_draft`` is the send being
-    judged itself (its intent is already recorded)."""
+
+def sent_today(ledger: Ledger, lane: str, now: datetime) -> int:
+    """Effects through the lane since midnight UTC that happened or may have (the one
+    definition behind the daily cap and ``gate status``)."""
     midnight = fmt_ts(now.replace(hour=0, minute=0, second=0, microsecond=0))
-    drafts = ledger.query(f"SELECT count(*) AS n FROM drafts WHERE lane=? AND {MAYBE_SENT}"
-                          f" AND {SENT_AT} >= ? AND id != ?",
-                          (lane, midnight, exclude_draft or 0))
-    reviews = ledger.query(f"SELECT count(*) AS n FROM events WHERE {REVIEW_SENT}"
-                           " AND ts >= ?", (lane, midnight))
-    return int(drafts[0]["n"]) + int(reviews[0]["n"])
+    return int(ledger.query(ATTEMPTS_TODAY, (midnight, lane))[0]["n"])
 
 
 def last_sent_to(ledger: Ledger, lane: str, to_key: str, *,
@@ -153,26 +164,36 @@ def last_sent_to(ledger: Ledger, lane: str, to_key: str, *,
     return max(times, default=None)
 
 
+def cap_condition(ledger: Ledger, lane: LaneView, now: datetime) -> Condition:
+    """The lane's daily cap, evaluated now (for every kind of effect)."""
+    count = sent_today(ledger, lane.name, now)
+    cap = lane.settings.daily_cap
+    return Condition("daily_cap_respected", count < cap, f"{count} of {cap} sent today")
+
+
+def cooldown_condition(ledger: Ledger, lane: LaneView, to_key: str, now: datetime, *,
+                       exclude_draft: int | None = None) -> Condition:
+    """The lane's per-recipient cooldown (email), evaluated now; ``exclude_draft`` is the
+    send being judged itself (its intent may be recorded already)."""
+    hours = lane.settings.cooldown_hours
+    last = last_sent_to(ledger, lane.name, to_key, exclude_draft=exclude_draft)
+    if last is None or hours == 0:
+        return Condition("cooldown_respected", True, "no earlier send to this recipient"
+                         if last is None else "no cooldown")
+    until = parse_ts(last) + timedelta(hours=hours)
+    return Condition("cooldown_respected", now >= until,
+                     f"last send {last}; cooldown of {hours:g} h has passed"
+                     if now >= until else f"last send {last}; cooldown runs until "
+                     f"{fmt_ts(until)}")
+
+
 def limit_conditions(ledger: Ledger, lane: LaneView, to_key: str, now: datetime, *,
                      exclude_draft: int | None = None) -> list[Condition]:
     """The lane's daily cap and its per-recipient cooldown, evaluated now."""
-    s = lane.settings
-    count = sent_today(ledger, lane.name, now, exclude_draft=exclude_draft)
-    conds = [Condition("daily_cap_respected", count < s.daily_cap,
-                       f"{count} of {s.daily_cap} sent today")]
-    last = last_sent_to(ledger, lane.name, to_key, exclude_draft=exclude_draft)
-    if last is None or s.cooldown_hours == 0:
-        conds.append(Condition("cooldown_respected", True, "no earlier send to this "
-                               "recipient" if last is None else "no cooldown"))
-        return conds
-    until = parse_ts(last) + timedelta(hours=s.cooldown_hours)
-    conds.append(Condition("cooldown_respected", now >= until,
-                           f"last send {last}; cooldown of {s.cooldown_hours:g} h has passed"
-                           if now >= until else
-                           f"last send {last}; cooldown runs until {fmt_ts(until)}"))
-    return conds
+    return [cap_condition(ledger, lane, now),
+            cooldown_condition(ledger, lane, to_key, now, exclude_draft=exclude_draft)]
 
 
-__all__ = ["LaneView", "all_lanes", "fmt_ts", "get_lane", "last_sent_to", "latest_posture",
-           "limit_conditions", "parse_ts", "policy_version", "record_posture", "sent_today",
-           "set_lane"]
+__all__ = ["LaneView", "all_lanes", "cap_condition", "cooldown_condition", "fmt_ts", "get_lane",
+           "last_sent_to", "latest_posture", "limit_conditions", "parse_ts", "policy_version",
+           "record_posture", "sent_today", "set_lane"]

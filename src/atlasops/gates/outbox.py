@@ -11,6 +11,13 @@ the pass. A draft found in ``sending`` when an outbox
 starts was interrupted between the two: it becomes ``ambiguous`` and is never
 re-sent without a human (``atlas outbox resolve``). Only one outbox runs at a
 time (its own lock), so an in-flight send is never mistaken for a dead one.
+
+Work whose capabilities do not include a lane is refused once per lane per pass
+(one ``effect.refused`` receipt); the lane's other drafts are held by that
+refusal. Under :func:`~atlasops.ops.process.stop_signals_interrupt` a stop signal
+ends the pass after the send in progress (one cut short before the message was
+handed over is a known not-sent, retried on the next pass); the pass still writes
+its receipt.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -31,12 +38,14 @@ from ..config import Config, load_config
 from ..errors import AtlasError, ConfigError, Conflict, InputError
 from ..ledger import Ledger, NewEvent, utc_now
 from ..ledger.lock import WriterLock
+from ..ops.process import Interrupted, interruptible, stop_requested
 from ..receipts import Effects, Outcome, Receipt
 from ..workspace import Workspace
 from .channels import (
     AmbiguousFailure,
     ChannelUnavailable,
     PermanentFailure,
+    SendInterrupted,
     TemporaryFailure,
     sender_for,
 )
@@ -46,6 +55,7 @@ from .effects import (
     Capabilities,
     Effect,
     EffectRefused,
+    UnknownJobRun,
     capability_check,
     only_to_owner,
     perform,
@@ -68,10 +78,15 @@ class OutboxReport:
     voided: list[int] = field(default_factory=list)
     held: dict[str, list[int]] = field(default_factory=dict)
     refused: list[int] = field(default_factory=list)
+    stopped: list[int] = field(default_factory=list)  # cut short before handing it over
+    reasons: dict[int, str] = field(default_factory=dict)  # draft -> why (all but sent)
     touches_done: list[int] = field(default_factory=list)
     emails_sent: int = 0
     review_emails: int = 0
     config_error: str | None = None
+    interrupted: str | None = None  # the stop signal that ended the pass
+    job_run: str | None = None  # the job run, verified against the ledger
+    outcome: Outcome = "ok"
     receipt_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,9 +95,38 @@ class OutboxReport:
     def hold_lines(self) -> list[str]:
         return [f"{len(ids)} approved draft(s) held: {why}" for why, ids in self.held.items()]
 
+    def reason_lines(self) -> list[str]:
+        """One line per bucket and reason: what was not sent, and why."""
+        lines = []
+        for label, ids in (("failed", self.failed), ("retrying", self.retrying),
+                           ("ambiguous (check, then `atlas outbox resolve`)", self.ambiguous),
+                           ("approval(s) voided", self.voided), ("refused", self.refused),
+                           ("not sent (stopped before handing over; next pass)",
+                            self.stopped)):
+            groups: dict[str, list[int]] = {}
+            for i in ids:
+                groups.setdefault(self.reasons.get(i, ""), []).append(i)
+            lines += [f"{len(g)} {label}: {why} (draft(s) {', '.join(map(str, g))})"
+                      for why, g in groups.items()]
+        return lines
+
     def failures(self) -> int:
         """Sends attempted this pass that did not (knowingly) reach the server."""
         return len(self.failed) + len(self.retrying) + len(self.ambiguous)
+
+    def judge(self) -> Outcome:
+        """``failed`` (atlas.toml unreadable, interrupted, or every attempted send failed),
+        ``refused`` (every draft it tried was refused), ``held`` (nothing sent, something
+        held), else ``ok``."""
+        if self.config_error is not None or self.interrupted is not None:
+            return "failed"
+        if self.sent:
+            return "ok"
+        if self.failures():
+            return "failed"
+        if self.refused:
+            return "refused"
+        return "held" if self.held else "ok"
 
 
 def message_id(draft: dict[str, Any], from_address: str) -> str:
@@ -118,6 +162,10 @@ def _from_address(config: Config, channel: str) -> str:
     return ch.from_address or config.owner.email
 
 
+AMBIGUOUS_AFTER_STOP = ("an outbox stopped between recording the intent and recording the "
+                       "outcome: the server may or may not have the message")
+
+
 def _mark_interrupted(ledger: Ledger, actor: str, report: OutboxReport) -> None:
     def build(conn: sqlite3.Connection) -> list[NewEvent]:
         events = []
@@ -125,9 +173,9 @@ def _mark_interrupted(ledger: Ledger, actor: str, report: OutboxReport) -> None:
                                 "('sending','queued')"):
             if row[1] == "sending":
                 report.ambiguous.append(int(row[0]))
+                report.reasons[int(row[0])] = AMBIGUOUS_AFTER_STOP
                 events.append(NewEvent("draft.ambiguous", actor, {
-                    "id": row[0], "reason": "an outbox stopped between recording the intent "
-                    "and recording the outcome: the server may or may not have the message"},
+                    "id": row[0], "reason": AMBIGUOUS_AFTER_STOP},
                     subject=f"draft:{row[0]}"))
             else:  # queued but the intent was never recorded: nothing was sent
                 events.append(NewEvent("draft.retry", actor, {
@@ -138,6 +186,26 @@ def _mark_interrupted(ledger: Ledger, actor: str, report: OutboxReport) -> None:
     ledger.transact(build)
 
 
+def _outbox_lock(ws: Workspace) -> WriterLock:
+    """The outbox's own lock, taken at once or refused naming it."""
+    lock = WriterLock(ws.data_dir / "outbox.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Conflict as exc:
+        raise Conflict("another outbox is running (only one runs at a time)",
+                       hint=f"Wait for it to finish, or stop it; its lock is {lock.path}."
+                       ) from exc
+    return lock
+
+
+def _verified_run(ledger: Ledger, caps: Capabilities) -> str | None:
+    """The declared job run if the ledger says it is running, else None."""
+    try:
+        return caps.verified(ledger).job_run
+    except UnknownJobRun:
+        return None
+
+
 def run_once(ws: Workspace, ledger: Ledger, *, actor: str, caps: Capabilities,
              env: Mapping[str, str], now: datetime | None = None) -> OutboxReport:
     """One pass over the approved drafts. Holds the outbox lock for the whole pass.
@@ -146,8 +214,9 @@ def run_once(ws: Workspace, ledger: Ledger, *, actor: str, caps: Capabilities,
     runs voids approvals at once; if it cannot be read, nothing is sent (fail closed)."""
     report = OutboxReport()
     started = utc_now()
-    lock = WriterLock(ws.data_dir / "outbox.lock", timeout=0)
-    with lock:
+    lock = _outbox_lock(ws)
+    try:
+        report.job_run = _verified_run(ledger, caps)
         _mark_interrupted(ledger, actor, report)
         try:
             config = load_config(ws.config_path)
@@ -155,7 +224,10 @@ def run_once(ws: Workspace, ledger: Ledger, *, actor: str, caps: Capabilities,
             report.config_error = exc.message
         else:
             _Pass(ws.home, config, ledger, actor, caps, env, report).run(now)
+        report.interrupted = stop_requested()
         report.receipt_id = _run_receipt(ledger, actor, started, report, caps.job_run)
+    finally:
+        lock.release()
     return report
 
 
@@ -175,6 +247,7 @@ class _Pass:
     env: Mapping[str, str]
     report: OutboxReport
     unavailable: dict[str, str] = field(default_factory=dict)
+    refused_lanes: dict[str, str] = field(default_factory=dict)  # lane -> hold reason
 
     def run(self, fixed_now: datetime | None) -> None:
         start = fixed_now or datetime.now(UTC)
@@ -182,6 +255,8 @@ class _Pass:
                                  "(next_attempt_at IS NULL OR next_attempt_at <= ?) "
                                  "ORDER BY approved_at, id", (fmt_ts(start),))
         for row in rows:
+            if stop_requested() is not None:  # told to stop: no further send begins
+                return
             now = fixed_now or datetime.now(UTC)  # each send is judged at its own moment
             claimed = self._claim(int(row["id"]), now)
             if claimed is not None:
@@ -218,9 +293,12 @@ class _Pass:
             lane = self.config.all_lanes()[d["lane"]]
             effect = Effect("email", d["lane"], f"send draft {draft_id} to {d['to_addr']}",
                             detail={"draft": draft_id})
+            if d["lane"] in self.refused_lanes:  # refused once this pass: hold the rest
+                outcome["held"] = self.refused_lanes[d["lane"]]
+                return []
             caps, refused = capability_check(self.ledger, self.caps, d["lane"])
             if refused is not None:  # before the intent: a refusal is not an attempt
-                outcome["bucket"] = self.report.refused
+                outcome.update(bucket=self.report.refused, reason=refused, lane=d["lane"])
                 return [refusal_event(self.actor, caps, effect, refused)]
             unavailable = self._unavailable(str(d["channel"]))
             if unavailable is not None:  # nothing can be sent: hold it, no intent
@@ -232,21 +310,26 @@ class _Pass:
                 message = build_message(d, from_address, msg_id,
                                         unsubscribe=not lane.owner_only)
             except (ValueError, TypeError) as exc:  # a message that cannot exist: not a send
-                outcome["bucket"] = self.report.failed
+                outcome.update(bucket=self.report.failed,
+                               reason=f"the message cannot be built: {exc}")
                 return [NewEvent("draft.failed", self.actor, {
-                    "id": draft_id, "reason": f"the message cannot be built: {exc}"},
-                    subject=subject)]
+                    "id": draft_id, "reason": outcome["reason"]}, subject=subject)]
             outcome["claimed"] = _Claimed(d, message)
             return [NewEvent("draft.queued", self.actor, {"id": draft_id}, subject=subject),
                     NewEvent("draft.sending", self.actor, {
                         "id": draft_id, "message_id": msg_id,
                         "attempt": int(d["attempts"]) + 1}, subject=subject)]
 
-        self.ledger.transact(build)
+        events = self.ledger.transact(build)
         if "held" in outcome:
             self.report.held.setdefault(outcome["held"], []).append(draft_id)
         elif "bucket" in outcome:
             outcome["bucket"].append(draft_id)
+            self.report.reasons[draft_id] = outcome["reason"]
+            if "lane" in outcome:  # the lane's one refusal this pass
+                self.refused_lanes[outcome["lane"]] = (
+                    f"{outcome['reason']} (refused once this pass: receipt #{events[0].id})")
+                self.report.reasons[draft_id] += f" (receipt #{events[0].id})"
         claimed: _Claimed | None = outcome.get("claimed")
         return claimed
 
@@ -256,22 +339,25 @@ class _Pass:
         approval = [c for c in bad if c.name in ("approval_matches_content",
                                                  "approval_unexpired")]
         if approval:
-            outcome["bucket"] = self.report.voided
+            outcome.update(bucket=self.report.voided, reason=describe(approval))
             return [NewEvent("draft.approval_voided", self.actor, {
-                "id": d["id"], "reason": describe(approval), "state": "send_ready"},
+                "id": d["id"], "reason": outcome["reason"], "state": "send_ready"},
                 subject=f"draft:{d['id']}")]
         if "not_suppressed" in names:
-            outcome["bucket"] = self.report.failed
+            outcome.update(bucket=self.report.failed,
+                           reason="the recipient was suppressed after approval")
             return [NewEvent("draft.failed", self.actor, {
-                "id": d["id"], "reason": "the recipient was suppressed after approval"},
-                subject=f"draft:{d['id']}")]
+                "id": d["id"], "reason": outcome["reason"]}, subject=f"draft:{d['id']}")]
         outcome["held"] = hold_reason(d["lane"], bad)
         return []
 
-    def _mark(self, d: dict[str, Any], kind: str, bucket: list[int], **payload: Any) -> None:
-        self.ledger.append(f"draft.{kind}", self.actor, {"id": d["id"], **payload},
+    def _mark(self, d: dict[str, Any], kind: str, bucket: list[int], *, reason: str,
+              **payload: Any) -> None:
+        self.ledger.append(f"draft.{kind}", self.actor,
+                           {"id": d["id"], "reason": reason, **payload},
                            subject=f"draft:{d['id']}")
         bucket.append(d["id"])
+        self.report.reasons[d["id"]] = reason
 
     def _send(self, claimed: _Claimed, now: datetime) -> None:
         """Hand the message to the channel; every outcome is recorded, and no failure of
@@ -292,6 +378,10 @@ class _Pass:
         except EffectRefused as exc:  # refused before the channel: not an attempt
             self._mark(d, "retry", self.report.refused, attempts=attempt - 1,
                        next_attempt_at=fmt_ts(now), reason=f"refused: {exc.message}")
+            return
+        except SendInterrupted as exc:  # known not sent: the next pass sends it
+            self._mark(d, "retry", self.report.stopped, attempts=attempt - 1,
+                       next_attempt_at=fmt_ts(now), reason=exc.reason)
             return
         except AmbiguousFailure as exc:
             self._mark(d, "ambiguous", self.report.ambiguous, reason=exc.reason)
@@ -349,44 +439,59 @@ class _Pass:
 
 
 def _run_receipt(ledger: Ledger, actor: str, started: str, report: OutboxReport,
-                 job_run: str | None) -> int:
+                 declared_run: str | None) -> int:
+    report.outcome = report.judge()
     failures = report.failures()
     if report.config_error is not None:
-        outcome: Outcome = "failed"
         parts = [f"Nothing was sent: {report.config_error}. Approved drafts wait until "
                  "atlas.toml is fixed"]
     else:
-        outcome = ("failed" if failures and not report.sent
-                   else "held" if report.held and not report.sent else "ok")
         parts = [f"No email was sent: all {failures} attempted send(s) failed"
-                 if outcome == "failed" else f"{len(report.sent)} email(s) sent"]
+                 if failures and not report.sent else
+                 f"No email was sent: all {len(report.refused)} draft(s) tried were refused"
+                 if report.outcome == "refused" else f"{len(report.sent)} email(s) sent"]
         if report.review_emails:
             parts.append(f"{report.review_emails} of them to the owner (review mail)")
+        if report.interrupted is not None:
+            parts.append(f"stopped by {report.interrupted}")
     parts += report.hold_lines()
     for label, ids in (("failed", report.failed), ("retrying", report.retrying),
                        ("ambiguous", report.ambiguous), ("approval voided", report.voided),
-                       ("refused", report.refused)):
+                       ("refused", report.refused),
+                       ("not sent (stopped before handing over)", report.stopped)):
         if ids:
             parts.append(f"{len(ids)} {label}")
+    evidence = {k: v for k, v in report.to_dict().items() if k not in ("receipt_id", "outcome")}
+    evidence["reasons"] = {str(k): v for k, v in report.reasons.items()}  # JSON object keys
+    if declared_run is not None and declared_run != report.job_run:
+        evidence["declared_job_run"] = declared_run  # not a running job run: not believed
     receipt = Receipt(
         kind="outbox.run", subject="outbox", actor=actor, started_at=started,
-        finished_at=utc_now(), outcome=outcome, summary="; ".join(parts) + ".",
-        effects=Effects(emails_sent=report.emails_sent),
-        evidence={**{k: v for k, v in report.to_dict().items() if k != "receipt_id"},
-                  "job_run": job_run},
+        finished_at=utc_now(), outcome=report.outcome, summary="; ".join(parts) + ".",
+        effects=Effects(emails_sent=report.emails_sent), evidence=evidence,
     )
     return ledger.append_many([receipt.as_event()])[0].id
 
 
 def run(ws: Workspace, ledger: Ledger, *, actor: str, caps: Capabilities,
         env: Mapping[str, str], once: bool = True, interval: float = 30.0,
-        should_stop: Any = None) -> list[OutboxReport]:
-    """Run once, or keep running (a worker) until ``should_stop()`` says so."""
-    reports = [run_once(ws, ledger, actor=actor, caps=caps, env=env)]
-    while not once and not (should_stop and should_stop()):
-        time.sleep(interval)
+        should_stop: Callable[[], bool] | None = None,
+        on_pass: Callable[[OutboxReport], None] | None = None) -> list[OutboxReport]:
+    """Run once, or keep running (a worker) until ``should_stop()`` says so or a stop
+    signal arrives (:func:`~atlasops.ops.process.stop_signals_interrupt`). ``on_pass``
+    is given each pass's report as soon as the pass ends."""
+    reports: list[OutboxReport] = []
+    while True:
         reports.append(run_once(ws, ledger, actor=actor, caps=caps, env=env))
-    return reports
+        if on_pass is not None:
+            on_pass(reports[-1])
+        if once or stop_requested() is not None or (should_stop and should_stop()):
+            return reports
+        try:
+            with interruptible():
+                time.sleep(interval)
+        except Interrupted:
+            return reports
 
 
 def resolve(ledger: Ledger, principal: Principal, draft_id: int, *, sent: bool,

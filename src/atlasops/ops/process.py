@@ -65,30 +65,34 @@ class Interrupted(Exception):
 
 
 class _Stop:
-    """A stop signal raises only while :func:`run` waits for its command; arriving at any
-    other moment (a ledger write), it is kept and taken up by the next wait."""
+    """A stop signal is kept (``pending``) until the context that installed the handler
+    ends; it raises only inside an :func:`interruptible` wait (:func:`run` waiting for its
+    command), so one arriving at any other moment (a ledger write) is taken up by the next
+    wait."""
 
     armed = False
     pending: str | None = None
 
 
 @contextmanager
-def stop_signals_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM and SIGHUP stop :func:`run`'s command (Ctrl-C raises
-    KeyboardInterrupt anyway), so it can kill what it started and the caller can still
-    write its receipt. Only the main thread can install handlers; elsewhere this does
-    nothing."""
+def stop_signals_interrupt(signals: tuple[signal.Signals, ...] = STOP_SIGNALS
+                           ) -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP (or the ``signals`` given; Ctrl-C raises
+    KeyboardInterrupt unless SIGINT is among them) stop :func:`run`'s command, so it can
+    kill what it started and the caller can still write its receipt. Elsewhere than in
+    an :func:`interruptible` wait, a signal is only noted (:func:`stop_requested`). Only
+    the main thread can install handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        _Stop.pending = name
         if _Stop.armed:
             raise Interrupted(name)
-        _Stop.pending = name
 
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
@@ -98,8 +102,9 @@ def stop_signals_interrupt() -> Iterator[None]:
 
 
 @contextmanager
-def _interruptible() -> Iterator[None]:
-    """A wait that a stop signal (one that arrived before it, or during it) cuts short."""
+def interruptible() -> Iterator[None]:
+    """A wait that a stop signal may cut short: inside, the signal raises
+    :class:`Interrupted` at once (one that came before raises on entry)."""
     if _Stop.pending is not None:
         raise Interrupted(_Stop.pending)
     _Stop.armed = True
@@ -109,15 +114,20 @@ def _interruptible() -> Iterator[None]:
         _Stop.armed = False
 
 
+def stop_requested() -> str | None:
+    """The stop signal received inside :func:`stop_signals_interrupt`, if one was."""
+    return _Stop.pending
+
+
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    with _interruptible():
+    with interruptible():
         proc.wait(timeout=timeout)
 
 
 def pause(seconds: float) -> None:
     """Sleep; inside :func:`stop_signals_interrupt`, a stop signal raises
     :class:`Interrupted` instead (also one that arrived while the caller was busy)."""
-    with _interruptible():
+    with interruptible():
         time.sleep(seconds)
 
 
@@ -316,5 +326,6 @@ def run(command: str | list[str], *, cwd: Path | None = None, env: Mapping[str, 
 
 
 __all__ = ["Interrupted", "Proc", "Ran", "ancestry", "config_secret_names", "cut_tail",
-           "kill_tree", "pause", "proc_stat", "read_tail", "redact", "run", "secret_values",
-           "still_running", "stop_signals_interrupt", "tree_members"]
+           "interruptible", "kill_tree", "pause", "proc_stat", "read_tail", "redact", "run",
+           "secret_values", "still_running", "stop_requested", "stop_signals_interrupt",
+           "tree_members"]
