@@ -190,6 +190,33 @@ def test_a_folder_inside_a_repository_is_not_that_repository(day: Workspace,
     assert numbers(c)["commits_total"] is None
 
 
+def test_git_reads_only_the_configured_repository_whatever_the_environment(
+        day: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = make_repo(tmp_path / "other", [(HUMAN, f"other {i}") for i in range(5)])
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    c = compose(day, TODAY)
+    assert source(c, "git:site")["available"] is True
+    assert sorted(x["subject"] for x in c["commits"]) == [
+        "Build the releases page", "Fix partner copy", "Refresh radar snapshots"]
+
+
+def test_a_bare_repository_is_read(day: Workspace, tmp_path: Path) -> None:
+    bare = tmp_path / "site.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(tmp_path / "repo"), str(bare)],
+                   check=True, capture_output=True)
+    text = day.config_path.read_text()
+    day.config_path.write_text(text.replace(str(tmp_path / "repo"), str(bare)))
+    c = compose(Workspace.open(day.home), TODAY)
+    assert source(c, "git:site")["available"] is True
+    assert (numbers(c)["commits_total"], numbers(c)["commits_agent"]) == (3, 1)
+    # a folder inside a bare repository is not that repository
+    day.config_path.write_text(text.replace(str(tmp_path / "repo"), str(bare / "refs")))
+    src = source(compose(Workspace.open(day.home), TODAY), "git:site")
+    assert src["available"] is False
+    assert src["reason"] == f"not a git repository (inside {os.path.realpath(bare)})"
+
+
 def test_one_broken_repository_keeps_the_commits_of_the_others(day: Workspace,
                                                                tmp_path: Path) -> None:
     text = day.config_path.read_text().replace(
