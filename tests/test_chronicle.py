@@ -740,6 +740,41 @@ def test_the_demo_day_reads_like_an_engineering_log(
     nxt = md.split("## What's Next")[1].split("### Status files")[0]
     assert all(line.endswith((".", "]", ")")) for line in nxt.splitlines()
                if line and not line.startswith("*"))
+    assert (f"{gates.drafts - gates.approved_held} drafts are send-ready in lane "
+            "outbound.prospect: they can be reviewed, but the gate does not allow approval "
+            "while the lane is closed.") in nxt
+    # plain words, not receipt shorthand
+    assert "GET /wimper/releases answered 500 instead of 200 (the page said: “" in broke
+    assert "but it did not" not in broke
+    who = result.workspace.config.owner.email
+    assert f"the owner ({who}, token demo-owner) closed lane" in md
+    timeline = md.split("## Timeline")[1].split("## The Numbers")[0]
+    for raw in ("(s)", "it does NOT", "exited 1", "spend cents", "(was closed)"):
+        assert raw not in timeline, raw
+    # incidents are told in the order the headline ranks them
+    assert [i["rule"] for i in c["broke"]["incidents"]] == ["recovered incident", "repair"]
+    assert c["broke"]["incidents"][0]["headline"] == headline
+
+
+def test_the_chronicle_passes_its_own_check(
+        demo: tuple[DemoResult, dict[str, Any]], ws: Workspace) -> None:
+    """Atlas's own chronicle, as written, is a post whose every claim the day's facts
+    support: the demo day, a fresh workspace before its ledger exists (every ledger
+    number unknown), and its first, almost empty, day."""
+    result, c = demo
+    before = compose(ws, TODAY)
+    assert source(before, "ledger")["available"] is False
+    with Ledger.for_workspace(ws) as led:
+        led.append("note.added", "t", {"text": "the first note"})
+    fresh = compose(ws, TODAY)
+    assert fresh["headline"]["rule"] == "quiet day"
+    for workspace, chronicle in ((result.workspace, c), (ws, before), (ws, fresh)):
+        claims = check_post(render(workspace, chronicle, "md"), chronicle)
+        bad = [(x.text, x.fact, x.status, x.why) for x in claims if x.status != "supported"]
+        assert not bad
+    assert len(check_post(render(ws, fresh, "md"), fresh)) > 10  # "0 emails were sent", ...
+    kinds = {x.kind for x in check_post(render(result.workspace, c, "md"), c)}
+    assert {"number", "emails", "fixed", "restored"} <= kinds
 
 
 def test_every_number_of_the_gate_and_whats_next_has_a_source(
@@ -922,6 +957,29 @@ ZERO_SENDS = {"emails_sent": 0, "prospects_added": 300, "checks_run": 2, "checks
     ("Atlas refreshed 100 cross-sell candidates.",
      [("cross-sell candidates", 100, "unsupported")]),
     ("It took 3 seconds and 14 words.", []),
+    # honest sentences on a 0-send day: the negation anywhere before the verb in its clause
+    ("Not a single email was sent.", [("emails_sent", "none", "supported")]),
+    ("None of the drafts were sent.", [("emails_sent", "none", "supported")]),
+    ("Outbound stayed closed: nobody was emailed.", [("emails_sent", "none", "supported")]),
+    ("No one was emailed today.", [("emails_sent", "none", "supported")]),
+    ("Nothing broke and we sent the partner emails.", [("emails_sent", "some",
+                                                         "contradicted")]),
+    # a number before a send verb is the number sent, not a count of the noun
+    ("0 prospects were emailed.", [("emails_sent", 0, "supported")]),
+    ("300 prospects were emailed.", [("emails_sent", 300, "contradicted")]),
+    # other ways to say sent
+    ("The partner emails went out this morning.", [("emails_sent", "some", "contradicted")]),
+    ("The drafts were delivered to the prospects.", [("emails_sent", "some",
+                                                      "contradicted")]),
+    # hundreds and thousands; a scale that is not read is no number at all
+    ("Three hundred prospects were added.", [("prospects_added", 300, "supported")]),
+    ("Two thousand and five prospects were added.", [("prospects_added", 2005,
+                                                      "contradicted")]),
+    ("A hundred prospects were added.", [("prospects_added", 100, "contradicted")]),
+    ("Five million prospects were added.", []),
+    # a run of digits is not a count, and reading it does not fail
+    ("Token " + "7" * 16_000 + " emails were sent.", [("emails_sent", "some",
+                                                       "contradicted")]),
 ])
 def test_check_reads_numbers(post: str, expected: list[tuple[str, Any, str]] | None) -> None:
     commits = [{"author": "Matt", "agent": False}] * 2 + [{"author": "Bot", "agent": True}]
@@ -940,10 +998,40 @@ def test_check_reads_numbers(post: str, expected: list[tuple[str, Any, str]] | N
     ("In the end nothing needed to be fixed.", "contradicted"),
     ("The right report is not “database fixed.”", None),
     ("The page did not become fixed when the build completed.", None),
+    # "restored" said of a page or a route is a repair's claim, not a recovery's
+    ("The releases page was restored after the rebuild.", "supported"),
+    ("Atlas restored the wimper releases route.", "supported"),
+    ("The billing page was restored.", "unsupported"),
 ])
 def test_check_matches_fixed_claims_to_what_was_fixed(post: str, status: str | None) -> None:
     claims = check_post(post, chronicle_of({}, incidents=[REPAIR]))
     assert [x.status for x in claims] == ([status] if status else [])
+
+
+def test_check_a_restored_page_is_not_the_database_recovery() -> None:
+    day = chronicle_of({}, incidents=[recovery("recovered"), REPAIR])
+    (claim,) = check_post("The releases page was restored after the rebuild.", day)
+    assert (claim.kind, claim.fact, claim.status) == ("fixed", "repair", "supported")
+    assert "wimper-releases" in claim.why
+    (claim,) = check_post("The ledger was restored.", day)  # still needs its boundary
+    assert (claim.kind, claim.status) == ("restored", "unsupported")
+
+
+def test_check_reads_a_count_and_a_fix_in_one_sentence() -> None:
+    claims = check_post("Two routes failed; one was fixed.", chronicle_of({}, incidents=[REPAIR]))
+    assert [(x.kind, x.fact, x.status) for x in claims] == [
+        ("number", "routes", "unsupported"),  # the chronicle does not count failed routes
+        ("fixed", "repair", "supported")]
+
+
+def test_check_a_mail_to_the_owner_by_name_is_not_a_send() -> None:
+    day = chronicle_of({"emails_sent": 0, "packet_contacts": 10})
+    claims = check_post("We sent the 10 partner contacts to Matt.", day)
+    assert [(x.fact, x.claimed, x.status) for x in claims] == [
+        ("packet_contacts", 10, "supported")]
+    claims = check_post("We sent the 10 partner contacts to the CPAs.", day)
+    assert ("emails_sent", 10, "contradicted") in [(x.fact, x.claimed, x.status)
+                                                   for x in claims]
 
 
 def test_check_a_negated_fix_on_a_quiet_day_is_supported() -> None:
@@ -959,8 +1047,14 @@ def test_check_a_negated_fix_on_a_quiet_day_is_supported() -> None:
     ("Restored from hourly-20260624T225204Z. We lost no sleep over it.", "recovered",
      "unsupported"),
     ("Restored from hourly-20260624T225204Z. Nothing was lost.", "recovered", "supported"),
-    ("Restored from hourly-20260624T225204Z. Two paragraphs later. Nothing was lost.",
-     "recovered", "unsupported"),
+    ("Restored from hourly-20260624T225204Z.\n\n## Next\n\nNothing was lost.", "recovered",
+     "unsupported"),
+    # the seed's style: the boundary a few paragraphs later, in the same section
+    ("## What Broke\n\nAtlas restored from data/db/backups/hourly-20260624T225204Z/leads.db. "
+     "Then it rebuilt the indexes.\n\nThat gives me confidence in the repaired file. That "
+     "boundary matters: nothing was lost.", "recovered", "supported"),
+    ("Nothing was lost: the database was restored from hourly-20260624T225204Z.", "recovered",
+     "supported"),
     ("Restored from hourly-20260624T225204Z. Rows written after it could not be recovered.",
      "recovered", "contradicted"),
     ("The database broke, but it was restored from backup and everything is fine.",
@@ -990,6 +1084,12 @@ def test_chronicle_check_cli(cli: Any, day: Workspace, tmp_path: Path) -> None:
     post.write_text("A quiet note with nothing to check.\n")
     r = cli("chronicle", "check", str(post), home=day.home)
     assert r.exit_code == 0 and "No checkable claims found" in r.stdout
+    r = cli("chronicle", "check", str(tmp_path / "nope.md"), home=day.home)
+    assert r.exit_code == 2 and "nope.md: no such file" in r.stderr
+    post.write_bytes("Statut: réparé\n".encode("latin-1"))
+    r = cli("chronicle", "check", str(post), home=day.home)
+    assert r.exit_code == 2 and "is not UTF-8 text (byte 9 cannot be decoded)" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_the_stale_backup_line_says_how_old_in_words(day: Workspace) -> None:
