@@ -13,6 +13,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -190,6 +191,33 @@ def test_a_folder_inside_a_repository_is_not_that_repository(day: Workspace,
     assert numbers(c)["commits_total"] is None
 
 
+def test_git_reads_only_the_configured_repository_whatever_the_environment(
+        day: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = make_repo(tmp_path / "other", [(HUMAN, f"other {i}") for i in range(5)])
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    c = compose(day, TODAY)
+    assert source(c, "git:site")["available"] is True
+    assert sorted(x["subject"] for x in c["commits"]) == [
+        "Build the releases page", "Fix partner copy", "Refresh radar snapshots"]
+
+
+def test_a_bare_repository_is_read(day: Workspace, tmp_path: Path) -> None:
+    bare = tmp_path / "site.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(tmp_path / "repo"), str(bare)],
+                   check=True, capture_output=True)
+    text = day.config_path.read_text()
+    day.config_path.write_text(text.replace(str(tmp_path / "repo"), str(bare)))
+    c = compose(Workspace.open(day.home), TODAY)
+    assert source(c, "git:site")["available"] is True
+    assert (numbers(c)["commits_total"], numbers(c)["commits_agent"]) == (3, 1)
+    # a folder inside a bare repository is not that repository
+    day.config_path.write_text(text.replace(str(tmp_path / "repo"), str(bare / "refs")))
+    src = source(compose(Workspace.open(day.home), TODAY), "git:site")
+    assert src["available"] is False
+    assert src["reason"] == f"not a git repository (inside {os.path.realpath(bare)})"
+
+
 def test_one_broken_repository_keeps_the_commits_of_the_others(day: Workspace,
                                                                tmp_path: Path) -> None:
     text = day.config_path.read_text().replace(
@@ -258,6 +286,8 @@ def test_a_day_before_atlas_existed_is_unknown_not_empty(
     assert number(c, "emails_sent")["value"] is None
     assert c["confidence"]["overall"] == "low"
     assert "Nothing happened" not in render(ws, c, "md")
+    assert c["headline"]["text"] == ("Atlas has no record of this day: the ledger starts on "
+                                     f"{started.date().isoformat()}.")
     # a day after Atlas started, with no event, is a known empty day
     empty = (started + timedelta(days=1)).date()
     assert cli("chronicle", "--date", empty.isoformat()).exit_code == 0
@@ -265,22 +295,40 @@ def test_a_day_before_atlas_existed_is_unknown_not_empty(
     assert "Nothing happened" in text and "0 emails were sent." in text
 
 
-@pytest.mark.parametrize(("fault", "kind"), [
-    ("UPDATE receipts SET body = '{not json' WHERE kind = 'deploy'", "JSONDecodeError"),
-    ("UPDATE receipts SET finished_at = 'yesterday' WHERE kind = 'backup'", "ValueError"),
-])
-def test_bad_data_in_the_ledger_is_a_reason_not_a_traceback(
-        day: Workspace, cli: Any, fault: str, kind: str) -> None:
+def test_bad_data_in_the_ledger_is_a_reason_not_a_traceback(day: Workspace, cli: Any) -> None:
     conn = sqlite3.connect(day.db_path)
     with conn:
-        assert conn.execute(fault).rowcount == 1
+        assert conn.execute("UPDATE receipts SET finished_at = 'yesterday' WHERE kind = "
+                            "'backup'").rowcount == 1
     conn.close()
     r = cli("chronicle", "--format", "md", home=day.home)
     assert r.exit_code == 0 and "Traceback" not in r.stderr
     text = (day.chronicle_dir / f"{TODAY}.md").read_text()
-    assert f"ledger unavailable: {kind}" in text
+    assert "ledger unavailable: ValueError" in text
     assert "Confidence overall: **low**" in text
     assert "Commits: **3**" in text  # git still answers
+
+
+@pytest.mark.parametrize("kind", ["deploy", "backup"])  # a receipt read whole; a routine one
+def test_one_bad_receipt_is_left_out_and_named_not_the_whole_ledger(
+        day: Workspace, cli: Any, kind: str) -> None:
+    conn = sqlite3.connect(day.db_path)
+    with conn:
+        (bad,) = conn.execute("SELECT id FROM receipts WHERE kind = ?", (kind,)).fetchone()
+        conn.execute("UPDATE receipts SET body = '{not json' WHERE id = ?", (bad,))
+        deploys = conn.execute("SELECT count(*) FROM receipts WHERE kind = 'deploy' AND "
+                               "json_valid(body)").fetchone()[0]
+    conn.close()
+    r = cli("chronicle", "--format", "md", home=day.home)
+    assert r.exit_code == 0 and "Traceback" not in r.stderr
+    c = compose(day, TODAY)
+    ledger = source(c, "ledger")
+    assert ledger["available"] is True and ledger["degraded"] is True
+    assert f"receipt #{bad}" in ledger["reason"] and "left out" in ledger["reason"]
+    assert c["confidence"]["overall"] == "low"
+    n = numbers(c)
+    assert n["emails_sent"] == 0 and n["prospects_added"] == 3
+    assert n["content_or_deploys"] == deploys  # the bad deploy is not counted
 
 
 def test_a_worklog_note_without_text_is_skipped(day: Workspace) -> None:
@@ -355,6 +403,105 @@ def test_a_detection_nobody_recovered_from_lowers_confidence(day: Workspace) -> 
     assert recover(day, actor="t").exit_code == 0  # recovery brings the detection in
     c = compose(day, TODAY)
     assert source(c, "ledger")["degraded"] is False and c["confidence"]["overall"] == "high"
+
+
+def test_a_detection_belongs_to_its_day_and_closes_with_the_next_recovery(
+        ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Atlas starts three days ago; corruption is detected two days ago and recovered
+    today. Only the day of the detection headlines it; the day after notes it (it was
+    still open at that day's end); the day before never mentions it."""
+    now = datetime.now(UTC)
+    started, detected = now - timedelta(days=3), now - timedelta(days=2)
+    with monkeypatch.context() as m:  # a past day cannot otherwise be made in a test
+        m.setattr("atlasops.ledger.store.utc_now", lambda: started.strftime(TS))
+        with Ledger.for_workspace(ws) as led:
+            led.append("note.added", "t", {"text": "the first day"})
+    with monkeypatch.context() as m:
+        m.setattr("atlasops.durability.detect.utc_now", lambda: detected.strftime(TS))
+        event, why = record_detection(ws, {"summary": "quick_check: malformed"})
+    assert event is not None, why
+    first, middle, after = started.date(), detected.date(), (now - timedelta(days=1)).date()
+
+    def day(d: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        c = compose(ws, d)
+        return c, source(c, "ledger")
+
+    for d in (first, after, TODAY):  # the detection waits in the journal
+        c, ledger = day(d)
+        assert not [i for i in c["broke"]["incidents"] if i["kind"] == "detection"], d
+        assert c["headline"]["rule"] != "open incident", d
+    c, ledger = day(first)
+    assert ledger["degraded"] is False and "corruption" not in ledger["reason"]
+    c, ledger = day(middle)
+    (incident,) = c["broke"]["incidents"]
+    assert c["headline"]["rule"] == "open incident" and incident["outcome"] == "open"
+    assert ledger["degraded"] is True
+    assert f"(event {event.id}, in the journal) and has not been recovered" in ledger["reason"]
+    c, ledger = day(after)
+    assert ledger["degraded"] is True and "was still open at the end of this day" in ledger[
+        "reason"]
+
+    # `atlas recover` on a healthy database with a detection waiting: it rebuilds the
+    # ledger (the journal holds an event the ledger lacks) and records a receipt
+    result = recover(ws, actor="t")
+    assert (result.outcome, result.exit_code) == ("recovered", 0) and result.receipt_id
+    c, ledger = day(middle)
+    (incident,) = c["broke"]["incidents"]
+    assert incident["outcome"] == "recovered_later" and c["headline"]["rule"] == "open incident"
+    assert f"receipt #{result.receipt_id}" in c["headline"]["text"]
+    assert "was not recovered that day" in c["headline"]["text"]
+    assert f"(event {event.id}, in the ledger)" in ledger["reason"]
+    c, ledger = day(after)
+    assert c["broke"]["incidents"] == [] and c["headline"]["rule"] != "open incident"
+    assert "still open at the end of this day" in ledger["reason"]
+    assert f"receipt #{result.receipt_id}" in ledger["reason"]
+    c, ledger = day(TODAY)
+    assert [i["kind"] for i in c["broke"]["incidents"]] == ["recovery"]
+    assert ledger["degraded"] is False and c["confidence"]["overall"] != "low"
+    c, ledger = day(first)
+    assert ledger["degraded"] is False and c["broke"]["incidents"] == []
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from atlasops.ledger import Ledger, NewEvent
+from atlasops.workspace import Workspace
+home, stop = Path(sys.argv[1]), Path(sys.argv[2])
+with Ledger.for_workspace(Workspace.open(home)) as led:
+    while not stop.exists():
+        led.append_many([NewEvent("note.added", "writer", {"i": i}) for i in range(50)])
+"""
+
+
+def ledger_max(ws: Workspace) -> int:
+    conn = sqlite3.connect(ws.db_path)
+    try:
+        return int(conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_concurrent_writer_does_not_make_the_ledger_look_damaged(
+        ws: Workspace, tmp_path: Path) -> None:
+    """Every write reaches the journal before its commit: a chronicle read while another
+    process writes must not report those events as a gap."""
+    with Ledger.for_workspace(ws) as led:
+        led.append("note.added", "t", {"text": "before the writer"})
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ws.home), str(stop)])
+    try:
+        start = ledger_max(ws)
+        while ledger_max(ws) < start + 500:  # the writer is under way
+            assert writer.poll() is None, "the writer process died"
+        before = ledger_max(ws)
+        reports = [source(compose(ws, TODAY), "ledger") for _ in range(5)]
+        assert ledger_max(ws) > before  # it kept writing while the chronicles were read
+    finally:
+        stop.touch()
+        assert writer.wait(timeout=60) == 0
+    assert [(r["available"], r["degraded"], r["reason"]) for r in reports] == [
+        (True, False, "")] * 5
 
 
 def test_a_stale_status_file_lowers_confidence(day: Workspace, tmp_path: Path) -> None:
@@ -593,6 +740,41 @@ def test_the_demo_day_reads_like_an_engineering_log(
     nxt = md.split("## What's Next")[1].split("### Status files")[0]
     assert all(line.endswith((".", "]", ")")) for line in nxt.splitlines()
                if line and not line.startswith("*"))
+    assert (f"{gates.drafts - gates.approved_held} drafts are send-ready in lane "
+            "outbound.prospect: they can be reviewed, but the gate does not allow approval "
+            "while the lane is closed.") in nxt
+    # plain words, not receipt shorthand
+    assert "GET /wimper/releases answered 500 instead of 200 (the page said: “" in broke
+    assert "but it did not" not in broke
+    who = result.workspace.config.owner.email
+    assert f"the owner ({who}, token demo-owner) closed lane" in md
+    timeline = md.split("## Timeline")[1].split("## The Numbers")[0]
+    for raw in ("(s)", "it does NOT", "exited 1", "spend cents", "(was closed)"):
+        assert raw not in timeline, raw
+    # incidents are told in the order the headline ranks them
+    assert [i["rule"] for i in c["broke"]["incidents"]] == ["recovered incident", "repair"]
+    assert c["broke"]["incidents"][0]["headline"] == headline
+
+
+def test_the_chronicle_passes_its_own_check(
+        demo: tuple[DemoResult, dict[str, Any]], ws: Workspace) -> None:
+    """Atlas's own chronicle, as written, is a post whose every claim the day's facts
+    support: the demo day, a fresh workspace before its ledger exists (every ledger
+    number unknown), and its first, almost empty, day."""
+    result, c = demo
+    before = compose(ws, TODAY)
+    assert source(before, "ledger")["available"] is False
+    with Ledger.for_workspace(ws) as led:
+        led.append("note.added", "t", {"text": "the first note"})
+    fresh = compose(ws, TODAY)
+    assert fresh["headline"]["rule"] == "quiet day"
+    for workspace, chronicle in ((result.workspace, c), (ws, before), (ws, fresh)):
+        claims = check_post(render(workspace, chronicle, "md"), chronicle)
+        bad = [(x.text, x.fact, x.status, x.why) for x in claims if x.status != "supported"]
+        assert not bad
+    assert len(check_post(render(ws, fresh, "md"), fresh)) > 10  # "0 emails were sent", ...
+    kinds = {x.kind for x in check_post(render(result.workspace, c, "md"), c)}
+    assert {"number", "emails", "fixed", "restored"} <= kinds
 
 
 def test_every_number_of_the_gate_and_whats_next_has_a_source(
@@ -627,7 +809,10 @@ def test_checks_run_count_route_checks_ledger_checks_and_readbacks(
 def test_html_carries_the_same_content_as_markdown(
         demo: tuple[DemoResult, dict[str, Any]]) -> None:
     result, c = demo
-    page = html.unescape(re.sub(r"<[^>]+>", "", render(result.workspace, c, "html")))
+    raw = render(result.workspace, c, "html")
+    page = html.unescape(re.sub(r"<[^>]+>", "", raw))
+    # Markdown's `code` is HTML's <code>, not literal backticks
+    assert "`" not in raw and "<code>atlas recover</code>" in raw
     texts = [c["headline"]["text"], *(x["text"] for x in c["lede"]),
              *(x["text"] for x in c["built"]), *(x["text"] for x in c["gate"]["lines"]),
              *(x["text"] for x in c["next"]["lines"]), *(t["what"] for t in c["timeline"])]
@@ -637,7 +822,7 @@ def test_html_carries_the_same_content_as_markdown(
     texts += [s["path"] for s in c["status_files"]]
     texts += [f"[{s['ref']}] {s['name']}" for s in c["sources"]]
     texts += [f"{n['label']}: {n['display']}" for n in c["numbers"] if not n["part_of"]]
-    missing = [t for t in texts if t not in page]
+    missing = [t for t in texts if t.replace("`", "") not in page]
     assert not missing
 
 
@@ -772,6 +957,29 @@ ZERO_SENDS = {"emails_sent": 0, "prospects_added": 300, "checks_run": 2, "checks
     ("Atlas refreshed 100 cross-sell candidates.",
      [("cross-sell candidates", 100, "unsupported")]),
     ("It took 3 seconds and 14 words.", []),
+    # honest sentences on a 0-send day: the negation anywhere before the verb in its clause
+    ("Not a single email was sent.", [("emails_sent", "none", "supported")]),
+    ("None of the drafts were sent.", [("emails_sent", "none", "supported")]),
+    ("Outbound stayed closed: nobody was emailed.", [("emails_sent", "none", "supported")]),
+    ("No one was emailed today.", [("emails_sent", "none", "supported")]),
+    ("Nothing broke and we sent the partner emails.", [("emails_sent", "some",
+                                                         "contradicted")]),
+    # a number before a send verb is the number sent, not a count of the noun
+    ("0 prospects were emailed.", [("emails_sent", 0, "supported")]),
+    ("300 prospects were emailed.", [("emails_sent", 300, "contradicted")]),
+    # other ways to say sent
+    ("The partner emails went out this morning.", [("emails_sent", "some", "contradicted")]),
+    ("The drafts were delivered to the prospects.", [("emails_sent", "some",
+                                                      "contradicted")]),
+    # hundreds and thousands; a scale that is not read is no number at all
+    ("Three hundred prospects were added.", [("prospects_added", 300, "supported")]),
+    ("Two thousand and five prospects were added.", [("prospects_added", 2005,
+                                                      "contradicted")]),
+    ("A hundred prospects were added.", [("prospects_added", 100, "contradicted")]),
+    ("Five million prospects were added.", []),
+    # a run of digits is not a count, and reading it does not fail
+    ("Token " + "7" * 16_000 + " emails were sent.", [("emails_sent", "some",
+                                                       "contradicted")]),
 ])
 def test_check_reads_numbers(post: str, expected: list[tuple[str, Any, str]] | None) -> None:
     commits = [{"author": "Matt", "agent": False}] * 2 + [{"author": "Bot", "agent": True}]
@@ -790,10 +998,40 @@ def test_check_reads_numbers(post: str, expected: list[tuple[str, Any, str]] | N
     ("In the end nothing needed to be fixed.", "contradicted"),
     ("The right report is not “database fixed.”", None),
     ("The page did not become fixed when the build completed.", None),
+    # "restored" said of a page or a route is a repair's claim, not a recovery's
+    ("The releases page was restored after the rebuild.", "supported"),
+    ("Atlas restored the wimper releases route.", "supported"),
+    ("The billing page was restored.", "unsupported"),
 ])
 def test_check_matches_fixed_claims_to_what_was_fixed(post: str, status: str | None) -> None:
     claims = check_post(post, chronicle_of({}, incidents=[REPAIR]))
     assert [x.status for x in claims] == ([status] if status else [])
+
+
+def test_check_a_restored_page_is_not_the_database_recovery() -> None:
+    day = chronicle_of({}, incidents=[recovery("recovered"), REPAIR])
+    (claim,) = check_post("The releases page was restored after the rebuild.", day)
+    assert (claim.kind, claim.fact, claim.status) == ("fixed", "repair", "supported")
+    assert "wimper-releases" in claim.why
+    (claim,) = check_post("The ledger was restored.", day)  # still needs its boundary
+    assert (claim.kind, claim.status) == ("restored", "unsupported")
+
+
+def test_check_reads_a_count_and_a_fix_in_one_sentence() -> None:
+    claims = check_post("Two routes failed; one was fixed.", chronicle_of({}, incidents=[REPAIR]))
+    assert [(x.kind, x.fact, x.status) for x in claims] == [
+        ("number", "routes", "unsupported"),  # the chronicle does not count failed routes
+        ("fixed", "repair", "supported")]
+
+
+def test_check_a_mail_to_the_owner_by_name_is_not_a_send() -> None:
+    day = chronicle_of({"emails_sent": 0, "packet_contacts": 10})
+    claims = check_post("We sent the 10 partner contacts to Matt.", day)
+    assert [(x.fact, x.claimed, x.status) for x in claims] == [
+        ("packet_contacts", 10, "supported")]
+    claims = check_post("We sent the 10 partner contacts to the CPAs.", day)
+    assert ("emails_sent", 10, "contradicted") in [(x.fact, x.claimed, x.status)
+                                                   for x in claims]
 
 
 def test_check_a_negated_fix_on_a_quiet_day_is_supported() -> None:
@@ -809,8 +1047,14 @@ def test_check_a_negated_fix_on_a_quiet_day_is_supported() -> None:
     ("Restored from hourly-20260624T225204Z. We lost no sleep over it.", "recovered",
      "unsupported"),
     ("Restored from hourly-20260624T225204Z. Nothing was lost.", "recovered", "supported"),
-    ("Restored from hourly-20260624T225204Z. Two paragraphs later. Nothing was lost.",
-     "recovered", "unsupported"),
+    ("Restored from hourly-20260624T225204Z.\n\n## Next\n\nNothing was lost.", "recovered",
+     "unsupported"),
+    # the seed's style: the boundary a few paragraphs later, in the same section
+    ("## What Broke\n\nAtlas restored from data/db/backups/hourly-20260624T225204Z/leads.db. "
+     "Then it rebuilt the indexes.\n\nThat gives me confidence in the repaired file. That "
+     "boundary matters: nothing was lost.", "recovered", "supported"),
+    ("Nothing was lost: the database was restored from hourly-20260624T225204Z.", "recovered",
+     "supported"),
     ("Restored from hourly-20260624T225204Z. Rows written after it could not be recovered.",
      "recovered", "contradicted"),
     ("The database broke, but it was restored from backup and everything is fine.",
@@ -840,6 +1084,12 @@ def test_chronicle_check_cli(cli: Any, day: Workspace, tmp_path: Path) -> None:
     post.write_text("A quiet note with nothing to check.\n")
     r = cli("chronicle", "check", str(post), home=day.home)
     assert r.exit_code == 0 and "No checkable claims found" in r.stdout
+    r = cli("chronicle", "check", str(tmp_path / "nope.md"), home=day.home)
+    assert r.exit_code == 2 and "nope.md: no such file" in r.stderr
+    post.write_bytes("Statut: réparé\n".encode("latin-1"))
+    r = cli("chronicle", "check", str(post), home=day.home)
+    assert r.exit_code == 2 and "is not UTF-8 text (byte 9 cannot be decoded)" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_the_stale_backup_line_says_how_old_in_words(day: Workspace) -> None:

@@ -3,8 +3,8 @@
 It reads the post's numeric claims (``claims.py``) and its sent / posted / fixed /
 restored claims, matches each against the day's chronicle, and lists what is
 unsupported or contradicted. A post that says "restored from backup" without
-naming the backup (or the journal) and the loss boundary, in that sentence or the
-next, is flagged: that is the claim that hides the most.
+naming the backup (or the journal) and the loss boundary, in that paragraph or
+the rest of its section, is flagged: that is the claim that hides the most.
 """
 
 from __future__ import annotations
@@ -13,12 +13,23 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .claims import NOT_NOW, Found, clause_after, clause_before, denoise, numbers, sentences
+from .claims import (
+    NOT_NOW,
+    WORDS,
+    Found,
+    Said,
+    clause_after,
+    clause_before,
+    denoise,
+    numbers,
+    read_post,
+    to_the_owner,
+)
 
-NEGATION = re.compile(r"\b(?:not|never|no|zero|none|nothing|without|didn't|did not|"
-                      r"wasn't|weren't|hasn't|haven't|isn't)\b|n't\b")
-REVIEW = re.compile(r"\bto (?:the owner|me|him|her|the founder)\b|for review|for iteration|"
-                    r"owner's inbox")
+NEGATION = re.compile(r"\b(?:not|never|no|zero|none|nothing|nobody|no one|neither|nor|"
+                      r"without|didn't|did not|wasn't|weren't|hasn't|haven't|isn't)\b|n't\b")
+# a negation before a verb reaches it unless another clause starts in between
+NEGATION_SCOPE = re.compile(r".*\b(?:and|then|so|while|after|before)\b")
 NO_LOSS = re.compile(r"\bnothing (?:was |is |has been )?lost\b|\bno (?:data |events? |rows? |"
                      r"records? )?(?:was |were |has been |have been )?lost\b|\bwithout (?:any )?"
                      r"(?:data )?loss\b|\bno (?:data )?loss\b|\blost nothing\b")
@@ -29,6 +40,8 @@ LOSS = re.compile(r"\blost events?\b|\bevents? [\d., ]+(?:were |was |are )?lost\
 RESTORE = re.compile(r"\b(?:restored|recovered)\b")  # "can restore": not a claim
 FIX = re.compile(r"\b(?:fixed|repaired|back online|came back|comes back|working again|"
                  r"works again)\b")
+SENT = r"\b(?:sent|e-?mailed|mailed|send|went out|delivered)\b"
+POSTED = r"\b(?:posted|published (?:a |the )?(?:post|tweet|thread))\b"
 TEMPORAL = re.compile(r"\b(?:when|until|before|after|once)\b")
 STOPWORDS = set("""a an the and or but of to in on at by for from with as is was were be been
 being it its this that these those we i our they he she his her their my me you your has have
@@ -37,9 +50,11 @@ then so very all every everything anything something fixed repaired back online 
 working works again got get gets become became becomes is are page pages route routes site
 sites app application service services system systems thing things issue issues problem
 problems bug bugs error errors user users because which who what when there here up down
-over into after before once until some more most how""".split())
+over into after before once until some more most how restored recovered atlas""".split()) | set(
+    WORDS)
 LEDGER_WORDS = {"database", "databases", "ledger", "db", "leads", "lead", "sqlite", "index",
                 "indexes", "indices", "journal", "file", "data", "table", "tables", "backup"}
+ROUTE_WORDS = re.compile(r"\b(?:page|pages|route|routes|site|sites|app|endpoint|url|service)\b")
 
 
 @dataclass
@@ -76,6 +91,28 @@ def facts(chronicle: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _stated(chronicle: dict[str, Any], authors: list[str]) -> dict[tuple[str, int], int]:
+    """Counts no fact of the day covers, as the chronicle's sentences read from a receipt
+    state them ("0 new and 18 updated leads from agent-status-updates.csv"): (noun,
+    value) to the receipt. A post may repeat what a receipt says."""
+    texts = [(row["what"], row["receipts"][0]) for row in chronicle.get("timeline", [])
+             if row.get("count") == 1 and row.get("receipts")]
+    texts += [(x["text"], x["receipts"][0]) for x in [*chronicle.get("built", []),
+                                                      *chronicle["gate"].get("lines", [])]
+              if x.get("receipts")]
+    for i in chronicle["broke"].get("incidents", []):
+        if i.get("receipt"):
+            texts += [(str(t), i["receipt"]) for t in (
+                *(i.get(k) for k in ("symptom", "recovery_point", "verified", "boundary")),
+                *i.get("steps", [])) if t]
+    out: dict[tuple[str, int], int] = {}
+    for text, receipt in texts:
+        for f in numbers(text, authors):
+            if f.key is None:
+                out.setdefault((f.noun, f.value), receipt)
+    return out
+
+
 def _names(author: str) -> set[str]:
     low = author.casefold().strip()
     return {low, low.split(" ")[0]} if low else set()
@@ -92,28 +129,51 @@ def _authors(chronicle: dict[str, Any]) -> list[str]:
 def check_post(text: str, chronicle: dict[str, Any]) -> list[Claim]:
     known = facts(chronicle)
     authors = _authors(chronicle)
+    receipts = _stated(chronicle, authors)
     incidents = chronicle["broke"].get("incidents", [])
     owner = chronicle.get("owner", {}).get("name", "").casefold().split(" ")[0]
-    said = sentences(text)
+    said = read_post(text)
     claims: list[Claim] = []
-    for i, sentence in enumerate(said):
-        found = numbers(sentence, authors)
-        claims += [_number(sentence, f, known) for f in found]
+    for s in said:
+        sentence = s.text
+        found = numbers(sentence, authors, owner)
+        claims += [_number(sentence, f, known, receipts) for f in found]
         keys = {f.key for f in found}
-        low = sentence.lower()
-        for verb, key, what in ((r"\b(?:sent|e-?mailed|mailed|send)\b", "emails_sent",
-                                 "emails"),
-                                (r"\b(?:posted|published (?:a |the )?(?:post|tweet|thread))\b",
-                                 "social_posts", "posts")):
+        low = _masked(sentence.lower(), found)  # a number's words are its claim alone
+        for verb, key, what in ((SENT, "emails_sent", "emails"),
+                                (POSTED, "social_posts", "posts")):
             if key not in keys:
                 claims += _did(sentence, low, verb, what, known.get(key), owner)
         claims += _fixed(sentence, low, incidents)
-        window = " ".join(said[i:i + 2])
-        claims += _restored(sentence, low, window, chronicle["broke"])
+        claims += _restored(sentence, low, _window(said, s), chronicle["broke"])
     return claims
 
 
-def _number(sentence: str, f: Found, known: dict[str, dict[str, Any]]) -> Claim:
+def _masked(low: str, found: list[Found]) -> str:
+    for f in found:
+        low = low[:f.start] + " " * (f.end - f.start) + low[f.end:]
+    return low
+
+
+def _window(said: list[Said], at: Said) -> str:
+    """Where a restore claim's backup and loss boundary may be named: its paragraph and
+    the rest of its section (the seed tells the boundary a few paragraphs later)."""
+    return " ".join(x.text for x in said if x.section == at.section
+                    and x.paragraph >= at.paragraph)
+
+
+def _negated(before: str) -> bool:
+    """A negation in the clause before the verb, with no other clause started between
+    ("not a single email was sent"; not "nothing broke and we sent the emails")."""
+    scope = NEGATION_SCOPE.sub("", before)
+    return bool(NEGATION.search(scope))
+
+
+def _number(sentence: str, f: Found, known: dict[str, dict[str, Any]],
+            receipts: dict[tuple[str, int], int]) -> Claim:
+    if f.key is None and (f.noun, f.value) in receipts:
+        return Claim(sentence, "number", f.noun, f.value, f.value, "supported",
+                     f"receipt #{receipts[f.noun, f.value]} states it")
     if f.key is None:
         return Claim(sentence, "number", f.noun, f.value, None, "unsupported",
                      f"no fact for {f.noun}: the chronicle does not count them")
@@ -144,12 +204,14 @@ def _did(sentence: str, low: str, verb: str, what: str, fact: dict[str, Any] | N
         before = clause_before(low, m.start())
         clause = before + low[m.start():]
         if what == "emails" and not re.search(r"prospect|e-?mail|outreach|lead|partner|"
-                                              r"campaign|sequence|draft", clause):
+                                              r"campaign|sequence|draft|nobody|no one",
+                                              clause):
             continue
-        if REVIEW.search(clause) or (owner and re.search(rf"\bto {re.escape(owner)}\b",
-                                                         clause)):
+        if to_the_owner(clause, owner):
             continue  # a mail to the owner, for review, is not a send
-        negated = bool(NEGATION.search(" ".join(before.split()[-4:])))
+        if re.match(r"\s*:?\s*unknown\b", low[m.end():]):
+            continue  # "Emails sent: unknown (source unavailable: ...)" claims nothing
+        negated = _negated(before)
         if m.group(0) == "send" and not negated:
             continue  # "we will send", "to send": not a claim about the day
         if NOT_NOW.search(before):
@@ -187,31 +249,42 @@ def _fixed(sentence: str, low: str, incidents: list[dict[str, Any]]) -> list[Cla
     # an adjective ("the repaired database")
     about = (clause_after(low, m.end()) if re.search(r"\b(?:the|a|an|its)\s*$", before)
              else before)
-    subject = set(re.findall(r"[a-z][a-z0-9]+", denoise(about))) - STOPWORDS
+    subject = _subject(about)
     if re.search(r"\b(?:nothing|none)\b", before):
         subject = set()  # "nothing was fixed": about every incident
+    return [_fix_claim(sentence, subject, negated, incidents, "fixed")]
+
+
+def _subject(text: str) -> set[str]:
+    return set(re.findall(r"[a-z][a-z0-9]+", denoise(text))) - STOPWORDS
+
+
+def _fix_claim(sentence: str, subject: set[str], negated: bool,
+               incidents: list[dict[str, Any]], verb: str) -> Claim:
+    """A claim that something was fixed (or restored, for a route), matched by its
+    subject's words to the day's repairs and recoveries."""
     fixed = [i for i in incidents if i["outcome"] in ("fixed", "recovered",
                                                       "recovered_with_loss")]
     matching = [i for i in incidents if not subject or subject & _words(i)]
     good = [i for i in matching if i in fixed]
     if negated:
         if good:
-            return [Claim(sentence, "fixed", "repair", "not fixed", len(good), "contradicted",
-                          f"{good[0]['title']} (receipt #{good[0]['receipt']})")]
-        return [Claim(sentence, "fixed", "repair", "not fixed", 0, "supported",
-                      "no repair or recovery fixed it on this day")]
+            return Claim(sentence, "fixed", "repair", f"not {verb}", len(good),
+                         "contradicted", f"{good[0]['title']} (receipt #{good[0]['receipt']})")
+        return Claim(sentence, "fixed", "repair", f"not {verb}", 0, "supported",
+                     "no repair or recovery fixed it on this day")
     if good:
-        return [Claim(sentence, "fixed", "repair", "fixed", len(good), "supported",
-                      f"{good[0]['title']} (receipt #{good[0]['receipt']})")]
+        return Claim(sentence, "fixed", "repair", verb, len(good), "supported",
+                     f"{good[0]['title']} (receipt #{good[0]['receipt']})")
     if matching:
-        return [Claim(sentence, "fixed", "repair", "fixed", 0, "contradicted",
-                      f"{matching[0]['title']} (receipt #{matching[0]['receipt']})")]
+        return Claim(sentence, "fixed", "repair", verb, 0, "contradicted",
+                     f"{matching[0]['title']} (receipt #{matching[0]['receipt']})")
     what = " ".join(sorted(subject))
-    return [Claim(sentence, "fixed", "repair", "fixed", 0, "unsupported",
-                  (f"no repair or recovery on this day is about {what!r}; fixed that day: "
-                   + "; ".join(i["title"] for i in fixed)) if fixed else
-                  "no repair receipt with outcome fixed (a readback) and no recovery on "
-                  "this day")]
+    return Claim(sentence, "fixed", "repair", verb, 0, "unsupported",
+                 (f"no repair or recovery on this day is about {what!r}; fixed that day: "
+                  + "; ".join(i["title"] for i in fixed)) if fixed else
+                 "no repair receipt with outcome fixed (a readback) and no recovery on "
+                 "this day")
 
 
 def _words(incident: dict[str, Any]) -> set[str]:
@@ -232,9 +305,17 @@ def _restored(sentence: str, low: str, window: str, broke: dict[str, Any]) -> li
     if not broke.get("known", True):
         return [Claim(sentence, "restored", "recovery", "restored", None, "unsupported",
                       f"the ledger could not be read ({broke.get('reason')})")]
-    recoveries = [i for i in broke.get("incidents", []) if i["kind"] == "recovery"]
+    negated = _negated(before)
+    clause = before + clause_after(masked, m.end())
+    subject = _subject(clause)
+    incidents = broke.get("incidents", [])
+    if not subject & LEDGER_WORDS and (ROUTE_WORDS.search(clause) or any(
+            subject & _words(i) for i in incidents if i["kind"] == "repair")):
+        # "the releases page was restored": a route came back, which a repair tells
+        return [_fix_claim(sentence, subject, negated, incidents, "restored")]
+    recoveries = [i for i in incidents if i["kind"] == "recovery"]
     done = [r for r in recoveries if r["outcome"] in ("recovered", "recovered_with_loss")]
-    if NEGATION.search(" ".join(before.split()[-4:])):
+    if negated:
         status = "contradicted" if done else "supported"
         return [Claim(sentence, "restored", "recovery", "not restored", len(done), status,
                       f"{len(done)} recovery receipt(s) on this day")]
@@ -262,7 +343,7 @@ def _restored(sentence: str, low: str, window: str, broke: dict[str, Any]) -> li
                       "names the recovery point and the loss boundary")]
     return [Claim(sentence, "restored", "recovery", "restored", source, "unsupported",
                   "says it was restored without naming " + " or ".join(missing)
-                  + " in this sentence or the next")]
+                  + " in its paragraph or the rest of its section")]
 
 
 __all__ = ["Claim", "check_post", "facts"]

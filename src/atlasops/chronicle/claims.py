@@ -27,11 +27,21 @@ WORDS: dict[str, int] = {w: i for i, w in enumerate(ONES)} | TENS
 for _tens, _t in ({"twenty": 20} | TENS).items():
     for _unit in range(1, 10):
         WORDS[f"{_tens}-{ONES[_unit]}"] = _t + _unit
-_SPELLED = "|".join(sorted(WORDS, key=len, reverse=True))
-NUM = rf"(?<![\w.#$/-])(\d{{1,3}}(?:,\d{{3}})+|\d+|{_SPELLED})(?![\w-]|[.,]\d|\s?%)"
+_SMALL = "|".join(sorted(WORDS, key=len, reverse=True))
+_HUNDREDS = rf"(?:{_SMALL}|a)\s+hundred(?:\s+(?:and\s+)?(?:{_SMALL}))?"
+_BELOW_THOUSAND = rf"(?:{_HUNDREDS}|{_SMALL})"
+_SPELLED = (rf"(?:{_BELOW_THOUSAND}|a)\s+thousand(?:,?\s+(?:and\s+)?{_BELOW_THOUSAND})?|"
+            rf"{_HUNDREDS}|{_SMALL}")
+SCALES = "hundred|thousand|million|billion|trillion"
+# Digits are bounded (a run of 16,000 digits is no count, and reading it must stay
+# linear); a number never ends before a scale word ("three hundred" is not 3, and "five
+# million", which is not read, is not 5).
+NUM = (rf"(?<![\w.#$/-])(\d{{1,3}}(?:,\d{{3}}){{1,4}}|\d{{1,12}}|{_SPELLED})"
+       rf"(?![\w-]|[.,]\d|\s?%|\s+(?:{SCALES})\b)")
 STOP = ("and|or|but|to|of|from|in|on|at|with|were|was|are|is|be|been|by|for|the|a|an|than|"
         "more|fewer|less|other|extra|that|which|this|these|those|per|each|every|not|no|it|"
-        "they|we|he|she|out|all|only|just|about|over|under|after|before|came|had|have|has")
+        "they|we|he|she|out|all|only|just|about|over|under|after|before|came|had|have|has|"
+        + SCALES)
 MOD = rf"(?!(?:{STOP})\b)[a-z][a-z'-]*"
 # (fact key, the noun phrase). Order does not matter: the longest match wins.
 NOUNS: list[tuple[str, str]] = [
@@ -76,6 +86,9 @@ CONTEXT_TERMS = (r"(?:by\s+)?(?:an?\s+)?(?P<term>agents?|people|humans?|built-?i
 UNITS = {"seconds", "minutes", "hours", "days", "weeks", "months", "years", "times", "ms",
          "bytes", "words", "characters", "lines", "percent", "points", "degrees", "cents",
          "dollars", "kb", "mb", "gb", "steps", "ways", "parts", "others", "ones", "things"}
+# Words ending in s that are not plural nouns ("one was fixed", "one has", "its")
+NOT_NOUNS = ("was|has|is|its|this|thus|does|his|hers|ours|yours|theirs|us|as|plus|less|"
+             "unless|across|always|perhaps|besides|whereas|yes|towards|afterwards")
 # Before a claim in its clause, these make it a plan, a condition or a wish, not a fact
 NOT_NOW = re.compile(r"\b(?:will|would|should|could|might|shall|plans? to|planning to|"
                      r"going to|needs? to|needed to|wants? to|to be|if|once|until|unless|"
@@ -99,7 +112,7 @@ NOISE = [re.compile(p) for p in (
     r"\b(?:an?)\s+\d[\d,]*\b(?!-)",  # "a 500", "a 2025 market-data article"
     r"\b(?:in|since|during|until|before|after|of|the|year|from)\s+(?:19|20)\d{2}\b",
     r"\bv?\d+(?:\.\d+)+\b",  # versions, decimals
-    r"\d+(?:\.\d+)?\s?%",
+    r"(?<![\d.])\d+(?:\.\d+)?\s?%",
     r"[$€£]\s?\d[\d,.]*",
 )]
 
@@ -120,12 +133,52 @@ def unquote(text: str) -> str:
     """Drop quoted spans; keep the words of Markdown links, emphasis and code."""
     text = re.sub(r"“[^”]*”|\"[^\"\n]*\"|‘[^’]*’|(?<![\w])'[^'\n]*'(?![\w])", " ", text)
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
-    return re.sub(r"(?<!\w)[*_`]+|[*_`]+(?!\w)|^#+\s*|^>\s*", "", text, flags=re.M)
+    return re.sub(r"(?<!\w)[*_`]+|[*_`]+(?!\w)|^>\s*", "", text, flags=re.M)
 
 
-def sentences(text: str) -> list[str]:
-    parts = re.split(r"(?<=[.!?])\s+|\n+", unquote(text))
-    return [p.strip(" -•\t") for p in parts if p.strip(" -•\t")]
+@dataclass(frozen=True)
+class Said:
+    """A sentence of a post, and where it is: its section (the text under one heading)
+    and its paragraph (a block between blank lines; each list item is one too)."""
+
+    text: str
+    section: int
+    paragraph: int
+
+
+HEADING = re.compile(r"^\s{0,3}#{1,6}(?:\s+(.*?))?\s*#*\s*$")
+ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)]|\|)\s")
+NOT_CLAIMS = ("sources",)  # a section that says where numbers came from, not what happened
+
+
+def read_post(text: str) -> list[Said]:
+    """The post's sentences. Headings are titles, not claims, and so is the Sources list
+    of a chronicle; a line that wraps inside a paragraph or a list item is joined to it."""
+    blocks: list[tuple[int, int, list[str]]] = []
+    section = paragraph = 0
+    skip = False
+    for line in text.splitlines():
+        heading = HEADING.match(line)
+        if heading:
+            section, paragraph = section + 1, paragraph + 1
+            skip = (heading.group(1) or "").strip().lower() in NOT_CLAIMS
+            continue
+        if not line.strip():
+            paragraph += 1
+            continue
+        if skip:
+            continue
+        item = ITEM.match(line)
+        same = bool(blocks) and blocks[-1][:2] == (section, paragraph)
+        if same and not item:
+            blocks[-1][2].append(line.strip())
+            continue
+        paragraph += same  # each list item is a paragraph of its own
+        blocks.append((section, paragraph, [ITEM.sub("", line).strip()]))
+    return [Said(part, sec, par) for sec, par, lines in blocks
+            for part in (p.strip(" -•|\t") for p in re.split(r"(?<=[.!?])\s+",
+                                                             unquote(" ".join(lines))))
+            if part]
 
 
 def denoise(low: str) -> str:
@@ -136,7 +189,18 @@ def denoise(low: str) -> str:
 
 
 def value(token: str) -> int:
-    return WORDS[token] if token in WORDS else int(token.replace(",", ""))
+    """``"1,200"``, ``"twelve"``, ``"three hundred and five"``, ``"a thousand"``."""
+    if token[0].isdigit():
+        return int(token.replace(",", ""))
+    total = current = 0
+    for word in re.findall(r"[a-z]+(?:-[a-z]+)?", token):
+        if word == "hundred":
+            current = (current or 1) * 100
+        elif word == "thousand":
+            total, current = total + (current or 1) * 1000, 0
+        elif word in WORDS:
+            current += WORDS[word]
+    return total + current
 
 
 SEPARATORS = (",", ";", ":", "(", ")", " — ", " but ")
@@ -154,9 +218,11 @@ def clause_after(low: str, at: int) -> str:
     return low[at:min(ends) if ends else len(low)]
 
 
-def numbers(sentence: str, authors: list[str]) -> list[Found]:
+def numbers(sentence: str, authors: list[str], owner: str = "") -> list[Found]:
+    """The numeric claims of one sentence. ``owner`` is the owner's first name: a mail
+    to the owner is not a send."""
     low = denoise(sentence.lower())
-    candidates = list(_candidates(low, authors))
+    candidates = list(_candidates(low, authors, owner))
     chosen: list[Found] = []
     for c in sorted(candidates, key=lambda c: (-(c.end - c.start), c.start)):
         if all(c.end <= k.start or c.start >= k.end for k in chosen):
@@ -167,16 +233,24 @@ def numbers(sentence: str, authors: list[str]) -> list[Found]:
                   key=lambda c: c.start)
 
 
-def _candidates(low: str, authors: list[str]) -> Iterator[Found]:
+SEND = r"(?:sent|e-?mailed|mailed|delivered)"
+SENDABLE = r"(?:e-?mails?|messages?|drafts?|prospects?|leads?|contacts?|people|recipients?)"
+
+
+def _candidates(low: str, authors: list[str], owner: str) -> Iterator[Found]:
     for key, noun in NOUNS:
         for m in re.finditer(rf"{NUM}\s+(?:{MOD}\s+)?(?:{noun})\b", low):
             yield Found(m.start(), m.end(), key, value(m.group(1)), m.group(0))
         for m in re.finditer(rf"\b(?:{noun})\s*:\s*{NUM}", low):
             if not re.search(rf"{NUM}\s*$", low[:m.start()]):  # "3 commits landed: 1 by"
                 yield Found(m.start(), m.end(), key, value(m.group(1)), m.group(0))
-    for m in re.finditer(rf"\b(?:sent|e-?mailed|mailed|went out to)\s+"
-                         rf"(?:(?:out|the|all|only|just)\s+)*{NUM}(?:\s+{MOD}){{0,2}}", low):
-        if not _to_the_owner(low, m.start(), m.end()):
+    # a number before or after a send verb is the number sent ("0 prospects were emailed"
+    # is a send of none, not a count of prospects added)
+    for m in (*re.finditer(rf"{NUM}\s+(?:{MOD}\s+)?{SENDABLE}\s+(?:(?:were|was|got|have|"
+                           rf"has|had|been)\s+)*{SEND}\b", low),
+              *re.finditer(rf"\b(?:{SEND}|went out to)\s+(?:(?:out|the|all|only|just)\s+)*"
+                           rf"{NUM}(?:\s+{MOD}){{0,2}}", low)):
+        if not to_the_owner(low[m.start():], owner):
             yield Found(m.start(), m.end(), "emails_sent", value(m.group(1)), m.group(0))
     for m in re.finditer(rf"{NUM}\s+{CONTEXT_TERMS}", low):
         term = m.group("term").rstrip("s").replace("builtin", "built-in").replace(
@@ -195,20 +269,21 @@ def _candidates(low: str, authors: list[str]) -> Iterator[Found]:
 
 def _uncovered(low: str) -> Iterator[Found]:
     """A number next to a plural noun that no pattern knows: "100 cross-sell candidates"."""
-    for m in re.finditer(rf"{NUM}\s+(?:(?P<mod>{MOD})\s+)?(?P<noun>[a-z][a-z-]*[a-rt-z]s)\b",
-                         low):
+    for m in re.finditer(rf"{NUM}\s+(?:(?P<mod>{MOD})\s+)?(?!(?:{NOT_NOUNS})\b)"
+                         r"(?P<noun>[a-z][a-z-]*[a-rt-z]s)\b", low):
         if m.group("noun") not in UNITS:
             noun = " ".join(x for x in (m.group("mod"), m.group("noun")) if x)
             yield Found(m.start(), m.end(), None, value(m.group(1)), noun)
 
 
-def _to_the_owner(low: str, start: int, end: int) -> bool:
-    """A mail to the owner, for review, is not a send."""
-    rest = low[start:]
-    stop = min([i for i in (rest.find(s) for s in (",", ";", ".")) if i != -1] or [len(rest)])
-    return bool(re.search(r"\bto (?:the owner|me|him|her|the founder)\b|for review|"
-                          r"for iteration|owner's inbox", rest[:stop]))
+def to_the_owner(text: str, owner: str = "") -> bool:
+    """Whether the clause starting ``text`` sends to the owner (by role, or by the
+    owner's first name), or for review: a mail for review is not a send."""
+    stop = min([i for i in (text.find(s) for s in (",", ";", ".")) if i != -1] or [len(text)])
+    who = rf"|{re.escape(owner)}" if owner else ""
+    return bool(re.search(rf"\bto (?:the owner|me|him|her|the founder{who})\b|for review|"
+                          r"for iteration|owner's inbox", text[:stop]))
 
 
-__all__ = ["NOT_NOW", "NUM", "Found", "clause_after", "clause_before", "denoise", "numbers",
-           "sentences", "unquote", "value"]
+__all__ = ["NOT_NOW", "NUM", "Found", "Said", "clause_after", "clause_before", "denoise",
+           "numbers", "read_post", "to_the_owner", "unquote", "value"]

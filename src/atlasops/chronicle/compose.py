@@ -19,8 +19,8 @@ from .gitlog import Commit, read_git
 from .incidents import incidents
 from .numbers import Number, git_numbers, held_numbers, is_builtin, ledger_numbers, waiting_numbers
 from .prose import Line, age, are, clock, count, join, sentence, were
-from .sources import LedgerDay, SourceInfo, read_ledger
-from .timeline import NOUNS, timeline
+from .sources import NO_RECORD, LedgerDay, SourceInfo, read_ledger
+from .timeline import NOUNS, lane_change, timeline
 
 SECTION_SOURCES = {
     "What Got Built": ("ledger", "git", "worklog"),
@@ -82,32 +82,17 @@ def _confidence(needed: tuple[str, ...], groups: dict[str, list[SourceInfo]]
 
 # -- the headline and the opening lines -----------------------------------------
 
-def _headline(ledger: LedgerDay | None, commits: list[Commit] | None,
-              info: SourceInfo) -> dict[str, str]:
+def _headline(ledger: LedgerDay | None, found: list[dict[str, Any]],
+              commits: list[Commit] | None, info: SourceInfo) -> dict[str, str]:
     if ledger is None:
+        if info.reason.startswith(NO_RECORD):
+            return {"text": f"Atlas has no record of this day: the ledger starts on "
+                            f"{info.reason.removeprefix(NO_RECORD)[:10]}.",
+                    "rule": "before the ledger"}
         return {"text": f"The ledger could not be read ({info.reason}), so the day's "
                         "record is incomplete.", "rule": "ledger unavailable"}
-    for outcome, rule in (("recovered_with_loss", "incident with loss"),
-                          ("failed", "failed recovery"), (None, "open incident"),
-                          ("recovered", "recovered incident")):
-        if outcome is None and (ledger.detection is not None or ledger.damaged_tables):
-            why = ("corruption was detected" if ledger.detection is not None else
-                   "quick_check fails for " + join([t.split(" ")[0]
-                                                    for t in ledger.damaged_tables]))
-            return {"text": f"The ledger is damaged ({why}) and has not been recovered yet.",
-                    "rule": rule}
-        for r in ledger.of_kind("recovery"):
-            if r.outcome == outcome:
-                return {"text": _recovery_headline(r.outcome, r.body), "rule": rule}
-    for outcome, rule in (("not_fixed", "failed repair"), ("fixed", "repair")):
-        for r in ledger.of_kind("repair"):
-            if r.outcome == outcome:
-                route = r.subject.removeprefix("route:")
-                text = (f"Route {route} was failing and was repaired: "
-                        f"{r.summary.removeprefix('Fixed: ')}" if outcome == "fixed" else
-                        f"Route {route} is failing and its repair did not fix it: "
-                        f"{r.summary.removeprefix('Not fixed: ')}")
-                return {"text": sentence(text), "rule": rule}
+    if found:  # incidents come ranked by the headline rules
+        return {"text": found[0]["headline"], "rule": found[0]["rule"]}
     deploys = ledger.of_kind("deploy")
     if deploys:
         sites = sorted({d.subject.removeprefix("site:") for d in deploys})
@@ -124,20 +109,6 @@ def _headline(ledger: LedgerDay | None, commits: list[Commit] | None,
     return {"text": f"A quiet day: {count(ledger.events_total, 'event')} "
                     f"{were(ledger.events_total)} recorded and nothing broke.",
             "rule": "quiet day"}
-
-
-def _recovery_headline(outcome: str, body: dict[str, Any]) -> str:
-    backup = body.get("backup") or {}
-    source = (f"backup {backup['name']} (recovery point: event {backup.get('hwm_event_id')})"
-              if backup.get("name") else "the journal alone (no backup was used)")
-    if outcome == "failed":
-        return "The ledger was damaged and its recovery failed; nothing was changed."
-    if outcome == "recovered":
-        return f"The ledger was damaged and was restored from {source}; nothing was lost."
-    ranges = (body.get("loss") or {}).get("lost_event_ranges") or []
-    lost = (f"events {', '.join(f'{a}..{b}' for a, b in ranges)} could not be recovered"
-            if ranges else "the loss is stated in What Broke")
-    return f"The ledger was damaged and was restored from {source}, but {lost}."
 
 
 def _lede(numbers: dict[str, Number]) -> list[Line]:
@@ -221,10 +192,11 @@ def _agent_jobs(ledger: LedgerDay) -> list[Line]:
     return out
 
 
-def _broke(ledger: LedgerDay | None, info: SourceInfo) -> dict[str, Any]:
+def _broke(ledger: LedgerDay | None, found: list[dict[str, Any]],
+           info: SourceInfo) -> dict[str, Any]:
     if ledger is None:
         return {"known": False, "reason": info.reason, "incidents": []}
-    return {"known": True, "reason": "", "incidents": incidents(ledger)}
+    return {"known": True, "reason": "", "incidents": found}
 
 
 def _gate(ledger: LedgerDay | None, info: SourceInfo, sent: Number,
@@ -243,10 +215,7 @@ def _gate(ledger: LedgerDay | None, info: SourceInfo, sent: Number,
                           f"{are(number.value or 0)} held because {why}.", refs,
                           [run] if run else []))
     for r in ledger.of_kind("lane.change"):
-        ev = r.body.get("evidence", {})
-        verb = "closed" if ev.get("was_open") else "opened"
-        lines.append(Line(f"At {clock(r.ts)}, {_who(str(r.body.get('actor', '')))} {verb} lane "
-                          f"{ev.get('lane')}: “{ev.get('reason', '')}”.", [], [r.id]))
+        lines.append(Line(f"At {clock(r.ts)}, {lane_change(r)}", [], [r.id]))
     refused = ledger.of_kind("effect.refused")
     if refused:
         lines.append(Line(f"{count(len(refused), 'side effect')} {were(len(refused))} "
@@ -254,12 +223,6 @@ def _gate(ledger: LedgerDay | None, info: SourceInfo, sent: Number,
                           [r.id for r in refused][:GROUP_OVER]))
     return {"known": True, "reason": "", "lines": [x.to_dict() for x in lines],
             "numbers": [sent.to_dict(), *(n.to_dict() for n, _ in held)]}
-
-
-def _who(actor: str) -> str:
-    """``owner:matt@x.example`` as "the owner (matt@x.example)"."""
-    role, _, name = actor.partition(":")
-    return f"the {role} ({name})" if name and role in ("owner", "agent") else actor or "someone"
 
 
 def _next(ledger: LedgerDay | None, info: SourceInfo, stale_hours: float,
@@ -276,17 +239,15 @@ def _next(ledger: LedgerDay | None, info: SourceInfo, stale_hours: float,
         "approved_waiting": f"{count(v['approved_waiting'], 'approved draft')} "
                             f"{are(v['approved_waiting'])} waiting; they go out only through "
                             "an open lane and the outbox.",
-        "approval_ready": f"{count(v['approval_ready'], 'draft')} {are(v['approval_ready'])} "
-                          "approval-ready and wait for the owner's approval.",
-        "send_ready": f"{count(v['send_ready'], 'draft')} {are(v['send_ready'])} send-ready "
-                      "but not approval-ready: reviewable, while the gate does not hold for "
-                      f"{'it' if v['send_ready'] == 1 else 'them'} yet.",
         "ambiguous_sends": f"{count(v['ambiguous_sends'], 'send')} {are(v['ambiguous_sends'])}"
                            " ambiguous and need a human (`atlas outbox resolve`).",
         "touches_due": f"{count(v['touches_due'], 'touch', 'touches')} "
                        f"{are(v['touches_due'])} due.",
     }
-    lines = [Line(said[n.key], refs) for n in numbers if n.value]
+    lines: list[Line] = []
+    for n in numbers:  # send-ready drafts are told per lane
+        if n.value:
+            lines += [Line(said[n.key], refs)] if n.key in said else _send_ready(ledger, refs)
     lines += [Line(f"Route {route} is failing its last check.", [], [rid])
               for route, rid in ledger.waiting.failing_routes]
     newest = ledger.waiting.newest_backup
@@ -301,6 +262,19 @@ def _next(ledger: LedgerDay | None, info: SourceInfo, stale_hours: float,
                           "no failing route, and the backups are fresh.", refs))
     return {"known": True, "reason": "", "numbers": [n.to_dict() for n in numbers],
             "lines": [x.to_dict() for x in lines]}
+
+
+def _send_ready(ledger: LedgerDay, refs: list[int]) -> list[Line]:
+    """Send-ready drafts, per lane: whether the owner may approve them is the gate's call,
+    and a closed lane is the one reason known without asking it."""
+    out = []
+    for lane, (n, open_) in ledger.waiting.send_ready.items():
+        they, them = ("it", "it") if n == 1 else ("they", "them")
+        out.append(Line(f"{count(n, 'draft')} {are(n)} send-ready in lane {lane}: " + (
+            f"`atlas gate status` says whether the owner can approve {them} now." if open_
+            else f"{they} can be reviewed, but the gate does not allow approval while the "
+                 "lane is closed."), refs))
+    return out
 
 
 def _sources(infos: list[SourceInfo], numbers: list[Number]) -> tuple[
@@ -345,18 +319,19 @@ def compose(ws: Workspace, day: date) -> dict[str, Any]:
     numbers = git_numbers(commits, git_infos) + ledger_numbers(ledger, ledger_info)
     listed, ref = _sources(infos, numbers)
     by_key = {n.key: n for n in numbers}
+    found = incidents(ledger) if ledger is not None else []
     return {
         "date": day.isoformat(),
         "workspace": str(ws.home),
         "owner": {"name": ws.config.owner.name},
-        "headline": _headline(ledger, commits, ledger_info),
+        "headline": _headline(ledger, found, commits, ledger_info),
         "lede": [x.to_dict() for x in _lede(by_key)],
         "confidence": {"overall": overall, "missing": overall_missing,
                        "sections": sections},
         "sources": listed,
         "built": [x.to_dict() for x in _built(ledger, worklog_file, ref)],
         "commits": [c.__dict__ for c in commits or []],
-        "broke": _broke(ledger, ledger_info),
+        "broke": _broke(ledger, found, ledger_info),
         "gate": _gate(ledger, ledger_info, by_key["emails_sent"], ref["ledger"]),
         "timeline": timeline(ledger, commits),
         "numbers": [x.to_dict() for x in numbers],

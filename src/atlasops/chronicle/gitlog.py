@@ -6,7 +6,9 @@ rebase or a cherry-pick keeps from long ago. Commits are listed from every branc
 tag and remote-tracking ref (never ``refs/stash``: a stash is not work that landed),
 inside a window a month wider than the day on each side, and filtered to the day
 here, by their timestamp, so a commit whose clock ran backwards is still found. The
-same commit reachable from two configured repositories is counted once.
+same commit reachable from two configured repositories is counted once. A path may
+be a work tree's top level or a bare repository; git runs without any ``GIT_*``
+variable of Atlas's own environment, so nothing points it at another repository.
 """
 
 from __future__ import annotations
@@ -78,9 +80,12 @@ def _path(ws: Workspace, repo: GitRepo) -> Path:
 
 
 def _git(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run git on ``path`` alone: every ``GIT_*`` variable of Atlas's own environment is
+    dropped, so ``GIT_DIR`` (or ``GIT_WORK_TREE``, ...) cannot point it elsewhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
         return subprocess.run(["git", "-C", str(path), *args], capture_output=True,
-                              text=True, timeout=60, errors="replace")
+                              text=True, timeout=60, errors="replace", env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RepoUnreadable(f"git could not run: {exc}") from exc
 
@@ -89,15 +94,28 @@ def _first_line(out: subprocess.CompletedProcess[str], default: str) -> str:
     return (out.stderr.strip().splitlines() or [default])[0][:200]
 
 
+def _same(a: str | Path, b: str | Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _check_toplevel(path: Path) -> None:
-    """The path must be a repository itself, not a folder inside another one."""
+    """The path must be a repository itself, not a folder inside another one: a bare
+    repository's git directory, or a work tree's top level."""
     if not path.exists():
         raise RepoUnreadable("the path does not exist")
-    out = _git(path, "rev-parse", "--show-toplevel")
+    out = _git(path, "rev-parse", "--is-bare-repository", "--absolute-git-dir")
     if out.returncode != 0:
         raise RepoUnreadable(_first_line(out, "not a git repository"))
+    bare, _, git_dir = out.stdout.strip().partition("\n")
+    if bare.strip() == "true":
+        if not _same(git_dir, path):
+            raise RepoUnreadable(f"not a git repository (inside {git_dir})")
+        return
+    out = _git(path, "rev-parse", "--show-toplevel")
+    if out.returncode != 0:  # the .git directory of a work tree
+        raise RepoUnreadable(f"not a git repository (inside {os.path.dirname(git_dir)})")
     top = out.stdout.strip()
-    if os.path.realpath(top) != os.path.realpath(path):
+    if not _same(top, path):
         raise RepoUnreadable(f"not a git repository (inside {top})")
 
 

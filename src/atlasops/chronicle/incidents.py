@@ -8,17 +8,18 @@ that verified it, and what the user can do now.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .prose import clock, count, join, sentence
-from .sources import DayReceipt, LedgerDay
+from .sources import DayReceipt, Detection, LedgerDay
 
 # The recovery steps worth telling, in the recovery's own order, in plain words.
 # Steps left out are told elsewhere: the diagnosis is the symptom, the chosen backup
-# is the recovery point, the verification is the checks.
+# is the recovery point, the verification is the checks. ``None``: said from the body.
 RECOVERY_STEPS = {
     "quarantine": "Moved the damaged file aside into quarantine (kept, never deleted).",
-    "restore": None,  # the result says what was restored
+    "restore": None,
     "reindex": "Rebuilt every index.",
     "salvage": None,
     "replay": None,
@@ -26,9 +27,21 @@ RECOVERY_STEPS = {
                        "in quarantine.",
     "atomic swap": "Swapped the verified copy into place.",
 }
+# The headline rules, most important first: incidents are listed in this order, and
+# the first one is the day's headline.
+RULES = {("recovery", "recovered_with_loss"): "incident with loss",
+         ("recovery", "failed"): "failed recovery",
+         ("detection", "open"): "open incident",
+         ("detection", "recovered_later"): "open incident",
+         ("recovery", "recovered"): "recovered incident",
+         ("repair", "not_fixed"): "failed repair",
+         ("repair", "fixed"): "repair"}
+ORDER = list(dict.fromkeys(RULES.values()))
 
 
 def incidents(ledger: LedgerDay) -> list[dict[str, Any]]:
+    """The day's incidents, most important first (see RULES); each carries the rule that
+    ranks it and the sentence that headlines the day when it comes first."""
     out = []
     for r in ledger.receipts:
         if r.kind == "recovery" and r.outcome != "not_broken":
@@ -36,22 +49,43 @@ def incidents(ledger: LedgerDay) -> list[dict[str, Any]]:
         elif r.kind == "repair" and r.outcome in ("fixed", "not_fixed"):
             out.append(_repair(r))
     if ledger.detection is not None:
-        d = ledger.detection
-        out.append(_open("Corruption was detected and has not been recovered",
-                         f"At {clock(d.ts)} UTC, {d.summary or 'corruption was detected'} "
-                         f"(event {d.event_id}, in the {d.where})."))
+        out.append(_detection(ledger.detection))
     elif ledger.damaged_tables:
+        tables = join([t.split(" ")[0] for t in ledger.damaged_tables])
         out.append(_open("The ledger fails quick_check and has not been recovered",
-                         "quick_check fails for " + join(ledger.damaged_tables) + "."))
-    return out
+                         "quick_check fails for " + join(ledger.damaged_tables) + ".",
+                         f"The ledger is damaged (quick_check fails for {tables}) and has "
+                         "not been recovered yet."))
+    for i in out:
+        i["rule"] = RULES.get((i["kind"], i["outcome"]), "incident")
+    return sorted(out, key=lambda i: ORDER.index(i["rule"]) if i["rule"] in ORDER
+                  else len(ORDER))
 
 
-def _open(title: str, symptom: str) -> dict[str, Any]:
+def _detection(d: Detection) -> dict[str, Any]:
+    symptom = (f"At {clock(d.ts)} UTC, {d.summary or 'corruption was detected'} "
+               f"(event {d.event_id}, in the {d.where}).")
+    if d.recovered_by is None or d.recovered_at is None:
+        return _open("Corruption was detected and has not been recovered", symptom,
+                     f"The ledger is damaged (corruption was detected at {clock(d.ts)} UTC) "
+                     "and has not been recovered yet.")
+    later = f"on {d.recovered_at[:10]} at {clock(d.recovered_at)} UTC"
+    return {**_open("Corruption was detected and was not recovered that day", symptom, ""),
+            "outcome": "recovered_later", "verified": "Nothing verified the ledger that day.",
+            "boundary_label": "Recovered later",
+            "boundary": f"The recovery in receipt #{d.recovered_by} closed it, {later}.",
+            "headline": f"The ledger was found damaged at {clock(d.ts)} UTC and was not "
+                        f"recovered that day (it was recovered {later}, receipt "
+                        f"#{d.recovered_by})."}
+
+
+def _open(title: str, symptom: str, headline: str) -> dict[str, Any]:
     return {"kind": "detection", "title": title, "outcome": "open", "receipt": None,
             "symptom": symptom, "recovery_point": None, "steps": [], "steps_intro": "",
             "verified": "Nothing has verified the ledger since.",
             "boundary_label": "Next",
-            "boundary": "Run `atlas db check --full`, then `atlas recover`."}
+            "boundary": "Run `atlas db check --full`, then `atlas recover`.",
+            "headline": headline}
 
 
 def _recovery(r: DayReceipt) -> dict[str, Any]:
@@ -82,7 +116,22 @@ def _recovery(r: DayReceipt) -> dict[str, Any]:
             "recovery_point": source, "steps": _recovery_steps(b), "steps_intro": "",
             "verified": verified if checks else "No check was recorded.",
             "boundary_label": "Loss boundary",
-            "boundary": str(loss.get("statement") or r.summary)}
+            "boundary": str(loss.get("statement") or r.summary),
+            "headline": _recovery_headline(r.outcome, b)}
+
+
+def _recovery_headline(outcome: str, body: dict[str, Any]) -> str:
+    backup = body.get("backup") or {}
+    source = (f"backup {backup['name']} (recovery point: event {backup.get('hwm_event_id')})"
+              if backup.get("name") else "the journal alone (no backup was used)")
+    if outcome == "failed":
+        return "The ledger was damaged and its recovery failed; nothing was changed."
+    if outcome == "recovered":
+        return f"The ledger was damaged and was restored from {source}; nothing was lost."
+    ranges = (body.get("loss") or {}).get("lost_event_ranges") or []
+    lost = (f"events {', '.join(f'{a}..{b}' for a, b in ranges)} could not be recovered"
+            if ranges else "the loss is stated in What Broke")
+    return f"The ledger was damaged and was restored from {source}, but {lost}."
 
 
 def _symptom(body: dict[str, Any]) -> str:
@@ -98,20 +147,31 @@ def _recovery_steps(body: dict[str, Any]) -> list[str]:
         if result.startswith(("failed", "could not")):
             steps.append(sentence(f"{name} failed: {result}"))
         elif name in RECOVERY_STEPS:
-            steps.append(RECOVERY_STEPS[name] or sentence(result))
+            steps.append(RECOVERY_STEPS[name] or _said(name, result, body))
     return steps
+
+
+def _said(step: str, result: str, body: dict[str, Any]) -> str:
+    """A restore or a replay from the receipt's own fields; any other step as recorded."""
+    backup = body.get("backup") or {}
+    if step == "restore" and backup.get("name"):
+        return f"Restored backup {backup['name']} into a work copy."
+    if step == "replay":
+        mark = int(backup.get("hwm_event_id") or 0)
+        last = int(((body.get("loss") or {}).get("recovery_point") or {}).get("event_id") or 0)
+        salvaged = len((body.get("evidence") or {}).get("merged_from_salvage") or [])
+        where = "the backup's mark" if backup.get("name") else "the start"
+        if last <= mark:
+            return f"Nothing needed replaying after {where} (event {mark})."
+        return (f"Replayed events {mark + 1}..{last} after {where}, from the journal"
+                + (f" ({salvaged} of them salvaged from the damaged file)" if salvaged
+                   else "") + ".")
+    return sentence(result)
 
 
 def _repair(r: DayReceipt) -> dict[str, Any]:
     b = r.body
     route = r.subject.removeprefix("route:")
-    promise, _, failure = _symptom(b).partition(": it does not (")
-    symptom = (f"{promise}, but it did not: {failure.removesuffix(')')}" if failure
-               else promise)
-    snippet = (b.get("symptom") or {}).get("snippet") if isinstance(b.get("symptom"),
-                                                                    dict) else None
-    if snippet:
-        symptom = sentence(symptom) + f" The page said: “{str(snippet)[:120]}”"
     runbook = b.get("evidence", {}).get("runbook")
     steps = [f"{a.get('name')}: {a.get('result')}" for a in b.get("actions", [])]
     readback = b.get("readback") or {}
@@ -126,14 +186,41 @@ def _repair(r: DayReceipt) -> dict[str, Any]:
         verified = ("The readback still fails"
                     + (f": {bad[0]['name']}: {bad[0].get('detail', '')}" if bad else ""))
     fixed = r.outcome == "fixed"
+    now = r.summary.removeprefix("Fixed: ").removeprefix("Not fixed: ")
     return {"kind": "repair", "title": f"Route {route} was failing" + (
                 " and was fixed" if fixed else " and is still failing"),
             "outcome": r.outcome, "receipt": r.id, "route": route,
-            "symptom": sentence(symptom), "recovery_point": None, "steps": steps,
+            "symptom": _route_symptom(b), "recovery_point": None, "steps": steps,
             "steps_intro": f"The runbook {runbook} ran:" if runbook else "",
             "verified": sentence(verified),
             "boundary_label": "Now" if fixed else "Still broken",
-            "boundary": sentence(r.summary.removeprefix("Fixed: "))}
+            "boundary": sentence(now),
+            "headline": sentence(f"Route {route} was failing and was repaired: {now}" if fixed
+                                 else f"Route {route} is failing and its repair did not fix "
+                                      f"it: {now}")}
+
+
+def _route_symptom(body: dict[str, Any]) -> str:
+    """``GET /x returns 200 ...: it does not (status: 500 (expected 200))`` as "GET /x
+    answered 500 instead of 200 (the page said: “...”)."."""
+    found = body.get("symptom")
+    s: dict[str, Any] = found if isinstance(found, dict) else {}
+    promise = _symptom(body).partition(": it does not (")[0]
+    request = promise.partition(" returns ")[0] or promise
+    bad = [c for c in s.get("checks", []) if isinstance(c, dict) and not c.get("passed")]
+    first = bad[0] if bad else {}
+    detail = str(first.get("detail", ""))
+    expected = re.fullmatch(r"(\d+) \(expected (\d+)\)", detail)
+    if first.get("name") == "status" and expected:
+        text = f"{request} answered {expected[1]} instead of {expected[2]}"
+    elif first.get("name") == "reachable":
+        text = f"{request} could not be reached ({detail})"
+    elif first:
+        text = f"{promise}, but it did not ({first.get('name')}: {detail})"
+    else:
+        text = promise
+    snippet = s.get("snippet")
+    return sentence(text + (f" (the page said: “{str(snippet)[:120]}”)" if snippet else ""))
 
 
 __all__ = ["incidents"]

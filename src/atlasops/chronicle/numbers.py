@@ -157,10 +157,8 @@ def waiting_numbers(ledger: LedgerDay) -> list[Number]:
     return [
         Number("approved_waiting", "Approved drafts waiting", w.approved, "ledger",
                f"drafts in state approved {now}"),
-        Number("approval_ready", "Drafts awaiting approval", w.approval_ready, "ledger",
-               f"drafts in state approval_ready {now}"),
-        Number("send_ready", "Send-ready drafts", w.send_ready, "ledger",
-               f"drafts in state send_ready {now}"),
+        Number("send_ready", "Send-ready drafts", sum(n for n, _ in w.send_ready.values()),
+               "ledger", f"drafts in state send_ready {now}"),
         Number("ambiguous_sends", "Ambiguous sends", w.ambiguous, "ledger",
                f"drafts in state ambiguous {now}"),
         Number("touches_due", "Touches due", w.touches_due, "ledger",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,21 @@ def sentence(text: str) -> str:
     return text if text[-1] in ".!?" else text + "."
 
 
+def who(actor: str) -> str:
+    """``owner:matt@x.example (token t1)`` as "the owner (matt@x.example, token t1)"."""
+    role, _, name = actor.partition(":")
+    if not name or role not in ("owner", "agent"):
+        return actor or "someone"
+    name, _, token = name.partition(" (token ")
+    return f"the {role} ({name}" + (f", token {token.rstrip(')')}" if token else "") + ")"
+
+
+def plurals(text: str) -> str:
+    """``40 draft(s)`` as "40 drafts", ``1 day(s)`` as "1 day"."""
+    return re.sub(r"\b(\d+) ((?:[a-z-]+ )?)([a-z-]+)\(s\)",
+                  lambda m: f"{m[1]} {m[2]}{m[3]}{'' if m[1] == '1' else 's'}", text)
+
+
 @dataclass
 class Line:
     """A sentence of the chronicle, with what it rests on: ``refs`` point into the
@@ -63,4 +79,4 @@ class Line:
         return {"text": self.text, "refs": self.refs, "receipts": self.receipts}
 
 
-__all__ = ["Line", "age", "are", "clock", "count", "join", "sentence", "were"]
+__all__ = ["Line", "age", "are", "clock", "count", "join", "plurals", "sentence", "were", "who"]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
+import re
 from pathlib import Path
 from typing import Any
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 
+from ..fsutil import replace_durably
 from ..workspace import Workspace
 
 FORMATS = ("md", "html", "json")
@@ -35,8 +37,15 @@ def _environment(custom: str | None) -> Environment:
     if custom is not None:
         loaders.append(FileSystemLoader(custom))
     loaders.append(PackageLoader("atlasops", "chronicle/templates"))
-    return Environment(loader=ChoiceLoader(loaders), keep_trailing_newline=True,
-                       autoescape=select_autoescape(["html", "html.j2"]), trim_blocks=False)
+    env = Environment(loader=ChoiceLoader(loaders), keep_trailing_newline=True,
+                      autoescape=select_autoescape(["html", "html.j2"]), trim_blocks=False)
+    env.filters["code"] = code
+    return env
+
+
+def code(text: object) -> Markup:
+    """Escaped text whose `backticked` spans (commands, names) become ``<code>``."""
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
 
 
 def render(ws: Workspace, chronicle: dict[str, Any], fmt: str) -> str:
@@ -53,10 +62,7 @@ def write(ws: Workspace, chronicle: dict[str, Any], formats: list[str],
     paths = []
     for fmt in formats:
         path = target / f"{chronicle['date']}.{fmt}"
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(render(ws, chronicle, fmt), encoding="utf-8")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        replace_durably(path, render(ws, chronicle, fmt).encode("utf-8"))
         paths.append(path)
     return paths
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ..durability.detect import DETECTED
 from ..ledger import Journal, canonical_json
-from ..ledger.journal import Located
+from ..ledger.journal import Located, Tail
+from ..ledger.lock import WriterLock
 from ..ledger.store import connect_ro
 from ..receipts import Effects
 from ..workspace import Workspace
@@ -29,6 +31,9 @@ ROUTINE = ("route.check", "ledger.verify", "ledger.replay_check", "backup", "bac
            "send")
 TS = "%Y-%m-%dT%H:%M:%S.%fZ"
 JOURNAL_LOOK = 1000  # journal events past the ledger searched for a detection
+SETTLE_SECONDS = 0.5  # how long a journal-ahead-of-ledger gap may close by itself
+LOCK_SECONDS = 10.0  # then the writer lock is waited for this long, to read it again
+NO_RECORD = "no record before "  # a day that ends before the ledger's first event
 ZERO_EFFECTS = canonical_json({"effects": Effects().model_dump()})[1:-1]
 
 
@@ -104,8 +109,7 @@ class Waiting:
     """The state now (even for a past day): what is waiting for someone."""
 
     approved: int
-    approval_ready: int
-    send_ready: int
+    send_ready: dict[str, tuple[int, bool]]  # lane: (drafts send-ready, lane open now)
     ambiguous: int
     touches_due: int
     failing_routes: list[tuple[str, int]]  # (route, the receipt that says so)
@@ -114,12 +118,18 @@ class Waiting:
 
 @dataclass
 class Detection:
-    """A ``db.corruption.detected`` with no recovery after it."""
+    """A ``db.corruption.detected``, and the recovery receipt that closed it, if any."""
 
     event_id: int
     ts: str
     summary: str
     where: str  # "ledger" or "journal"
+    recovered_by: int | None = None
+    recovered_at: str | None = None
+
+    def open_at(self, ts: str) -> bool:
+        """Detected before ``ts`` and not yet recovered at ``ts``."""
+        return self.ts < ts and (self.recovered_at is None or self.recovered_at >= ts)
 
 
 @dataclass
@@ -135,8 +145,9 @@ class LedgerDay:
     worklog: list[dict[str, Any]]
     waiting: Waiting
     published: int = 0  # content items set to published
-    detection: Detection | None = None
-    damaged_tables: list[str] = field(default_factory=list)
+    detection: Detection | None = None  # made on this day, still open at its end
+    damaged_tables: list[str] = field(default_factory=list)  # today only: the state now
+    unreadable: list[str] = field(default_factory=list)  # receipts left out, and why
     _by_kind: dict[str, list[DayReceipt]] | None = field(default=None, repr=False)
 
     def of_kind(self, *kinds: str) -> list[DayReceipt]:
@@ -162,10 +173,13 @@ def read_ledger(ws: Workspace, day: date) -> tuple[LedgerDay | None, SourceInfo]
         conn.row_factory = sqlite3.Row
         first = _first_event_ts(conn)
         if first is None or day_bounds(day)[1] <= first:
-            info.fail(f"no record before {first}" if first else "the ledger holds no event")
+            info.fail(f"{NO_RECORD}{first}" if first else "the ledger holds no event")
             return None, info
-        data = _read_day(conn, day)
-        _health(conn, ws, data, info)
+        data = _read_day(conn, day, {name: lane.open for name, lane in
+                                     ws.config.all_lanes().items()})
+        for text in data.unreadable:
+            info.note(text, degrade=True)
+        _health(conn, ws, day, data, info)
         return data, info
     except Exception as exc:  # the source boundary: every failure is a reason
         info.fail(why(exc))
@@ -179,7 +193,7 @@ def _first_event_ts(conn: sqlite3.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _read_day(conn: sqlite3.Connection, day: date) -> LedgerDay:
+def _read_day(conn: sqlite3.Connection, day: date, lanes_open: dict[str, bool]) -> LedgerDay:
     start, end = day_bounds(day)
     # A loose index scan: walk the distinct kinds, count each inside its own (kind, ts)
     # range. Grouping a million rows by kind would sort them all first.
@@ -189,23 +203,39 @@ def _read_day(conn: sqlite3.Connection, day: date) -> LedgerDay:
         "SELECT k, (SELECT count(*) FROM events WHERE kind = k AND ts >= ? AND ts < ?) AS n "
         "FROM kinds WHERE k IS NOT NULL", (start, end)) if r["n"]}
     routine = ",".join(f"'{k}'" for k in ROUTINE)
-    receipts = [DayReceipt(int(r["id"]), str(r["ts"]), str(r["kind"]), str(r["outcome"]),
-                           str(r["summary"]), str(r["subject"] or ""),
-                           json.loads(r["body"]) if r["body"] is not None else {})
-                for r in conn.execute(
-        "SELECT e.id, e.ts, r.kind, r.outcome, r.summary, r.subject, "
-        f"CASE WHEN r.kind IN ({routine}) THEN NULL ELSE r.body END AS body "
-        "FROM events e JOIN receipts r ON r.id = e.id WHERE e.kind = 'receipt.recorded' "
-        "AND e.ts >= ? AND e.ts < ? ORDER BY e.id", (start, end))]
+    receipts: list[DayReceipt] = []
+    unreadable: list[str] = []
+    left_out: set[int] = set()
+    for r in conn.execute(
+            "SELECT e.id, e.ts, r.kind, r.outcome, r.summary, r.subject, "
+            f"CASE WHEN r.kind IN ({routine}) THEN NULL ELSE r.body END AS body "
+            "FROM events e JOIN receipts r ON r.id = e.id WHERE e.kind = 'receipt.recorded' "
+            "AND e.ts >= ? AND e.ts < ? ORDER BY e.id", (start, end)):
+        try:
+            body = json.loads(r["body"]) if r["body"] is not None else {}
+            if not isinstance(body, dict):
+                raise ValueError(f"the body is a JSON {type(body).__name__}, not an object")
+        except ValueError as exc:  # one bad receipt is left out, not the whole ledger
+            unreadable.append(f"receipt #{r['id']} ({r['kind']}) was left out: {why(exc)}")
+            left_out.add(int(r["id"]))
+            continue
+        receipts.append(DayReceipt(int(r["id"]), str(r["ts"]), str(r["kind"]),
+                                   str(r["outcome"]), str(r["summary"]),
+                                   str(r["subject"] or ""), body))
     counted_out = ",".join(f"'{k}'" for k in COUNTED_OUT)
     # Bodies are canonical JSON; one whose counters are all 0 adds nothing, and finding
     # that text is far cheaper than parsing the body (a day of 100,000 route checks).
     effects = conn.execute(
-        "SELECT " + ", ".join(f"coalesce(sum(json_extract(r.body, '$.effects.{k}')), 0)"
+        "SELECT " + ", ".join(f"coalesce(sum(CASE WHEN json_valid(r.body) THEN json_extract("
+                              f"r.body, '$.effects.{k}') END), 0)"
                               for k in ("public_posts", "cta_changes", "spend_cents"))
-        + " FROM events e JOIN receipts r ON r.id = e.id WHERE e.kind = 'receipt.recorded' "
+        + ", group_concat(CASE WHEN json_valid(r.body) THEN NULL ELSE r.id END) "
+        "FROM events e JOIN receipts r ON r.id = e.id WHERE e.kind = 'receipt.recorded' "
         f"AND e.ts >= ? AND e.ts < ? AND r.kind NOT IN ({counted_out}) "
         "AND instr(r.body, ?) = 0", (start, end, ZERO_EFFECTS)).fetchone()
+    for rid in sorted({int(x) for x in str(effects[3] or "").split(",") if x} - left_out):
+        unreadable.append(f"receipt #{rid} was left out of the side-effect counts: its body "
+                          "is not valid JSON")  # a routine receipt's body is read only here
     # sent = accepted by the server, or settled as sent by a human afterwards
     emails = int(conn.execute(
         "SELECT count(*) FROM events e JOIN drafts d ON d.id = json_extract(e.payload, '$.id')"
@@ -228,14 +258,22 @@ def _read_day(conn: sqlite3.Connection, day: date) -> LedgerDay:
         events_total=sum(counts.values()), counts=counts, receipts=receipts,
         emails_sent=emails, emails_ambiguous=ambiguous, public_posts=int(effects[0]),
         cta_changes=int(effects[1]), spend_cents=int(effects[2]), worklog=worklog,
-        waiting=_waiting(conn), published=published)
+        waiting=_waiting(conn, lanes_open), published=published, unreadable=unreadable)
 
 
-def _waiting(conn: sqlite3.Connection) -> Waiting:
+def _waiting(conn: sqlite3.Connection, lanes_open: dict[str, bool]) -> Waiting:
+    """``lanes_open``: each lane's state in atlas.toml, for lanes never opened or closed.
+    Approval-ready is not a stored state (the gate decides it when asked), so send-ready
+    drafts are counted per lane, with whether their lane is open."""
     now = datetime.now(UTC)
     states = {str(r[0]): int(r[1]) for r in conn.execute(
         "SELECT state, count(*) FROM drafts WHERE lane != 'outbound.review' AND state IN "
-        "('approved', 'approval_ready', 'send_ready', 'ambiguous') GROUP BY state")}
+        "('approved', 'ambiguous') GROUP BY state")}
+    ready = {str(r[0]): (int(r[1]), bool(lanes_open.get(str(r[0]), False) if r[2] is None
+                                         else r[2])) for r in conn.execute(
+        "SELECT d.lane, count(*), s.open FROM drafts d LEFT JOIN lane_state s ON s.lane = "
+        "d.lane WHERE d.state = 'send_ready' AND d.lane != 'outbound.review' GROUP BY d.lane "
+        "ORDER BY d.lane")}
     touches = int(conn.execute("SELECT count(*) FROM touches WHERE status='due' AND "
                                "due_at <= ?", (now.strftime(TS),)).fetchone()[0])
     # the newest word on each route: a check, or a repair's readback
@@ -249,43 +287,106 @@ def _waiting(conn: sqlite3.Connection) -> Waiting:
     if backup is not None:
         age = now - parse_ts(str(backup["finished_at"]))
         newest = (str(backup["subject"]), age.total_seconds() / 3600)
-    return Waiting(states.get("approved", 0), states.get("approval_ready", 0),
-                   states.get("send_ready", 0), states.get("ambiguous", 0), touches,
+    return Waiting(states.get("approved", 0), ready, states.get("ambiguous", 0), touches,
                    failing, newest)
 
 
 # -- is the ledger whole? -------------------------------------------------------
 
-def _health(conn: sqlite3.Connection, ws: Workspace, data: LedgerDay,
+def _health(conn: sqlite3.Connection, ws: Workspace, day: date, data: LedgerDay,
             info: SourceInfo) -> None:
-    """What the day's numbers cannot show: a detected corruption nobody has recovered
-    from, tables that fail ``quick_check``, events the journal holds that the ledger
-    has not applied. Each degrades the ledger source, with the reason."""
-    data.damaged_tables = _damaged_tables(conn)
-    if data.damaged_tables:
-        info.note("quick_check fails for " + ", ".join(data.damaged_tables)
+    """What the day's numbers cannot show: tables that fail ``quick_check``, events the
+    journal holds that the ledger has not applied, and corruption detections. Each
+    degrades the ledger source, with the reason.
+
+    The state now (a failing table) is news on today's chronicle; a past day only notes
+    it. A detection is the incident of the day it was made on, and a dated note on each
+    later day at whose end it was still open (no recovery receipt after it yet)."""
+    start, end = day_bounds(day)
+    today = end > datetime.now(UTC).strftime(TS)
+    damaged = _damaged_tables(conn)
+    if damaged:
+        info.note("quick_check fails for " + ", ".join(damaged)
                   + " (run `atlas db check`, then `atlas recover`)", degrade=True)
-    ledger_max = int(conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
-    detection = _ledger_detection(conn)
+        data.damaged_tables = damaged if today else []
+    detections = _ledger_detections(conn)
     try:
         journal = Journal(ws.journal_dir, ws.config.journal.segment_bytes)
-        tail = journal.tail()
-        if tail.last_id > ledger_max:
-            info.note(f"the journal holds events {ledger_max + 1}..{tail.last_id} that the "
-                      "ledger has not applied yet", degrade=True)
-            # a detection is appended at the journal's end: its last events are enough
-            for item in journal.scan(after_id=max(ledger_max, tail.last_id - JOURNAL_LOOK)):
-                if isinstance(item, Located) and item.event.kind == DETECTED:
-                    detection = Detection(item.event.id, item.event.ts, str(
-                        item.event.payload.get("summary", "")), "journal")
+        head, tail = _settled(ws, journal)
+        if tail.last_id > head:
+            first, found = _unapplied(journal, head, tail)
+            detections += found
+            if first is None or first < end:  # events of this day (or before) are missing
+                info.note(f"the journal holds events {head + 1}..{tail.last_id} that the "
+                          "ledger has not applied yet", degrade=True)
     except Exception as exc:  # the journal is a second opinion: its failure is a note
-        info.note(f"the journal could not be read to look for detections: {why(exc)}",
+        info.note(f"the journal could not be compared with the ledger: {why(exc)}",
                   degrade=True)
-    if detection is not None:
-        data.detection = detection
-        info.note(f"corruption was detected at {detection.ts[:16].replace('T', ' ')} UTC "
-                  f"(event {detection.event_id}, in the {detection.where}) and has not "
-                  "been recovered", degrade=True)
+    for d in detections:
+        if not d.open_at(end):
+            continue
+        if d.ts >= start:
+            data.detection = d
+            info.note(f"corruption was detected at {_when(d.ts)} UTC (event {d.event_id}, "
+                      f"in the {d.where}) and {_since(d)}", degrade=True)
+        else:
+            info.note(f"corruption detected at {_when(d.ts)} UTC (event {d.event_id}, in "
+                      f"the {d.where}) was still open at the end of this day; {_since(d)}",
+                      degrade=True)
+
+
+def _when(ts: str) -> str:
+    """``2026-11-30T10:46:00.000Z`` as ``2026-11-30 10:46``."""
+    return ts[:16].replace("T", " ")
+
+
+def _since(d: Detection) -> str:
+    if d.recovered_by is None or d.recovered_at is None:
+        return "has not been recovered"
+    return f"was recovered at {_when(d.recovered_at)} UTC (receipt #{d.recovered_by})"
+
+
+def _ledger_head(ws: Workspace) -> int:
+    conn = connect_ro(ws.db_path)
+    try:
+        return int(conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _settled(ws: Workspace, journal: Journal) -> tuple[int, Tail]:
+    """The ledger's head and the journal's tail, taken consistently.
+
+    Every write appends to the journal first and commits second, so a write in flight
+    shows as journal events the ledger lacks. The ledger's head reaching them proves
+    they were applied; a gap that stays is read again under the writer lock, where no
+    write is in flight (a short wait for it first, so a busy writer cannot starve the
+    lock)."""
+    head, tail = _ledger_head(ws), journal.tail()
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while head < tail.last_id and time.monotonic() < deadline:
+        time.sleep(0.01)
+        head = _ledger_head(ws)
+    if head >= tail.last_id:
+        return head, tail
+    with WriterLock(ws.lock_path, timeout=LOCK_SECONDS):
+        return _ledger_head(ws), journal.tail()
+
+
+def _unapplied(journal: Journal, head: int, tail: Tail) -> tuple[str | None, list[Detection]]:
+    """The time of the first event the ledger lacks (None when the gap is too long to
+    read), and the detections among the journal's last events. A detection is appended
+    at the journal's end, so its last events are enough."""
+    after = max(head, tail.last_id - JOURNAL_LOOK)
+    first, found = None, []
+    for item in journal.scan(after_id=after):
+        if isinstance(item, Located):
+            if item.event.id == head + 1:
+                first = item.event.ts
+            if item.event.kind == DETECTED:
+                found.append(Detection(item.event.id, item.event.ts, str(
+                    item.event.payload.get("summary", "")), "journal"))
+    return first, found
 
 
 def _damaged_tables(conn: sqlite3.Connection) -> list[str]:
@@ -307,17 +408,23 @@ def _damaged_tables(conn: sqlite3.Connection) -> list[str]:
     return damaged
 
 
-def _ledger_detection(conn: sqlite3.Connection) -> Detection | None:
-    found = conn.execute("SELECT id, ts, json_extract(payload, '$.summary') FROM events "
-                         "WHERE kind = ? ORDER BY id DESC LIMIT 1", (DETECTED,)).fetchone()
-    if found is None:
-        return None
-    recovered = conn.execute("SELECT max(id) FROM receipts WHERE kind = 'recovery' AND "
-                             "outcome IN ('recovered', 'recovered_with_loss')").fetchone()[0]
-    if recovered is not None and int(recovered) > int(found[0]):
-        return None
-    return Detection(int(found[0]), str(found[1]), str(found[2] or ""), "ledger")
+def _ledger_detections(conn: sqlite3.Connection) -> list[Detection]:
+    """Every detection in the ledger, each with the first recovery receipt after it (a
+    recovery replays the detection into the recovered ledger, then records its receipt;
+    one that failed is not recorded, and would not close it)."""
+    recoveries = [(int(r[0]), str(r[1])) for r in conn.execute(
+        "SELECT r.id, e.ts FROM receipts r JOIN events e ON e.id = r.id WHERE r.kind = "
+        "'recovery' AND r.outcome != 'failed' ORDER BY r.id")]
+    out = []
+    for row in conn.execute("SELECT id, ts, json_extract(payload, '$.summary') FROM events "
+                            "WHERE kind = ? ORDER BY id", (DETECTED,)):
+        d = Detection(int(row[0]), str(row[1]), str(row[2] or ""), "ledger")
+        after = next(((rid, ts) for rid, ts in recoveries if rid > d.event_id), None)
+        if after is not None:
+            d.recovered_by, d.recovered_at = after
+        out.append(d)
+    return out
 
 
-__all__ = ["COUNTED_OUT", "ROUTINE", "DayReceipt", "Detection", "LedgerDay", "SourceInfo",
-           "Waiting", "day_bounds", "parse_ts", "read_ledger", "why"]
+__all__ = ["COUNTED_OUT", "NO_RECORD", "ROUTINE", "DayReceipt", "Detection", "LedgerDay",
+           "SourceInfo", "Waiting", "day_bounds", "parse_ts", "read_ledger", "why"]

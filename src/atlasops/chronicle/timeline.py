@@ -10,10 +10,11 @@ points at the first failure ("09:00–17:00 96 route checks: 94 passed, 2 failed
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .gitlog import Commit
-from .prose import clock, count, join
+from .prose import clock, count, join, plurals, sentence, who
 from .sources import DayReceipt, LedgerDay
 
 ALWAYS_SINGLE = ("recovery", "repair", "lane.change", "approval", "approval.voided")
@@ -35,12 +36,64 @@ def timeline(ledger: LedgerDay | None, commits: list[Commit] | None) -> list[dic
         by_kind.setdefault(r.kind, []).append(r)
     for kind, receipts in by_kind.items():
         if kind in ALWAYS_SINGLE or len(receipts) <= SINGLE_MAX:
-            rows += [_row(r.ts, None, r.summary, "ledger", [r.id], 1) for r in receipts]
+            rows += [_row(r.ts, None, phrase(r), "ledger", [r.id], 1) for r in receipts]
         else:
             rows.append(_grouped(kind, receipts))
     rows += _commit_rows(commits or [])
     rows.sort(key=lambda x: (x["sort"], x["receipts"][:1]))
     return rows
+
+
+def phrase(r: DayReceipt) -> str:
+    """A receipt as a Timeline row: its own summary, said in plain words for the kinds
+    whose summaries are terse (job runs, route checks, approvals, lane changes)."""
+    say = {"job.run": _job, "route.check": _route_check, "lane.change": lane_change,
+           "approval": _approval}.get(r.kind)
+    said = say(r) if say else None
+    return sentence(plurals(said)) if said else plurals(r.summary)
+
+
+def lane_change(r: DayReceipt) -> str:
+    """Who opened or closed which lane, and why."""
+    ev = r.body.get("evidence", {})
+    verb = "closed" if ev.get("was_open") else "opened"
+    return (f"{who(str(r.body.get('actor', '')))} {verb} lane {ev.get('lane')}: "
+            f"“{ev.get('reason', '')}”.")
+
+
+def _approval(r: DayReceipt) -> str | None:
+    actor = str(r.body.get("actor", ""))
+    return r.summary.replace(f"approved by {actor},", f"approved by {who(actor)},")
+
+
+def _job(r: DayReceipt) -> str | None:
+    ev = r.body.get("evidence", {})
+    name, ms, code = ev.get("job"), ev.get("ms"), ev.get("exit_code")
+    if not name or ms is None:
+        return None
+    took = f"{float(ms) / 1000:.1f} s"
+    if r.outcome == "ok":
+        text = f"The {name} job ran for {took}"
+    elif code not in (None, 0) and not ev.get("timed_out") and not ev.get("interrupted"):
+        text = f"The {name} job failed (exit code {code}) after {took}"
+    else:
+        return None  # a timeout or an interruption: the summary says which
+    caused = [f"{v} {k.replace('_', ' ')}" for k, v in r.body.get("effects", {}).items() if v]
+    return text + (f", causing {join(caused)}" if caused else ", with no side effect")
+
+
+def _route_check(r: DayReceipt) -> str | None:
+    """``GET /x returns 200 ...: it does NOT (status: 500 (expected 200)).``"""
+    promise, _, rest = r.summary.partition(": it does")
+    if not rest:
+        return None
+    if rest.startswith("."):
+        return f"Route check passed: {promise}"
+    status = re.fullmatch(r" NOT \(status: (\d+) \(expected (\d+)\)\)\.?", rest)
+    if status:
+        return (f"Route check failed: {promise.partition(' returns ')[0]} answered "
+                f"{status[1]} instead of {status[2]}")
+    return f"Route check failed: {promise}, but it did not{rest.removeprefix(' NOT')}"
 
 
 def _row(ts: str, until: str | None, what: str, source: str, receipts: list[int],
@@ -84,4 +137,4 @@ def _commit_rows(commits: list[Commit]) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["SINGLE_MAX", "timeline"]
+__all__ = ["SINGLE_MAX", "lane_change", "phrase", "timeline"]

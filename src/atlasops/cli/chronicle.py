@@ -88,15 +88,13 @@ def chronicle_check(
     """Check a post's numbers and sent/posted/fixed/restored claims against the day's facts.
 
     A number next to a countable noun ("8 commits", "Emails sent: 0") must match the
-    chronicle's number; dates, times, ids and quotations are not claims. "Fixed" must
-    match what was fixed; "restored" must name the backup (or the journal) and the loss
-    boundary in that sentence or the next. Exit 1 if any claim is unsupported or
-    contradicted. See docs/chronicle.md.
+    chronicle's number; dates, times, ids, headings and quotations are not claims.
+    "Fixed" must match what was fixed; "restored" must name the backup (or the journal)
+    and the loss boundary in its paragraph or the rest of its section. Exit 1 if any
+    claim is unsupported or contradicted; exit 2 if the post cannot be read. See
+    docs/chronicle.md.
     """
-    try:
-        text = post.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{post} cannot be read as UTF-8 text: {exc}") from exc
+    text = _read_post(post)
     ws = open_workspace(home)
     data = compose(ws, parse_day(date))
     claims = check_post(text, data)
@@ -118,6 +116,20 @@ def chronicle_check(
         out.print(f"{len(bad)} unsupported or contradicted claim(s).")
     if bad:
         raise typer.Exit(1)
+
+
+def _read_post(post: Path) -> str:
+    try:
+        return post.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InputError(f"{post}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{post} is a directory, not a post") from exc
+    except OSError as exc:
+        raise InputError(f"{post} cannot be read: {(exc.strerror or str(exc)).lower()}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{post} is not UTF-8 text (byte {exc.start} cannot be decoded)",
+                         hint="Save the post as UTF-8 and check it again.") from exc
 
 
 @worklog_app.command("add")
