@@ -893,6 +893,9 @@ lanes = ["outbound.review"]
     rec = cli("jobs", "run", "reviewer", "--json").json()
     assert rec["outcome"] == "ok" and maildir_count(ws) == 1
     assert rec["evidence"]["performed_effects"] == 1 and rec["effects"]["emails_sent"] == 0
+    # the gate commands a job runs act as the job run, not as the local user
+    review = cli("receipts", "list", "--kind", "packet.review", "--json").json()[0]
+    assert review["actor"] == f"job:reviewer#{rec['evidence']['run_id']}"
 
 
 def test_dropping_the_job_run_escapes_tagging_and_the_receipt_says_so(

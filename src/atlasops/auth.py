@@ -24,7 +24,7 @@ from .config import Config
 from .errors import Conflict, InputError, NotFound, PermissionDenied
 from .ledger import Ledger, NewEvent
 
-Role = Literal["owner", "agent", "local"]
+Role = Literal["owner", "agent", "local", "job"]  # "job": a verified job run, no token
 TOKEN_PREFIX = "atl_"
 
 

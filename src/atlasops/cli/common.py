@@ -20,7 +20,7 @@ from rich.text import Text
 from ..auth import Principal, authenticate
 from ..durability.detect import record_detection
 from ..errors import AtlasError, DatabaseCorrupt, StorageError
-from ..gates.effects import Capabilities
+from ..gates.effects import Capabilities, running_job
 from ..ledger import Ledger
 from ..ledger.store import storage_error
 from ..workspace import Workspace
@@ -65,9 +65,15 @@ def actor() -> str:
 
 
 def principal(ws: Workspace, ledger: Ledger) -> Principal:
-    """Who is acting, from ``$ATLAS_TOKEN`` (never from an argument)."""
-    return authenticate(ledger, ws.config, os.environ.get("ATLAS_TOKEN"),
-                        local_name=getpass.getuser())
+    """Who is acting, from ``$ATLAS_TOKEN`` (never from an argument). Work run by
+    `atlas jobs run` has no token: it acts as its job run (``job:NAME#RUN``), once the run
+    is verified against the ledger (a forged or finished run is refused, exit 8)."""
+    token = os.environ.get("ATLAS_TOKEN")
+    job_run = os.environ.get("ATLAS_JOB_RUN")
+    if not token and job_run:
+        run = running_job(ledger, job_run)
+        return Principal("job", f"{run.name}#{run.run_id}")
+    return authenticate(ledger, ws.config, token, local_name=getpass.getuser())
 
 
 def capabilities() -> Capabilities:
