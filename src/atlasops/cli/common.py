@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..auth import Principal, authenticate
-from ..durability.detect import record_detection
+from ..durability.detect import record_if_confirmed
 from ..errors import AtlasError, DatabaseCorrupt, StorageError
 from ..gates.effects import Capabilities
 from ..ledger import Ledger
@@ -92,11 +92,15 @@ def open_ledger(home: Path | None) -> Iterator[tuple[Workspace, Ledger]]:
                 principal(ws, ledger)  # a token that is set must be valid, for every command
             yield ws, ledger
     except DatabaseCorrupt as exc:
-        # Detection: the symptom goes to the journal even though the database is unusable.
-        event, _why = record_detection(ws, {"summary": exc.message,
-                                            "detected_by": "reading the ledger"})
+        # Detection: the symptom goes to the journal even though the database is unusable,
+        # once SQLite confirms the damage on a fresh connection (a detection stops writes).
+        event, why = record_if_confirmed(ws, exc)
         if event is not None:
             exc.message += f" (recorded as event {event.id}, {event.kind})"
+        elif why is not None:
+            exc.message += f" ({why})"
+            exc.hint = ("Run `atlas db check --full`: it looks again and records a detection "
+                        "if the damage is real.")
         raise
 
 

@@ -186,8 +186,14 @@ def check(
 ) -> None:
     """Check the live database and that it holds exactly the journal's events.
 
-    On failure, records `db.corruption.detected` with the symptom (in the journal, even
-    when the database cannot be written) and exits 1.
+    The ledger and the journal are compared as they stood at one moment, so writers can
+    keep working. Damage (SQLite's verdict, or a difference between ledger and journal)
+    is looked at twice; confirmed, it is recorded as `db.corruption.detected` (in the
+    journal, even when the database cannot be written: from then on nothing writes to the
+    database until `atlas recover`) and the exit code is 1. Exit 1 also while an earlier
+    detection waits for `atlas recover`. Journal events the ledger has not applied yet
+    (an interrupted write) are noted, not damage: the next command applies them. A check
+    that cannot run (the database locked by another program) records nothing: exit 5.
     """
     ws = open_workspace(home)
     result = db_check(ws, full=full, actor=actor())
@@ -195,10 +201,17 @@ def check(
         print_json(result.to_dict())
     else:
         out.print(_checks_table([c.model_dump() for c in result.checks], "Database check"))
+        for note in result.notes:
+            err.print(styled(("note:", "yellow"), f" {note}"))
         if result.ok:
             out.print(styled(("ok", "green"), ": the database is sound and ledger == journal."))
+        elif result.symptom is None:
+            err.print(styled(("PENDING", "red"), f": detection event {result.pending[-1]} "
+                             "waits for `atlas recover`; until then nothing is written. The "
+                             "file passes these checks now: `atlas recover` checks it in "
+                             "full and, if it passes, closes the detection without "
+                             "rebuilding anything."))
         else:
-            assert result.symptom is not None
             err.print(styled(("PROBLEM", "red"), f": {result.symptom['summary']}"))
             if result.event_id:
                 err.print(f"recorded as event {result.event_id} (db.corruption.detected)")

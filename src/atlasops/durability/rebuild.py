@@ -321,8 +321,10 @@ def _salvage(backup: BackupInfo | None, work: Path, steps: Steps, jr: JournalWin
 def probe_max_id(path: Path) -> int | None:
     """max(id) of the damaged file, read without changing it; None when it cannot be
     read, or when a -wal beside it could hold more (then only salvage, which reads the
-    WAL on its copy, can tell)."""
-    if Path(str(path) + "-wal").exists():
+    WAL on its copy, can tell). An empty -wal (a read-only look at the live file leaves
+    one) holds nothing."""
+    wal = Path(str(path) + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
         return None
     try:
         conn = ck.open_ro(path, immutable=True)

@@ -41,6 +41,7 @@ from ..workspace import Workspace
 from . import checks as ck
 from . import swap
 from .backup import BackupInfo, list_backups, manifest_drift, read_backup, write_json_durably
+from .detect import Inspection, inspect_ledger
 from .rebuild import (
     Built,
     JournalWindow,
@@ -74,36 +75,21 @@ class RecoveryResult:
                 "receipt_id": self.receipt_id, **self.receipt}
 
 
-def diagnose(ws: Workspace) -> dict[str, Any] | None:
-    """What is wrong with the live ledger, or None when it is healthy."""
-    journal = Journal(ws.journal_dir, ws.config.journal.segment_bytes)
-    problems: list[str] = []
-    detail: dict[str, Any] = {"db_exists": ws.db_path.exists()}
-    if not ws.journal_dir.is_dir():
-        problems.append("data/journal/ is missing")
-    if not ws.db_path.exists():
-        problems.append(f"{ws.db_path.name} is missing")
-    else:
-        qc = ck.sqlite_check(ws.db_path, "quick_check")
-        detail["quick_check"] = qc.check.detail
-        if not qc.check.passed:
-            problems.append(f"quick_check: {qc.check.detail}")
-            if qc.value is None:  # it raised: say what can be said about the file
-                detail["damage"] = ck.describe_damage(ws.db_path)
-    if not problems:
-        try:
-            report = verify(ws.db_path, journal, limit=20)
-            detail["ledger_vs_journal"] = [d.describe() for d in report.discrepancies]
-            if not report.ok:
-                problems.append(f"ledger != journal: {report.discrepancies[0].describe()}")
-        except AtlasError as exc:
-            problems.append(f"ledger cannot be read: {exc.message}")
-    # When the file itself is damaged the journal is not read here: recovery reads it
-    # anyway (after the backup's high-water mark) and adds what it finds to the symptom.
-    if not problems:
-        return None
-    return {"summary": "; ".join(problems), "detected_by": "atlas recover (quick_check, "
-            "ledger == journal)", **detail}
+def diagnose(ws: Workspace) -> tuple[dict[str, Any] | None, Inspection]:
+    """What is wrong with the live ledger (a symptom, None when nothing is), and what the
+    look found: ``quick_check``, then ledger == journal as of one moment. When the file
+    itself fails, the journal is not compared here: recovery reads it anyway (after the
+    backup's high-water mark) and adds what it finds to the symptom."""
+    found = inspect_ledger(ws, compare_damaged=False, held=True)
+    if not found.problems:
+        return None, found
+    symptom: dict[str, Any] = {
+        "summary": "; ".join(found.problems),
+        "detected_by": "atlas recover (quick_check, ledger == journal)",
+        "db_exists": ws.db_path.exists(), "checks": [c.model_dump() for c in found.checks]}
+    if found.damage:
+        symptom["damage"] = found.damage
+    return symptom, found
 
 
 # -- choosing the backup ------------------------------------------------------
@@ -301,17 +287,21 @@ def _recover_locked(ws: Workspace, *, actor: str, dry_run: bool,
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     steps = Steps()
     t0 = time.perf_counter()
-    symptom = diagnose(ws)
-    diagnosed = Action(name="diagnose", ms=elapsed_ms(t0), command="PRAGMA quick_check; "
-                       "ledger == journal (when quick_check passes)",
-                       result=symptom["summary"] if symptom else "no damage found")
+    symptom, found = diagnose(ws)
+    if symptom is None and found.unapplied is not None:
+        a, b = found.unapplied
+        symptom = {"summary": f"ledger != journal: the ledger lacks the journal's events "
+                   f"{a}..{b}", "detected_by": "atlas recover (quick_check, ledger == journal)"}
+    steps.actions.append(Action(
+        name="diagnose", ms=elapsed_ms(t0), command="PRAGMA quick_check; ledger == journal "
+        "(when quick_check passes)", result=symptom["summary"] if symptom else
+        "no damage found"))
     if symptom is None and backup_name is None:
         healthy = {"kind": "recovery", "outcome": "not_broken",
                    "summary": "The ledger is healthy (quick_check ok, ledger == journal); "
                               "nothing was changed."}
         return RecoveryResult("not_broken", EXIT_OK, healthy, dry_run=dry_run)
     symptom = symptom or {"summary": "no damage found; recovery forced with --backup"}
-    steps.actions.append(diagnosed)
 
     work = (Path(tempfile.mkdtemp(prefix="atlas-recover-")) if dry_run
             else ws.db_dir / f".recovering-{stamp}")
