@@ -1,4 +1,4 @@
-"""Detection without false alarms.
+"""Detection without false alarms, and recovery from one without a rebuild.
 
 A ``db.corruption.detected`` stops every write until `atlas recover`, so a false
 one costs the whole workspace. These tests run the real thing: writer processes
@@ -10,6 +10,7 @@ inode, plain sqlite3 reads.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import subprocess
@@ -20,12 +21,12 @@ from typing import Any
 import pytest
 
 from atlasops.durability import checks as ck
-from atlasops.durability import db_check, record_detection
+from atlasops.durability import db_check, record_detection, recover
 from atlasops.errors import DatabaseCorrupt
 from atlasops.ledger import Ledger
 from atlasops.ledger.store import is_corruption
 from atlasops.workspace import Workspace
-from tests.test_recovery import append, drop_wal, ledger_rows
+from tests.test_recovery import append, assert_exact, drop_wal, five_parts, ledger_rows
 
 DETECTED_TEXT = '"kind":"db.corruption.detected"'
 
@@ -289,6 +290,139 @@ def test_a_corruption_error_that_sqlite_does_not_confirm_is_not_recorded(
     assert "atlas db check --full" in r.stderr
     assert DETECTED_TEXT not in journal_text(ws)
     assert cli("status").exit_code == 0
+
+
+# -- recovering from a detection the file does not confirm ------------------------------
+
+
+def test_recover_closes_a_false_detection_without_rebuilding(cli: Any, ws: Workspace) -> None:
+    acked = append(ws, 300)
+    drop_wal(ws)
+    event, _ = record_detection(ws, {"summary": "ledger != journal: [ledger] event 54271: "
+                                     "in the journal but missing from the ledger",
+                                     "detected_by": "atlas db check"})
+    assert event is not None
+    acked[event.id] = event.hash
+    inode, data = ws.db_path.stat().st_ino, ws.db_path.read_bytes()
+    assert cli("status").exit_code == 5  # the detection stops every write
+    r = cli("recover", "--dry-run", "--json")
+    assert r.exit_code == 0 and r.json()["plan"]["in_place"] is True
+    assert ws.db_path.read_bytes() == data
+    r = cli("recover", "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    rec = r.json()
+    five_parts(rec)
+    assert rec["outcome"] == "not_broken" and rec["receipt_id"] == event.id + 1
+    assert rec["evidence"]["closed_detections"] == [event.id]
+    assert rec["backup"] is None and assert_exact(rec, acked, ws.db_path) == set()
+    assert ws.db_path.stat().st_ino == inode  # kept, not swapped
+    assert list(ws.quarantine_dir.iterdir()) == []  # nothing quarantined
+    assert not [p for p in ws.db_dir.iterdir() if p.name.startswith(".recovering")]
+    assert cli("status").exit_code == 0 and cli("db", "check").exit_code == 0
+    r = cli("receipts", "list", "--kind", "recovery", "--json")
+    assert [x["outcome"] for x in r.json()] == ["not_broken"]
+
+
+def test_recover_in_place_applies_what_the_ledger_lacked(ws: Workspace) -> None:
+    acked = append(ws, 200)
+    acked |= append_journal_only(ws, 4)
+    event, _ = record_detection(ws, {"summary": "x", "detected_by": "atlas db check"})
+    assert event is not None
+    acked[event.id] = event.hash
+    r = recover(ws, actor="t").to_dict()
+    five_parts(r)
+    assert r["outcome"] == "recovered" and r["exit_code"] == 0
+    assert r["evidence"]["applied"] == [201, event.id]
+    assert "201..204" in r["loss"]["statement"]
+    assert assert_exact(r, acked, ws.db_path) == set()
+
+
+LEAVE_WAL = """
+import os, sys
+from atlasops.ledger import Ledger, NewEvent
+from atlasops.workspace import Workspace
+led = Ledger.for_workspace(Workspace.open(sys.argv[1])).open()
+ids = []
+for i in range(40):
+    ids += [(e.id, e.hash) for e in led.append_many(
+        [NewEvent('note.added', 'w', {'i': i, 'pad': 'y' * 500})])]
+print(repr(ids), flush=True)
+os._exit(0)  # without closing: the WAL is not checkpointed
+"""
+
+
+def test_recover_in_place_keeps_the_wal_it_is_about_to_reuse(ws: Workspace) -> None:
+    """A damaged -wal: SQLite drops the frames after the bad one, the file still passes
+    every check, and the ledger lacks committed events the journal holds. They are
+    applied in place, and the WAL (which the next write reuses) is quarantined first."""
+    acked = append(ws, 100)
+    out = subprocess.run([sys.executable, "-c", LEAVE_WAL, str(ws.home)], check=True,
+                         capture_output=True, text=True).stdout
+    acked |= dict(eval(out))  # noqa: S307 - our own child's repr output
+    wal = Path(str(ws.db_path) + "-wal")
+    with open(wal, "r+b") as fh:
+        fh.seek(wal.stat().st_size // 2)
+        fh.write(b"\xff" * 64)
+    digest = hashlib.sha256(wal.read_bytes()).hexdigest()
+    r = recover(ws, actor="t").to_dict()
+    five_parts(r)
+    assert r["outcome"] == "recovered" and r["evidence"]["in_place"] is True
+    kept = r["evidence"]["quarantine"]["files"]["leads.db-wal"]
+    assert kept["sha256"] == digest
+    assert hashlib.sha256(Path(kept["path"]).read_bytes()).hexdigest() == digest
+    assert any(a["name"] == "quarantine" for a in r["actions"])
+    assert assert_exact(r, acked, ws.db_path) == set()
+
+
+def append_journal_only(ws: Workspace, n: int) -> dict[int, str]:
+    """n events in the journal that the ledger lacks (as after a crash before the
+    commit, or a WAL tail SQLite dropped): appended, then the ledger rolled back."""
+    copy = ws.db_path.with_name("before.db")
+    src, dst = sqlite3.connect(ws.db_path), sqlite3.connect(copy)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    acked = append(ws, n, start=10_000)
+    drop_wal(ws)
+    os.replace(copy, ws.db_path)
+    return acked
+
+
+def test_recover_after_an_in_place_run_killed_before_its_receipt(ws: Workspace) -> None:
+    """Killed after applying the detection but before recording the receipt: the
+    detection is in the ledger with no recovery after it. A rerun records the receipt."""
+    append(ws, 50)
+    event, _ = record_detection(ws, {"summary": "x", "detected_by": "atlas db check"})
+    assert event is not None
+    with Ledger.for_workspace(ws, recovering=True) as led:  # what the killed run did
+        assert led.report.caught_up == 1
+    r = recover(ws, actor="t").to_dict()
+    assert r["outcome"] == "not_broken" and r["receipt_id"] == event.id + 1
+    assert r["evidence"]["closed_detections"] == [event.id]
+    assert recover(ws, actor="t").receipt_id is None  # now healthy: nothing to record
+
+
+def test_a_file_that_fails_a_fuller_check_is_rebuilt_not_kept(ws: Workspace) -> None:
+    """quick_check and ledger == journal pass, foreign_key_check does not: the in-place
+    path refuses, and the full recovery rebuilds the tables from the events."""
+    acked = append(ws, 120)
+    conn = sqlite3.connect(ws.db_path)
+    conn.execute("UPDATE leads SET business = 'nobody' WHERE id = 1")
+    conn.commit()
+    conn.close()
+    drop_wal(ws)
+    event, _ = record_detection(ws, {"summary": "x", "detected_by": "atlas db check"})
+    assert event is not None
+    acked[event.id] = event.hash
+    inode = ws.db_path.stat().st_ino
+    r = recover(ws, actor="t").to_dict()
+    five_parts(r)
+    assert r["outcome"] == "recovered" and "foreign_key_check" in r["symptom"]["summary"]
+    assert ws.db_path.stat().st_ino != inode and list(ws.quarantine_dir.iterdir())
+    assert assert_exact(r, acked, ws.db_path) == set()
+    conn = sqlite3.connect(ws.db_path)
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    conn.close()
 
 
 def test_evidence_about_a_file_that_was_replaced_meanwhile_is_not_recorded(

@@ -312,8 +312,9 @@ def _ledger_detection(conn: sqlite3.Connection) -> Detection | None:
                          "WHERE kind = ? ORDER BY id DESC LIMIT 1", (DETECTED,)).fetchone()
     if found is None:
         return None
-    recovered = conn.execute("SELECT max(id) FROM receipts WHERE kind = 'recovery' AND "
-                             "outcome IN ('recovered', 'recovered_with_loss')").fetchone()[0]
+    # a not_broken recovery receipt closes a detection the file no longer shows (durability)
+    recovered = conn.execute("SELECT max(id) FROM receipts WHERE kind = 'recovery' AND outcome "
+                             "IN ('recovered', 'recovered_with_loss', 'not_broken')").fetchone()[0]
     if recovered is not None and int(recovered) > int(found[0]):
         return None
     return Detection(int(found[0]), str(found[1]), str(found[2] or ""), "ledger")

@@ -42,6 +42,7 @@ from . import checks as ck
 from . import swap
 from .backup import BackupInfo, list_backups, manifest_drift, read_backup, write_json_durably
 from .detect import Inspection, inspect_ledger
+from .inplace import InPlace, marks, try_in_place, unclosed_detections
 from .rebuild import (
     Built,
     JournalWindow,
@@ -288,19 +289,25 @@ def _recover_locked(ws: Workspace, *, actor: str, dry_run: bool,
     steps = Steps()
     t0 = time.perf_counter()
     symptom, found = diagnose(ws)
-    if symptom is None and found.unapplied is not None:
-        a, b = found.unapplied
-        symptom = {"summary": f"ledger != journal: the ledger lacks the journal's events "
-                   f"{a}..{b}", "detected_by": "atlas recover (quick_check, ledger == journal)"}
     steps.actions.append(Action(
         name="diagnose", ms=elapsed_ms(t0), command="PRAGMA quick_check; ledger == journal "
-        "(when quick_check passes)", result=symptom["summary"] if symptom else
-        "no damage found"))
+        "(when quick_check passes)", result=symptom["summary"] if symptom else (
+            "no damage found" + (f"; the journal's events {found.unapplied[0]}.."
+                                 f"{found.unapplied[1]} are not applied yet"
+                                 if found.unapplied else ""))))
     if symptom is None and backup_name is None:
-        healthy = {"kind": "recovery", "outcome": "not_broken",
-                   "summary": "The ledger is healthy (quick_check ok, ledger == journal); "
-                              "nothing was changed."}
-        return RecoveryResult("not_broken", EXIT_OK, healthy, dry_run=dry_run)
+        unclosed = unclosed_detections(ws)
+        if found.unapplied is None and not unclosed:
+            healthy = {"kind": "recovery", "outcome": "not_broken",
+                       "summary": "The ledger is healthy (quick_check ok, ledger == journal); "
+                                  "nothing was changed."}
+            return RecoveryResult("not_broken", EXIT_OK, healthy, dry_run=dry_run)
+        done = try_in_place(ws, found, unclosed, steps, started=started, stamp=stamp,
+                            actor=actor, dry_run=dry_run)
+        if isinstance(done, InPlace):
+            return RecoveryResult("planned" if dry_run else done.outcome, EXIT_OK,
+                                  done.receipt, done.receipt_id, dry_run=dry_run)
+        symptom = done
     symptom = symptom or {"summary": "no damage found; recovery forced with --backup"}
 
     work = (Path(tempfile.mkdtemp(prefix="atlas-recover-")) if dry_run
@@ -541,8 +548,7 @@ def _marks(ws: Workspace, src: _Sources) -> list[BackupInfo]:
     every other whose manifest states one (even one skipped for drift or a failed
     check: its events existed when it was taken). A false claim can only make recovery
     say "unknown", never "nothing lost"."""
-    return [*([src.backup] if src.backup else []),
-            *(b for b in list_backups(ws) if isinstance(b.hwm_event_id, int))]
+    return [*([src.backup] if src.backup else []), *marks(ws)]
 
 
 def _live_files(ws: Workspace) -> list[Path]:

@@ -126,7 +126,8 @@ class Ledger:
                  segment_bytes: int, *, lock_timeout: float = 60.0,
                  recovering: bool = False) -> None:
         self.db_path = Path(db_path)
-        self._recovering = recovering  # `atlas recover` recording its receipt mid-swap
+        # `atlas recover`: recording its receipt mid-swap, or applying a detection in place
+        self._recovering = recovering
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._fresh: str | None = None  # why the file was created on open, if it was
         self.journal = Journal(journal_dir, segment_bytes)
@@ -348,7 +349,8 @@ class Ledger:
     def _catch_up(self, head_id: int, head_hash: str | None) -> None:
         """Apply the journal records after the ledger's head, in one transaction: all of
         them or none. A ``db.corruption.detected`` among them means this database was
-        found damaged and not yet recovered: nothing is written to it."""
+        found damaged and not yet recovered: nothing is written to it, unless this is
+        `atlas recover` applying it in place (the file passed every check)."""
         conn = self.conn
         chain = Chain(read_gaps(self.journal.directory)).start_after(head_id, head_hash)
         batch: list[Event] = []
@@ -360,7 +362,7 @@ class Ledger:
                     if not isinstance(item, Located):
                         raise JournalCorrupt(f"cannot replay the journal: {item.describe()}")
                     event = item.event
-                    if event.kind == DETECTED:
+                    if event.kind == DETECTED and not self._recovering:
                         raise DatabaseCorrupt(
                             f"{self.db_path} was found damaged (event {event.id}, {DETECTED}: "
                             f"{event.payload.get('summary', 'no summary')}) and has not been "
