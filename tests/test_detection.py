@@ -229,6 +229,24 @@ def crash_before_commit(ws: Workspace) -> None:
     assert done.returncode == 9 and max_id(ws) == before
 
 
+def test_a_damaged_file_is_recorded_however_its_comparison_fails(cli: Any,
+                                                                 ws: Workspace) -> None:
+    """The events table's schema entry is gone: quick_check lists its pages as never
+    used, and the comparison fails with "no such table" (SQLITE_ERROR, not a verdict of
+    damage). The file is damaged all the same: recorded, not "could not be checked"."""
+    append(ws, 300)
+    conn = sqlite3.connect(ws.db_path)
+    conn.execute("PRAGMA writable_schema=ON")
+    conn.execute("DELETE FROM sqlite_master WHERE tbl_name = 'events'")
+    conn.commit()
+    conn.close()
+    r = cli("db", "check", "--json")
+    assert r.exit_code == 1 and r.json()["event_id"] == 301
+    assert "is never used" in r.json()["symptom"]["summary"]
+    assert "no such table" in r.json()["symptom"]["summary"]
+    assert journal_text(ws).count(DETECTED_TEXT) == 1
+
+
 def test_events_the_ledger_has_not_applied_yet_are_no_damage(cli: Any, ws: Workspace) -> None:
     """A write killed between its journal fsync and its commit leaves events in the
     journal only; the next open applies them. A check meanwhile says so and records

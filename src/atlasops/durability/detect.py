@@ -131,13 +131,16 @@ def _compare(ws: Workspace, found: Inspection, immutable: bool) -> None:
     try:
         report = verify(ws.db_path, journal, limit=20, immutable=immutable,
                         lock=WriterLock(ws.lock_path, timeout=LOCK_WAIT))
-    except DatabaseCorrupt as exc:
+    except (Conflict, StorageError) as exc:
+        # a file SQLite already found damaged may fail in any way; otherwise only its
+        # verdict is damage, and a comparison that cannot run proves nothing
+        if isinstance(exc, Conflict) or not (found.problems or isinstance(
+                exc, DatabaseCorrupt)):
+            raise cannot_check(f"the ledger could not be compared with the journal "
+                               f"({exc.message})") from exc
         check(False, exc.message)
         found.problems.append(f"ledger cannot be compared with the journal: {exc.message}")
         return
-    except (Conflict, StorageError) as exc:
-        raise cannot_check(f"the ledger could not be compared with the journal "
-                           f"({exc.message})") from exc
     head = found.head = report.ledger_head
     damage = [d for d in report.discrepancies
               if not (d.where == "ledger" and (d.event_id or 0) > head)]
@@ -256,8 +259,8 @@ def record_if_confirmed(ws: Workspace, exc: DatabaseCorrupt) -> tuple[Event | No
                     "confirmed_by": f"{pragma}: {confirmed.check.detail}"}, seen=seen)
     except AtlasError as failed:
         return None, f"not recorded: {failed.message}"
-    return None, ("not recorded as a detection: quick_check and integrity_check pass on a "
-                  "fresh connection")
+    return None, ("not recorded as a detection: SQLite did not confirm it on fresh "
+                  "connections (quick_check, integrity_check)")
 
 
 def _last_journal_event(journal: Journal, last_id: int) -> Event | None:
