@@ -441,10 +441,10 @@ def test_a_detection_belongs_to_its_day_and_closes_with_the_next_recovery(
     assert ledger["degraded"] is True and "was still open at the end of this day" in ledger[
         "reason"]
 
-    # `atlas recover` on a healthy database with a detection waiting: it rebuilds the
-    # ledger (the journal holds an event the ledger lacks) and records a receipt
+    # `atlas recover` on a healthy database with a detection waiting: the file passes every
+    # check, so it is kept; the detection is brought in and closed by a not_broken receipt
     result = recover(ws, actor="t")
-    assert (result.outcome, result.exit_code) == ("recovered", 0) and result.receipt_id
+    assert (result.outcome, result.exit_code) == ("not_broken", 0) and result.receipt_id
     c, ledger = day(middle)
     (incident,) = c["broke"]["incidents"]
     assert incident["outcome"] == "recovered_later" and c["headline"]["rule"] == "open incident"
@@ -456,7 +456,11 @@ def test_a_detection_belongs_to_its_day_and_closes_with_the_next_recovery(
     assert "still open at the end of this day" in ledger["reason"]
     assert f"receipt #{result.receipt_id}" in ledger["reason"]
     c, ledger = day(TODAY)
-    assert [i["kind"] for i in c["broke"]["incidents"]] == ["recovery"]
+    (closed,) = c["broke"]["incidents"]
+    assert (closed["kind"], closed["outcome"], closed["rule"]) == ("recovery", "not_broken",
+                                                                   "false alarm")
+    assert f"event {event.id}" in closed["headline"] and "kept in place" in closed[
+        "recovery_point"]
     assert ledger["degraded"] is False and c["confidence"]["overall"] != "low"
     c, ledger = day(first)
     assert ledger["degraded"] is False and c["broke"]["incidents"] == []

@@ -968,15 +968,17 @@ def test_a_live_file_changed_during_recovery_is_kept_beside_the_quarantine(
 
     ws, acked, _ = scenario
     zero_pages(ws.db_path, 30, 12)
-    real = rec.build_ledger
+    real = rec._verify
 
     def outsider_writes(*a: Any, **k: Any) -> Any:
+        # during verification: the quarantine copy (which runs alongside choosing,
+        # reading and building) has been joined by then
         with open(ws.db_path, "r+b") as fh:
             fh.seek(PAGE * 31)
             fh.write(b"outsider" * 16)
         return real(*a, **k)
 
-    monkeypatch.setattr(rec, "build_ledger", outsider_writes)
+    monkeypatch.setattr(rec, "_verify", outsider_writes)
     damaged_then = ws.db_path.read_bytes()
     r = run(ws)
     assert r["exit_code"] == 0 and assert_exact(r, acked, ws.db_path) == set()

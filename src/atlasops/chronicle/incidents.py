@@ -35,7 +35,8 @@ RULES = {("recovery", "recovered_with_loss"): "incident with loss",
          ("detection", "recovered_later"): "open incident",
          ("recovery", "recovered"): "recovered incident",
          ("repair", "not_fixed"): "failed repair",
-         ("repair", "fixed"): "repair"}
+         ("repair", "fixed"): "repair",
+         ("recovery", "not_broken"): "false alarm"}
 ORDER = list(dict.fromkeys(RULES.values()))
 
 
@@ -44,7 +45,7 @@ def incidents(ledger: LedgerDay) -> list[dict[str, Any]]:
     ranks it and the sentence that headlines the day when it comes first."""
     out = []
     for r in ledger.receipts:
-        if r.kind == "recovery" and r.outcome != "not_broken":
+        if r.kind == "recovery" and (r.outcome != "not_broken" or _closed_alarms(r)):
             out.append(_recovery(r))
         elif r.kind == "repair" and r.outcome in ("fixed", "not_fixed"):
             out.append(_repair(r))
@@ -88,12 +89,20 @@ def _open(title: str, symptom: str, headline: str) -> dict[str, Any]:
             "headline": headline}
 
 
+def _closed_alarms(r: DayReceipt) -> list[int]:
+    """The detections a recovery that kept the file in place found did not reproduce."""
+    return list((r.body.get("evidence") or {}).get("closed_detections") or [])
+
+
 def _recovery(r: DayReceipt) -> dict[str, Any]:
     b = r.body
     backup = b.get("backup") or None
     loss = b.get("loss") or {}
     point = loss.get("recovery_point") or {}
-    if backup:
+    if (b.get("evidence") or {}).get("in_place"):
+        source = ("No backup was needed: the database file passed every check and was kept "
+                  "in place.")
+    elif backup:
         source = (f"Backup {backup.get('name')}, which holds events "
                   f"1..{backup.get('hwm_event_id')}"
                   + (f" (to {backup['hwm_ts'][:19].replace('T', ' ')} UTC)"
@@ -104,6 +113,7 @@ def _recovery(r: DayReceipt) -> dict[str, Any]:
         source += f" After the journal was replayed, the ledger reaches event {point['event_id']}."
     title = {"recovered": "The ledger database was damaged; nothing was lost",
              "recovered_with_loss": "The ledger database was damaged, and data was lost",
+             "not_broken": "A corruption alarm did not reproduce; the ledger was sound",
              }.get(r.outcome, "The ledger database was damaged and could not be recovered")
     checks = b.get("checks", [])
     failed = [f"{c['name']} ({c.get('detail', '')})" for c in checks if not c.get("passed")]
@@ -126,6 +136,10 @@ def _recovery_headline(outcome: str, body: dict[str, Any]) -> str:
               if backup.get("name") else "the journal alone (no backup was used)")
     if outcome == "failed":
         return "The ledger was damaged and its recovery failed; nothing was changed."
+    if outcome == "not_broken":
+        closed = ", ".join(map(str, (body.get("evidence") or {}).get("closed_detections") or []))
+        return (f"A corruption alarm (event {closed}) did not reproduce: the ledger passed "
+                "every check and was kept; nothing was lost.")
     if outcome == "recovered":
         return f"The ledger was damaged and was restored from {source}; nothing was lost."
     ranges = (body.get("loss") or {}).get("lost_event_ranges") or []

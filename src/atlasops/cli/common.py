@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.text import Text
 
 from ..auth import Principal, authenticate
-from ..durability.detect import record_detection
+from ..durability.detect import record_if_confirmed
 from ..errors import AtlasError, DatabaseCorrupt, StorageError
-from ..gates.effects import Capabilities, running_job
+from ..gates.effects import Capabilities, UnknownJobRun, running_job
 from ..ledger import Ledger
 from ..ledger.store import storage_error
 from ..workspace import Workspace
@@ -66,13 +66,19 @@ def actor() -> str:
 
 def principal(ws: Workspace, ledger: Ledger) -> Principal:
     """Who is acting, from ``$ATLAS_TOKEN`` (never from an argument). Work run by
-    `atlas jobs run` has no token: it acts as its job run (``job:NAME#RUN``), once the run
-    is verified against the ledger (a forged or finished run is refused, exit 8)."""
+    `atlas jobs run` has no token: it acts as its job run (``job:NAME#RUN``) once the run
+    is verified against the ledger. A run that does not verify gives no identity (the
+    local user, as without a token); any side effect it asks for is refused, with a
+    receipt naming the run it claimed (see ``gates.effects.capability_check``)."""
     token = os.environ.get("ATLAS_TOKEN")
     job_run = os.environ.get("ATLAS_JOB_RUN")
     if not token and job_run:
-        run = running_job(ledger, job_run)
-        return Principal("job", f"{run.name}#{run.run_id}")
+        try:
+            run = running_job(ledger, job_run)
+        except UnknownJobRun:
+            pass
+        else:
+            return Principal("job", f"{run.name}#{run.run_id}")
     return authenticate(ledger, ws.config, token, local_name=getpass.getuser())
 
 
@@ -98,11 +104,15 @@ def open_ledger(home: Path | None) -> Iterator[tuple[Workspace, Ledger]]:
                 principal(ws, ledger)  # a token that is set must be valid, for every command
             yield ws, ledger
     except DatabaseCorrupt as exc:
-        # Detection: the symptom goes to the journal even though the database is unusable.
-        event, _why = record_detection(ws, {"summary": exc.message,
-                                            "detected_by": "reading the ledger"})
+        # Detection: the symptom goes to the journal even though the database is unusable,
+        # once SQLite confirms the damage on a fresh connection (a detection stops writes).
+        event, why = record_if_confirmed(ws, exc)
         if event is not None:
             exc.message += f" (recorded as event {event.id}, {event.kind})"
+        elif why is not None:
+            exc.message += f" ({why})"
+            exc.hint = ("Run `atlas db check --full`: it looks again and records a detection "
+                        "if the damage is real.")
         raise
 
 

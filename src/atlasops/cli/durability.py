@@ -186,8 +186,14 @@ def check(
 ) -> None:
     """Check the live database and that it holds exactly the journal's events.
 
-    On failure, records `db.corruption.detected` with the symptom (in the journal, even
-    when the database cannot be written) and exits 1.
+    The ledger and the journal are compared as they stood at one moment, so writers can
+    keep working. Damage (SQLite's verdict, or a difference between ledger and journal)
+    is looked at twice; confirmed, it is recorded as `db.corruption.detected` (in the
+    journal, even when the database cannot be written: from then on nothing writes to the
+    database until `atlas recover`) and the exit code is 1. Exit 1 also while an earlier
+    detection waits for `atlas recover`. Journal events the ledger has not applied yet
+    (an interrupted write) are noted, not damage: the next command applies them. A check
+    that cannot run (the database locked by another program) records nothing: exit 5.
     """
     ws = open_workspace(home)
     result = db_check(ws, full=full, actor=actor())
@@ -195,10 +201,17 @@ def check(
         print_json(result.to_dict())
     else:
         out.print(_checks_table([c.model_dump() for c in result.checks], "Database check"))
+        for note in result.notes:
+            err.print(styled(("note:", "yellow"), f" {note}"))
         if result.ok:
             out.print(styled(("ok", "green"), ": the database is sound and ledger == journal."))
+        elif result.symptom is None:
+            err.print(styled(("PENDING", "red"), f": detection event {result.pending[-1]} "
+                             "waits for `atlas recover`; until then nothing is written. The "
+                             "file passes these checks now: `atlas recover` checks it in "
+                             "full and, if it passes, closes the detection without "
+                             "rebuilding anything."))
         else:
-            assert result.symptom is not None
             err.print(styled(("PROBLEM", "red"), f": {result.symptom['summary']}"))
             if result.event_id:
                 err.print(f"recorded as event {result.event_id} (db.corruption.detected)")
@@ -225,8 +238,12 @@ def recover(
     Copies the damaged files into data/db/quarantine/ (never deletes them), restores the
     newest backup whose file still matches its manifest, REINDEXes, replays the journal
     after the backup, salvages what neither holds, verifies, swaps atomically, and writes
-    a five-part receipt: symptom, backup, actions, checks, loss. Also finishes a recovery
-    that was interrupted, and rebuilds a missing data/journal/. Exit 0: recovered with no
+    a five-part receipt: symptom, backup, actions, checks, loss. When the file passes
+    every check (quick_check, integrity_check, foreign keys, ledger == journal, hash
+    chain) and only a detection or journal events not applied yet wait, nothing is
+    rebuilt: they are applied in place and the receipt says `not_broken` (only
+    detections) or `recovered`. Also finishes a recovery that was interrupted, and
+    rebuilds a missing data/journal/. Exit 0: recovered with no
     loss (or healthy); 3: recovered with a stated loss; 2: could not recover (nothing
     changed). With --dry-run the exit code is the one the real run would have.
     """
@@ -244,7 +261,13 @@ def print_plan(r: dict[str, Any]) -> None:
     """A dry run: what `atlas recover` would do, in the future tense."""
     p = r["plan"]
     out.print(styled(("Symptom", "bold"), f": {r['symptom']['summary']}"))
-    if p.get("finish_interrupted"):
+    if p.get("in_place"):
+        closes = ", ".join(map(str, p["detections_to_close"]))
+        out.print(styled(("Would keep the database file", "bold"), ": it passes every check; "
+                         f"would apply {p['events_to_apply']} journal event(s) in place"
+                         + (f" and close detection(s) {closes}" if closes else "")
+                         + "; nothing would be restored or swapped"))
+    elif p.get("finish_interrupted"):
         out.print(f"An interrupted recovery ({p['finish_interrupted']}) verified its result "
                   "before it stopped; `atlas recover` would swap it in and record its receipt.")
     else:
@@ -277,15 +300,18 @@ def print_plan(r: dict[str, Any]) -> None:
 def print_recovery(r: dict[str, Any]) -> None:
     title = "Recovery plan (dry run: nothing changed)" if r["dry_run"] else "Recovery receipt"
     out.rule(Text(title, style="bold"))
-    if r["outcome"] == "not_broken":
-        out.print(r["summary"])
-        return
-    if r["dry_run"]:
+    if r["dry_run"] and "plan" in r:
         print_plan(r)
+        return
+    if r["outcome"] == "not_broken" and not r.get("receipt_id"):  # healthy: nothing recorded
+        out.print(r["summary"])
         return
     out.print(styled(("1. Symptom", "bold"), f": {r['symptom']['summary']}"))
     b = r.get("backup")
-    if b:
+    if r.get("evidence", {}).get("in_place"):
+        out.print(styled(("2. Backup", "bold"), ": not needed; the database file was kept (it "
+                         "passes every check)"))
+    elif b:
         out.print(styled(("2. Backup", "bold"), f": {b['name']} (created {b['created_at']}, "
                          f"high-water mark event {b['hwm_event_id']} at {b['hwm_ts']}, "
                          f"sha256 {str(b['sha256'])[:16]}...)"))

@@ -29,7 +29,7 @@ from ..ledger.chain import read_gaps
 from ..receipts import Action, Check, Receipt, record
 from ..workspace import Workspace
 from . import checks as ck
-from .detect import record_detection
+from .detect import confirm_damage, file_id, record_detection
 
 LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 MANIFEST = "manifest.json"
@@ -200,14 +200,16 @@ def take_backup(ws: Workspace, ledger: Ledger, *, actor: str, label: str = "manu
 
 
 def _refuse_if_live_damaged(ws: Workspace, name: str, checks: list[Check]) -> None:
-    """A copy that fails SQLite's checks may be a copy of a damaged live file. If the live
-    file fails quick_check too, record the detection (journal only: the database is not
-    written to) and stop with the next step, instead of writing a receipt into it."""
+    """A copy that fails SQLite's checks may be a copy of a damaged live file. If SQLite
+    finds the live file damaged too (twice: :func:`confirm_damage`; a quick_check that
+    could not run proves nothing), record the detection (journal only: the database is
+    not written to) and stop with the next step, instead of writing a receipt into it."""
     if all(c.passed for c in checks
            if c.name in ("online_backup", "quick_check", "integrity_check")):
         return
-    live = ck.sqlite_check(ws.db_path, "quick_check")
-    if live.check.passed:
+    seen = file_id(ws)
+    live = confirm_damage(ws)
+    if live is None:
         return
     symptom: dict[str, Any] = {
         "summary": f"quick_check: {live.check.detail}",
@@ -215,7 +217,7 @@ def _refuse_if_live_damaged(ws: Workspace, name: str, checks: list[Check]) -> No
         "checks": [live.check.model_dump()]}
     if live.value is None:  # quick_check raised: say what can be said
         symptom["damage"] = ck.describe_damage(ws.db_path)
-    event, why = record_detection(ws, symptom)
+    event, why = record_detection(ws, symptom, seen=seen)
     raise DatabaseCorrupt(
         f"the live database {ws.db_path} is damaged (quick_check: {live.check.detail}); "
         f"the backup {name} copied that damage and is marked failed",

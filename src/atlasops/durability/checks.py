@@ -20,37 +20,57 @@ from typing import Any
 
 from ..ledger.chain import Chain, Gap
 from ..ledger.projections import PROJECTED_TABLES
-from ..ledger.store import stored_events
+from ..ledger.store import is_corruption, ro_uri, stored_events
 from ..receipts import Check
 
 HASH_CHUNK = 4 * 1024 * 1024
+BUSY_TIMEOUT = 30.0  # seconds a check waits on a lock another connection holds
 
 
 @dataclass
 class Outcome:
     check: Check
     value: Any = None
+    error: BaseException | None = None  # what the check raised, if it raised
+
+    @property
+    def corrupt(self) -> bool:
+        """(Of :func:`sqlite_check`.) Failed with SQLite's verdict that the file is
+        damaged: problems listed, or
+        SQLITE_CORRUPT / SQLITE_NOTADB raised. Not a check that could not run (busy,
+        locked, unreadable): that proves nothing about the file."""
+        if self.check.passed:
+            return False
+        return self.value is not None if self.error is None else is_corruption(self.error)
 
 
 def open_ro(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
-    """A read-only connection that never changes ``path``; immutable (no -wal/-shm
-    created) when asked, or when there is no WAL beside the file to read."""
-    immutable = immutable or not Path(str(path) + "-wal").exists()
-    uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    return conn
+    """A read-only connection that never changes ``path``. ``immutable`` only for a file
+    nothing else writes (a backup, a copy): see :func:`atlasops.ledger.store.ro_uri`."""
+    return sqlite3.connect(ro_uri(path, immutable=immutable), uri=True, isolation_level=None,
+                           timeout=BUSY_TIMEOUT, check_same_thread=False)
+
+
+def live_immutable(path: Path) -> bool:
+    """May a caller that holds the writer lock for the whole read open the live ledger as
+    immutable (leaving no -wal/-shm behind)? Only when no -wal is beside it: then no
+    connection has the file open in WAL mode, and no Atlas process can open it to write
+    meanwhile (every writer takes the lock before connecting), so nothing checkpoints
+    into it while it is read."""
+    return not Path(str(path) + "-wal").exists()
 
 
 def timed(name: str, fn: Callable[[], tuple[bool, str, Any]]) -> Outcome:
     t0 = time.perf_counter()
+    error: BaseException | None = None
     try:
         passed, detail, value = fn()
     except sqlite3.Error as exc:
-        passed, detail, value = False, f"{type(exc).__name__}: {exc}", None
+        passed, detail, value, error = False, f"{type(exc).__name__}: {exc}", None, exc
     except OSError as exc:
-        passed, detail, value = False, f"cannot read: {exc.strerror or exc}", None
+        passed, detail, value, error = False, f"cannot read: {exc.strerror or exc}", None, exc
     ms = round((time.perf_counter() - t0) * 1000, 3)
-    return Outcome(Check(name=name, passed=passed, detail=detail, ms=ms), value)
+    return Outcome(Check(name=name, passed=passed, detail=detail, ms=ms), value, error)
 
 
 def _pragma_rows(path: Path, pragma: str, immutable: bool) -> list[str]:
@@ -71,7 +91,7 @@ def sqlite_check(path: Path, pragma: str, *, immutable: bool = False,
     return timed(pragma, run)
 
 
-def describe_damage(path: Path) -> list[str]:
+def describe_damage(path: Path, *, immutable: bool = False) -> list[str]:
     """What can be said about a file whose checks raise instead of listing problems:
     its header, its length against the page count the header states, and which tables
     can still be read. Facts only; nothing is guessed."""
@@ -92,7 +112,7 @@ def describe_damage(path: Path) -> list[str]:
                    f"({stated * page} bytes), the file has {size} bytes "
                    f"(pages {size // page + 1}..{stated} are missing)")
     try:
-        conn = open_ro(path)
+        conn = open_ro(path, immutable=immutable)
         try:
             tables = [(str(r[0]), r[1]) for r in conn.execute(
                 "SELECT name, rootpage FROM sqlite_master WHERE type='table' ORDER BY name")]
@@ -256,5 +276,5 @@ def run_parallel(tasks: list[Callable[[], Outcome]]) -> list[Outcome]:
 
 
 __all__ = ["Facts", "Outcome", "chain_check", "describe_damage", "facts_check",
-           "foreign_key_check", "open_ro",
+           "foreign_key_check", "live_immutable", "open_ro",
            "run_parallel", "sha256_check", "sha256_file", "sqlite_check", "timed"]

@@ -262,7 +262,7 @@ def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: St
         conn.close()
     last_id = int(last[0]) if last else 0
     last_ts = str(last[1]) if last else None
-    why = _why_unknown(jr, marks, salvage)
+    why = why_unknown(jr, marks, salvage)
     unknown_after = None if why is None else {
         "id": max_known, "ts": last_ts if last_id == max_known else None, "why": why}
     rewrite = bool(m.gaps) or bool(m.salvaged) or not jr.intact or last_id > jr.last_id
@@ -321,8 +321,10 @@ def _salvage(backup: BackupInfo | None, work: Path, steps: Steps, jr: JournalWin
 def probe_max_id(path: Path) -> int | None:
     """max(id) of the damaged file, read without changing it; None when it cannot be
     read, or when a -wal beside it could hold more (then only salvage, which reads the
-    WAL on its copy, can tell)."""
-    if Path(str(path) + "-wal").exists():
+    WAL on its copy, can tell). An empty -wal (a read-only look at the live file leaves
+    one) holds nothing."""
+    wal = Path(str(path) + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
         return None
     try:
         conn = ck.open_ro(path, immutable=True)
@@ -335,7 +337,7 @@ def probe_max_id(path: Path) -> int | None:
     return 0 if row is None or row[0] is None else int(row[0])
 
 
-def _why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage
+def why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage
                  ) -> str | None:
     """Why nothing after the last known event can be known, or None when the journal
     proves where history ends."""
@@ -405,4 +407,4 @@ def write_journal(db: Path, target: Path, segment_bytes: int, gaps: list[Gap]) -
 
 
 __all__ = ["Built", "JournalWindow", "Merged", "Steps", "build_ledger", "elapsed_ms", "merge",
-           "probe_max_id", "read_window", "write_journal"]
+           "probe_max_id", "read_window", "why_unknown", "write_journal"]

@@ -41,6 +41,8 @@ from ..workspace import Workspace
 from . import checks as ck
 from . import swap
 from .backup import BackupInfo, list_backups, manifest_drift, read_backup, write_json_durably
+from .detect import Inspection, inspect_ledger
+from .inplace import InPlace, marks, try_in_place, unclosed_detections
 from .rebuild import (
     Built,
     JournalWindow,
@@ -74,36 +76,21 @@ class RecoveryResult:
                 "receipt_id": self.receipt_id, **self.receipt}
 
 
-def diagnose(ws: Workspace) -> dict[str, Any] | None:
-    """What is wrong with the live ledger, or None when it is healthy."""
-    journal = Journal(ws.journal_dir, ws.config.journal.segment_bytes)
-    problems: list[str] = []
-    detail: dict[str, Any] = {"db_exists": ws.db_path.exists()}
-    if not ws.journal_dir.is_dir():
-        problems.append("data/journal/ is missing")
-    if not ws.db_path.exists():
-        problems.append(f"{ws.db_path.name} is missing")
-    else:
-        qc = ck.sqlite_check(ws.db_path, "quick_check")
-        detail["quick_check"] = qc.check.detail
-        if not qc.check.passed:
-            problems.append(f"quick_check: {qc.check.detail}")
-            if qc.value is None:  # it raised: say what can be said about the file
-                detail["damage"] = ck.describe_damage(ws.db_path)
-    if not problems:
-        try:
-            report = verify(ws.db_path, journal, limit=20)
-            detail["ledger_vs_journal"] = [d.describe() for d in report.discrepancies]
-            if not report.ok:
-                problems.append(f"ledger != journal: {report.discrepancies[0].describe()}")
-        except AtlasError as exc:
-            problems.append(f"ledger cannot be read: {exc.message}")
-    # When the file itself is damaged the journal is not read here: recovery reads it
-    # anyway (after the backup's high-water mark) and adds what it finds to the symptom.
-    if not problems:
-        return None
-    return {"summary": "; ".join(problems), "detected_by": "atlas recover (quick_check, "
-            "ledger == journal)", **detail}
+def diagnose(ws: Workspace) -> tuple[dict[str, Any] | None, Inspection]:
+    """What is wrong with the live ledger (a symptom, None when nothing is), and what the
+    look found: ``quick_check``, then ledger == journal as of one moment. When the file
+    itself fails, the journal is not compared here: recovery reads it anyway (after the
+    backup's high-water mark) and adds what it finds to the symptom."""
+    found = inspect_ledger(ws, compare_damaged=False, held=True)
+    if not found.problems:
+        return None, found
+    symptom: dict[str, Any] = {
+        "summary": "; ".join(found.problems),
+        "detected_by": "atlas recover (quick_check, ledger == journal)",
+        "db_exists": ws.db_path.exists(), "checks": [c.model_dump() for c in found.checks]}
+    if found.damage:
+        symptom["damage"] = found.damage
+    return symptom, found
 
 
 # -- choosing the backup ------------------------------------------------------
@@ -301,17 +288,27 @@ def _recover_locked(ws: Workspace, *, actor: str, dry_run: bool,
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     steps = Steps()
     t0 = time.perf_counter()
-    symptom = diagnose(ws)
-    diagnosed = Action(name="diagnose", ms=elapsed_ms(t0), command="PRAGMA quick_check; "
-                       "ledger == journal (when quick_check passes)",
-                       result=symptom["summary"] if symptom else "no damage found")
+    symptom, found = diagnose(ws)
+    steps.actions.append(Action(
+        name="diagnose", ms=elapsed_ms(t0), command="PRAGMA quick_check; ledger == journal "
+        "(when quick_check passes)", result=symptom["summary"] if symptom else (
+            "no damage found" + (f"; the journal's events {found.unapplied[0]}.."
+                                 f"{found.unapplied[1]} are not applied yet"
+                                 if found.unapplied else ""))))
     if symptom is None and backup_name is None:
-        healthy = {"kind": "recovery", "outcome": "not_broken",
-                   "summary": "The ledger is healthy (quick_check ok, ledger == journal); "
-                              "nothing was changed."}
-        return RecoveryResult("not_broken", EXIT_OK, healthy, dry_run=dry_run)
+        unclosed = unclosed_detections(ws)
+        if found.unapplied is None and not unclosed:
+            healthy = {"kind": "recovery", "outcome": "not_broken",
+                       "summary": "The ledger is healthy (quick_check ok, ledger == journal); "
+                                  "nothing was changed."}
+            return RecoveryResult("not_broken", EXIT_OK, healthy, dry_run=dry_run)
+        done = try_in_place(ws, found, unclosed, steps, started=started, stamp=stamp,
+                            actor=actor, dry_run=dry_run)
+        if isinstance(done, InPlace):
+            return RecoveryResult("planned" if dry_run else done.outcome, EXIT_OK,
+                                  done.receipt, done.receipt_id, dry_run=dry_run)
+        symptom = done
     symptom = symptom or {"summary": "no damage found; recovery forced with --backup"}
-    steps.actions.append(diagnosed)
 
     work = (Path(tempfile.mkdtemp(prefix="atlas-recover-")) if dry_run
             else ws.db_dir / f".recovering-{stamp}")
@@ -551,8 +548,7 @@ def _marks(ws: Workspace, src: _Sources) -> list[BackupInfo]:
     every other whose manifest states one (even one skipped for drift or a failed
     check: its events existed when it was taken). A false claim can only make recovery
     say "unknown", never "nothing lost"."""
-    return [*([src.backup] if src.backup else []),
-            *(b for b in list_backups(ws) if isinstance(b.hwm_event_id, int))]
+    return [*([src.backup] if src.backup else []), *marks(ws)]
 
 
 def _live_files(ws: Workspace) -> list[Path]:

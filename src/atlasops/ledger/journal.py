@@ -306,13 +306,26 @@ class Journal:
         for item in _records(seg, after_id, decode_record):
             yield item if isinstance(item, Problem) else Located(*item)
 
-    def scan_checked(self) -> Iterator[tuple[bytes, str, int, int] | Problem]:
+    def scan_checked(self, upto: Tail | None = None
+                     ) -> Iterator[tuple[bytes, str, int, int] | Problem]:
         """Every line whose CRC matches, as ``(line, segment, offset, number)``, not yet
-        decoded (:func:`decode_stored` decodes it), and every problem before that."""
+        decoded (:func:`decode_stored` decodes it), and every problem before that.
+
+        With ``upto`` (a :meth:`tail` taken earlier), only the records up to that tail's
+        last valid one: what writers appended since, and any torn bytes after it, are
+        not read."""
         for seg in self.segments():
+            end: int | None = None
+            if upto is not None:
+                if upto.segment is None or self.first_id_of(seg) > self.first_id_of(
+                        upto.segment):
+                    return
+                end = upto.valid_size if seg == upto.segment else None
             offset = 0
             with open(seg, "rb") as fh:
                 for number, raw in enumerate(fh, start=1):
+                    if end is not None and offset >= end:
+                        break
                     if not raw.endswith(b"\n"):
                         yield Problem(seg.name, offset, number,
                                       "unterminated final line (torn write)", True)

@@ -35,7 +35,11 @@ from .lock import WriterLock
 from .migrations import migrate
 
 KIND_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-CORRUPT_MARKERS = ("malformed", "not a database", "file is encrypted", "corrupt")
+# SQLite's own verdicts that a file is damaged (primary result codes): SQLITE_CORRUPT and
+# SQLITE_NOTADB. Only these count as corruption. The text of an error does not ("malformed
+# JSON" is SQLITE_ERROR), and neither does a transient failure: "database is locked"
+# (SQLITE_BUSY), an I/O error, a file that cannot be opened.
+CORRUPT_CODES = (11, 26)
 SYSTEM_ACTOR = "atlas"
 CATCH_UP_CHUNK = 5000
 # Recorded (in the journal only) when the database is found damaged; while one waits in
@@ -45,9 +49,11 @@ DETECTED = "db.corruption.detected"
 REBUILT = "ledger.rebuilt"
 
 
-def is_corruption(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, sqlite3.DatabaseError) and any(m in text for m in CORRUPT_MARKERS)
+def is_corruption(exc: BaseException | None) -> bool:
+    """Is this SQLite saying the file is damaged (not busy, not an I/O error)?"""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code is not None and (
+        code & 0xFF) in CORRUPT_CODES
 
 
 def storage_error(exc: sqlite3.Error, path: Path) -> StorageError:
@@ -80,15 +86,26 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     return conn
 
 
-def connect_ro(path: Path) -> sqlite3.Connection:
-    """A read-only connection that leaves no trace: no -wal/-shm files are created
-    when there is no WAL to read (the file is then opened as immutable)."""
+def ro_uri(path: Path, *, immutable: bool = False) -> str:
+    """The URI of a read-only connection to ``path``.
+
+    ``immutable`` only for a file nothing else can write (a backup, a quarantined copy,
+    a scratch file): an immutable connection takes no locks and trusts the file not to
+    change, so on a live ledger another process's checkpoint (every last connection to
+    close runs one) can rewrite pages under it, and it reads a torn file ("database disk
+    image is malformed" from a healthy database). A live ledger is read with the normal
+    locks: the read sees one commit, whatever writers do meanwhile. It may create the
+    -wal and -shm files when they are missing (SQLite's WAL needs them even to read)."""
+    return f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def connect_ro(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
+    """A read-only connection (see :func:`ro_uri`); the file must exist."""
     if not path.exists():
         raise StorageError(f"no ledger database at {path}")
-    immutable = not Path(str(path) + "-wal").exists()
-    uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
     try:
-        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        return sqlite3.connect(ro_uri(path, immutable=immutable), uri=True,
+                               isolation_level=None, timeout=30, check_same_thread=False)
     except sqlite3.Error as exc:
         raise storage_error(exc, path) from exc
 
@@ -109,7 +126,8 @@ class Ledger:
                  segment_bytes: int, *, lock_timeout: float = 60.0,
                  recovering: bool = False) -> None:
         self.db_path = Path(db_path)
-        self._recovering = recovering  # `atlas recover` recording its receipt mid-swap
+        # `atlas recover`: recording its receipt mid-swap, or applying a detection in place
+        self._recovering = recovering
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._fresh: str | None = None  # why the file was created on open, if it was
         self.journal = Journal(journal_dir, segment_bytes)
@@ -331,7 +349,8 @@ class Ledger:
     def _catch_up(self, head_id: int, head_hash: str | None) -> None:
         """Apply the journal records after the ledger's head, in one transaction: all of
         them or none. A ``db.corruption.detected`` among them means this database was
-        found damaged and not yet recovered: nothing is written to it."""
+        found damaged and not yet recovered: nothing is written to it, unless this is
+        `atlas recover` applying it in place (the file passed every check)."""
         conn = self.conn
         chain = Chain(read_gaps(self.journal.directory)).start_after(head_id, head_hash)
         batch: list[Event] = []
@@ -343,12 +362,12 @@ class Ledger:
                     if not isinstance(item, Located):
                         raise JournalCorrupt(f"cannot replay the journal: {item.describe()}")
                     event = item.event
-                    if event.kind == DETECTED:
+                    if event.kind == DETECTED and not self._recovering:
                         raise DatabaseCorrupt(
                             f"{self.db_path} was found damaged (event {event.id}, {DETECTED}: "
                             f"{event.payload.get('summary', 'no summary')}) and has not been "
                             "recovered since; Atlas does not write to it",
-                            path=str(self.db_path))
+                            path=str(self.db_path), detection=event.id)
                     problem = chain.accept(event)
                     if problem is not None:
                         raise JournalCorrupt(
@@ -457,4 +476,5 @@ def _validate(new: NewEvent) -> None:
 
 
 __all__ = ["DETECTED", "EVENT_COLUMNS", "REBUILT", "Ledger", "OpenReport", "connect",
-           "connect_ro", "event_from_row", "is_corruption", "storage_error", "stored_events"]
+           "connect_ro", "event_from_row", "is_corruption", "ro_uri", "storage_error",
+           "stored_events"]

@@ -12,7 +12,8 @@ from ..errors import Conflict, InputError, JournalCorrupt
 from . import projections
 from .chain import Chain, Gap, read_gaps
 from .events import Event, StoredEvent
-from .journal import Journal, Problem, RecordError, decode_stored
+from .journal import Journal, Problem, RecordError, Tail, decode_stored
+from .lock import WriterLock
 from .migrations import migrate
 from .store import connect, connect_ro, event_from_row, storage_error, stored_events
 
@@ -35,6 +36,11 @@ class VerifyReport:
     ledger_events: int = 0
     journal_segments: int = 0
     last_id: int = 0
+    # the ledger's last event when the comparison began, and (with a lock) where the
+    # journal ended then: the comparison reads both sides as of that moment
+    ledger_head: int = 0
+    journal_end: int | None = None
+    tail_problem: str | None = None  # torn bytes after that tail (not read, not counted)
     discrepancies: list[Discrepancy] = field(default_factory=list)
     # the hash-chain problems among the discrepancies, by side ("journal", "ledger")
     chain_breaks: dict[str, list[Discrepancy]] = field(default_factory=dict)
@@ -83,11 +89,21 @@ class _Side:
             self.add(self.side, e.id, problem + where)
 
 
-def verify(db_path: Path, journal: Journal, *, limit: int = 50) -> VerifyReport:
+def verify(db_path: Path, journal: Journal, *, limit: int = 50,
+           lock: WriterLock | None = None, immutable: bool = False) -> VerifyReport:
     """Check the hash chain of both, and that they hold exactly the same events.
 
     A merge-join by id over two streams, so memory stays flat on a large ledger.
     Stops collecting after ``limit`` discrepancies.
+
+    With ``lock`` (the workspace's writer lock) the two sides are compared as they
+    stood at one moment, while writers go on: a writer journals its events and then
+    commits them, both under the lock, so while it is held no write is half done. A
+    read transaction is begun on the database and the journal's tail is noted under
+    the lock; the lock is released, and the comparison reads the database's snapshot
+    and the journal up to that tail. Without it, a write landing between the reads of
+    the two sides looks like a discrepancy. ``immutable``: see
+    :func:`~atlasops.ledger.store.ro_uri`.
 
     Both sides are read as :class:`StoredEvent` (payloads stay JSON text): a journal
     record Atlas wrote is proven by its reader, and a ledger row identical to a proven
@@ -96,12 +112,17 @@ def verify(db_path: Path, journal: Journal, *, limit: int = 50) -> VerifyReport:
     report = VerifyReport(journal_segments=len(journal.segments()))
     gaps = read_gaps(journal.directory)
     jchain, lchain = _Side("journal", report, limit, gaps), _Side("ledger", report, limit, gaps)
-    conn = connect_ro(db_path)
+    conn = connect_ro(db_path, immutable=immutable)
+    try:
+        upto = _snapshot(conn, db_path, journal, lock, report)
+    except BaseException:
+        conn.close()
+        raise
 
     current: list[StoredEvent | None] = [None]  # the ledger row the merge is at
 
     def journal_events() -> Iterator[tuple[StoredEvent, str]]:
-        for item in journal.scan_checked():
+        for item in journal.scan_checked(upto):
             if isinstance(item, Problem):
                 jchain.add("journal", None, item.describe())
                 continue
@@ -157,6 +178,29 @@ def verify(db_path: Path, journal: Journal, *, limit: int = 50) -> VerifyReport:
     finally:
         conn.close()
     return report
+
+
+def _snapshot(conn: sqlite3.Connection, db_path: Path, journal: Journal,
+              lock: WriterLock | None, report: VerifyReport) -> Tail | None:
+    """Begin the read transaction the comparison reads the ledger in; with ``lock``,
+    under it, returning the journal's tail at the same moment (None without)."""
+    def begin() -> None:
+        conn.execute("BEGIN")
+        row = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+        report.ledger_head = int(row[0])
+
+    try:
+        if lock is None:
+            begin()
+            return None
+        with lock:
+            begin()
+            tail = journal.tail()
+    except sqlite3.Error as exc:
+        raise storage_error(exc, db_path) from exc
+    report.journal_end = tail.last_id
+    report.tail_problem = tail.problem.describe() if tail.problem is not None else None
+    return tail
 
 
 @dataclass
