@@ -390,3 +390,45 @@ def test_data_that_looks_like_markup_prints_as_it_is(cli: Any, tmp_path: Path) -
     r = cli("leads", "import", str(csv_path), "--business", "[/nope]")
     assert r.exit_code == 2
     assert "[/nope]" in r.stderr
+
+
+def test_read_commands_show_the_ledger_as_it_stands_while_atlas_may_not_write(
+        cli: Any, ws: Workspace, ledger: Ledger, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from atlasops.cli import common
+    from atlasops.durability.detect import record_detection
+
+    ledger.append("note.added", "t", {"n": 1})
+    ledger.close()
+    # 1. a detection waits for `atlas recover`: writes stop, reads go on, and say so
+    detection, _why = record_detection(ws, {"summary": "quick_check: malformed (test)"})
+    assert detection is not None
+    csv_path = write_csv(tmp_path / "l.csv", [["a@b.example", "A", "", "", ""]])
+    assert cli("leads", "import", str(csv_path)).exit_code == 5
+    for cmd in (["status", "--json"], ["events", "list", "--json"], ["receipts", "list"],
+                ["leads", "list"], ["gate", "status"]):
+        r = cli(*cmd)
+        assert r.exit_code == 0, (cmd, r.stderr)
+        assert "showing the ledger as it stands" in r.stderr and "has not been recovered" in \
+            r.stderr, cmd
+    status = cli("status", "--json").json()
+    assert status["last_event"]["kind"] == "note.added"  # the detection is in the journal only
+    assert status["journal"]["last_id"] == detection.id and not status["journal"]["ok"]
+    # 2. the writer lock is held (a long recovery, say): reads do not wait a minute
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from atlasops.ledger.lock import WriterLock\n"
+        "with WriterLock(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(120)\n"), str(ws.lock_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(common, "READ_LOCK_WAIT", 0.2)
+        r = cli("events", "list", "--json")
+        assert r.exit_code == 0 and "writer lock" in r.stderr
+        assert [e["kind"] for e in r.json()][-1] == "note.added"
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()

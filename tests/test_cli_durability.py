@@ -244,12 +244,15 @@ def test_a_detected_corruption_blocks_writes_until_recovered(cli: Any, ledger: L
     r = cli("db", "check", "--json")
     assert r.exit_code == 1
     event_id = r.json()["event_id"]
-    r = cli("status")
+    r = cli("suppress", "someone@else.example")  # a command that writes
     assert r.exit_code == 5 and f"event {event_id}" in r.stderr
     assert "atlas recover" in r.stderr
+    r = cli("status")  # a command that reads: the ledger as it stands, and why
+    assert r.exit_code == 0 and "as it stands" in r.stderr and f"event {event_id}" in r.stderr
     assert ws.db_path.read_bytes() == before  # nothing was replayed into the damaged file
     assert cli("recover").exit_code == 0
-    assert cli("status").exit_code == 0
+    r = cli("status")
+    assert r.exit_code == 0 and "as it stands" not in r.stderr
 
 
 def test_db_check_records_its_richer_symptom_after_a_passing_detection(

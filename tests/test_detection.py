@@ -322,7 +322,7 @@ def test_recover_closes_a_false_detection_without_rebuilding(cli: Any, ws: Works
     assert event is not None
     acked[event.id] = event.hash
     inode, data = ws.db_path.stat().st_ino, ws.db_path.read_bytes()
-    assert cli("status").exit_code == 5  # the detection stops every write
+    assert cli("suppress", "x@y.example").exit_code == 5  # the detection stops every write
     r = cli("recover", "--dry-run", "--json")
     assert r.exit_code == 0 and r.json()["plan"]["in_place"] is True
     assert ws.db_path.read_bytes() == data

@@ -86,6 +86,84 @@ def test_missing_database_is_rebuilt_from_the_journal(ws: Workspace) -> None:
     assert after == before
 
 
+def journal_only(ws: Workspace, new: NewEvent) -> int:
+    """Write one event to the journal and not to the ledger, as a crash between the fsync
+    and the commit leaves it; returns its id."""
+    from atlasops.ledger import Event, Journal, utc_now
+    from atlasops.ledger.chain import Chain, read_gaps
+    from atlasops.ledger.lock import WriterLock
+
+    journal = Journal(ws.journal_dir, ws.config.journal.segment_bytes)
+    with WriterLock(ws.lock_path):
+        tail = journal.tail()
+        chain = Chain(read_gaps(ws.journal_dir)).start_after(tail.last_id, tail.last_hash)
+        event = Event.seal(new, chain.next_id, utc_now(), chain.prev)
+        journal.append([event], tail)
+    return event.id
+
+
+def test_a_journal_record_the_ledger_cannot_apply_is_named(ws: Workspace) -> None:
+    with Ledger.for_workspace(ws) as led:
+        led.append("note.added", "t", {})
+    bad = journal_only(ws, NewEvent("lead.created", "t", {"name": "no email"}))
+    with pytest.raises(JournalCorrupt, match=rf"event {bad} at \S+\.journal line 2 cannot be "
+                       "applied to the ledger: .*lacks the key 'email'"):
+        Ledger.for_workspace(ws).open()
+
+
+def test_a_recovered_detection_does_not_block_rebuilding_a_deleted_database(
+        ws: Workspace) -> None:
+    from atlasops.durability import recover
+    from atlasops.durability.detect import record_detection
+
+    with Ledger.for_workspace(ws) as led:
+        led.append_many([lead(f"p{i}@x.example") for i in range(5)])
+    detection, _why = record_detection(ws, {"summary": "a false alarm"})
+    assert detection is not None
+    with pytest.raises(DatabaseCorrupt):  # a pending detection blocks writes...
+        Ledger.for_workspace(ws).open()
+    assert recover(ws, actor="t").exit_code == 0  # ...until a recovery closes it
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(ws.db_path) + suffix).unlink(missing_ok=True)
+    with Ledger.for_workspace(ws) as led:  # the journal replays the detection and its close
+        kinds = [e.kind for e in led.events()]
+    assert kinds.count("db.corruption.detected") == 1 and kinds[-1] == "ledger.rebuilt"
+    assert kinds.count("lead.created") == 5
+
+
+def test_a_database_deleted_under_a_running_process_is_rebuilt_and_recorded(
+        ws: Workspace) -> None:
+    with Ledger.for_workspace(ws) as led:
+        led.append_many([lead(f"p{i}@x.example") for i in range(5)])
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(ws.db_path) + suffix).unlink(missing_ok=True)
+        led.append("note.added", "t", {"after": "the file died"})
+        kinds = [e.kind for e in led.events()]
+    assert kinds == ["lead.created"] * 5 + ["ledger.rebuilt", "note.added"]
+
+
+def test_a_follower_reads_the_new_file_after_a_recovery(ws: Workspace) -> None:
+    """A long-lived reader (`atlas events tail --follow`) keeps up when `atlas recover`
+    swaps a new file into place: it must not go on reading the old inode."""
+    from atlasops.durability import recover
+
+    with Ledger.for_workspace(ws) as writer:
+        writer.append_many([lead(f"p{i}@x.example") for i in range(300)])
+    reader = Ledger.for_workspace(ws).open()
+    before = reader.last_event()
+    assert before is not None
+    with open(ws.db_path, "r+b") as fh:  # damage pages in the middle
+        fh.seek(4096 * 10)
+        fh.write(b"\0" * 4096 * 4)
+    assert recover(ws, actor="t").exit_code == 0
+    with Ledger.for_workspace(ws) as writer:
+        writer.append("note.added", "t", {"after": "the recovery"})
+    reader.follow()
+    kinds = [e.kind for e in reader.events(after=before.id)]
+    assert kinds[-1] == "note.added" and "receipt.recorded" in kinds
+    reader.close()
+
+
 def test_event_journaled_but_not_committed_is_applied_on_open(ws: Workspace) -> None:
     with Ledger.for_workspace(ws) as led:
         led.append("note.added", "t", {"n": 1})

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ..auth import Principal, authenticate
 from ..durability.detect import record_if_confirmed
-from ..errors import AtlasError, DatabaseCorrupt, StorageError
+from ..errors import AtlasError, Conflict, DatabaseCorrupt, StorageError
 from ..gates.effects import Capabilities, UnknownJobRun, running_job
 from ..ledger import Ledger
 from ..ledger.store import storage_error
@@ -90,11 +90,36 @@ def open_workspace(home: Path | None) -> Workspace:
     return Workspace.open(resolve_home(home))
 
 
+# How long a read command waits for the writer lock before it shows the ledger as it stands.
+READ_LOCK_WAIT = 5.0
+
+
+def _open_for(ws: Workspace, read_only: bool) -> Ledger:
+    """The ledger, level with the journal. A read command (``read_only``) that may not
+    bring it level just now (a detection waits for `atlas recover`; the writer lock is
+    held longer than READ_LOCK_WAIT) shows it as it stands instead, and says why."""
+    if not read_only:
+        return Ledger.for_workspace(ws).open()
+    ledger = Ledger.for_workspace(ws, lock_timeout=READ_LOCK_WAIT)
+    try:
+        return ledger.open()
+    except (Conflict, DatabaseCorrupt) as exc:
+        if isinstance(exc, DatabaseCorrupt) and "detection" not in exc.details:
+            raise  # the file itself is damaged: reading it as it stands would fail too
+        ledger.close()
+        err.print(f"showing the ledger as it stands (events only the journal holds are not "
+                  f"shown): {exc.message}", style="yellow")
+        return Ledger.for_workspace(ws).open_as_it_stands()
+
+
 @contextmanager
-def open_ledger(home: Path | None) -> Iterator[tuple[Workspace, Ledger]]:
+def open_ledger(home: Path | None, *, read_only: bool = False
+                ) -> Iterator[tuple[Workspace, Ledger]]:
+    """The workspace and its ledger. ``read_only`` marks a command that only reads: it
+    still works, on the ledger as it stands, while Atlas may not write."""
     ws = open_workspace(home)
     try:
-        with Ledger.for_workspace(ws) as ledger:
+        with _open_for(ws, read_only) as ledger:
             if ledger.report.caught_up:
                 err.print(f"applied {ledger.report.caught_up} journaled event(s) the "
                           "ledger was missing", style="yellow")

@@ -50,7 +50,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List events in id order (JSON: id, ts, kind, actor, subject, payload, prev_hash, hash)."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         events = ledger.events(after=after, kind=kind, limit=limit + 1)
     more = len(events) > limit
     events = events[:limit]
@@ -76,13 +76,14 @@ def tail(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the newest events; with --follow, keep printing new ones as they are appended."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         events = ledger.events(kind=kind, limit=lines, newest=True)
         _emit(events, as_json)
         last = events[-1].id if events else (ledger.last_event() or _Zero).id
         try:
             while follow:
                 time.sleep(interval)
+                ledger.follow()  # a recovery may have swapped the file meanwhile
                 new = ledger.events(after=last, kind=kind)
                 if new:
                     _emit(new, as_json)

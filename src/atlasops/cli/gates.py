@@ -95,7 +95,7 @@ def token_create(
 @handles_errors
 def token_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List tokens (names and roles; never the secrets)."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         rows = auth.list_tokens(ledger)
     if as_json:
         print_json(rows)
@@ -125,7 +125,7 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")],
 @handles_errors
 def lane_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Every lane: open or closed, its one channel, cap, cooldown, approval rule."""
-    with open_ledger(home) as (ws, ledger):
+    with open_ledger(home, read_only=True) as (ws, ledger):
         rows = [v.to_dict() for v in lanes_lib.all_lanes(ledger, ws.config)]
     if as_json:
         print_json(rows)
@@ -268,7 +268,7 @@ def drafts_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List drafts with their state (approval-ready is evaluated now)."""
-    with open_ledger(home) as (ws, ledger):
+    with open_ledger(home, read_only=True) as (ws, ledger):
         rows = drafts_lib.list_drafts(ledger, ws.config, state=state, lane=lane, limit=limit)
     if as_json:
         print_json(rows)
@@ -286,7 +286,7 @@ def drafts_list(
 def drafts_show(draft_id: Annotated[int, typer.Argument(metavar="ID")], home: HomeOpt = None,
                 as_json: JsonOpt = False) -> None:
     """Show one draft in full."""
-    with open_ledger(home) as (ws, ledger):
+    with open_ledger(home, read_only=True) as (ws, ledger):
         d = drafts_lib.get_draft(ledger, draft_id)
         d["display_state"] = drafts_lib.display_state(ledger, ws.config, d)
     if as_json:
@@ -352,7 +352,7 @@ def _conditions_table(title: str, conds: list[dict[str, Any]]) -> Table:
 def gate_explain(draft_id: Annotated[int, typer.Argument(metavar="ID")],
                  home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Every condition between a draft and a send, each with pass/fail and why."""
-    with open_ledger(home) as (ws, ledger):
+    with open_ledger(home, read_only=True) as (ws, ledger):
         data = drafts_lib.explain(ledger, ws.config, draft_id)
     if as_json:
         print_json(data)
@@ -368,7 +368,7 @@ def gate_explain(draft_id: Annotated[int, typer.Argument(metavar="ID")],
 @handles_errors
 def gate_status_cmd(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Per lane: open or closed, channel, drafts by state, touches due, what holds them."""
-    with open_ledger(home) as (ws, ledger):
+    with open_ledger(home, read_only=True) as (ws, ledger):
         data = gate_status(ledger, ws.config)
     if as_json:
         print_json(data)
@@ -444,7 +444,7 @@ def _show_pass(r: outbox_lib.OutboxReport) -> None:
                   style="red")
         return
     out.print(f"{len(r.sent)} sent, {len(r.failed)} failed, {len(r.retrying)} retrying, "
-              f"{len(r.ambiguous)} ambiguous, {len(r.refused)} refused "
+              f"{len(r.ambiguous) + len(r.found_ambiguous)} ambiguous, {len(r.refused)} refused "
               f"({r.outcome}). Receipt #{r.receipt_id}.")
     for line in r.reason_lines():
         out.print(line, style="red", highlight=False)
@@ -527,7 +527,7 @@ def outbox_resolve(
 @handles_errors
 def touches_due(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Touches due now."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         rows = packets_lib.due_touches(ledger)
     if as_json:
         print_json(rows)
@@ -627,7 +627,7 @@ def packet_create(
 @handles_errors
 def packet_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List packets."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         rows = packets_lib.list_packets(ledger)
     if as_json:
         print_json(rows)
@@ -641,7 +641,7 @@ def packet_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 @handles_errors
 def packet_show(name: Annotated[str, typer.Argument()], home: HomeOpt = None) -> None:
     """Show a packet as the owner will read it."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         text = packets_lib.render_packet(ledger, packets_lib.get_packet(ledger, name))
     out.print(text, highlight=False)
 

@@ -88,7 +88,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List leads, oldest first."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         rows = list_leads(ledger, segment=segment, business=business, limit=limit)
     if as_json:
         print_json(rows)

@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
 @handles_errors
 def jobs_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Configured jobs ([jobs.NAME] in atlas.toml) and the built-in ones."""
-    with open_ledger(home) as (ws, _ledger):
+    with open_ledger(home, read_only=True) as (ws, _ledger):
         rows = list(jobs_lib.all_jobs(ws.config).values())
     if as_json:
         print_json(rows)
@@ -112,7 +112,7 @@ def jobs_runs(since: Annotated[str | None, typer.Option("--since", help="ISO dat
               home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Job runs, oldest first. A run without a receipt is `running`, or `no receipt
     (runner died)` once its runner is gone or its time is up."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         rows = jobs_lib.list_runs(ledger, since)
     if as_json:
         print_json(rows)
@@ -156,7 +156,7 @@ def snapshot_record(
 def snapshot_list(name: Annotated[str | None, typer.Option("--name")] = None,
                   home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List snapshots."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         rows = records.list_snapshots(ledger, name)
     if as_json:
         print_json(rows)
@@ -171,7 +171,7 @@ def snapshot_list(name: Annotated[str | None, typer.Option("--name")] = None,
 def snapshot_show(snapshot_id: Annotated[int, typer.Argument(metavar="ID")],
                   home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Show a snapshot and its data."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         snap = records.get_snapshot(ledger, snapshot_id)
     if as_json:
         print_json(snap)
@@ -296,7 +296,7 @@ def content_add(
 def content_list(business: Annotated[str | None, typer.Option("--business")] = None,
                  home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List content items."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         rows = records.list_content(ledger, business)
     if as_json:
         print_json(rows)
@@ -370,7 +370,7 @@ def deploy_record(
 def deploy_list(since: Annotated[str | None, typer.Option("--since", help="ISO date.")] = None,
                 home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Deploy receipts, oldest first."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         rows = records.list_deploys(ledger, since)
     if as_json:
         print_json(rows)

@@ -33,7 +33,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List receipts, newest first."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         rows = list_receipts(ledger, kind=kind, limit=limit)
     if as_json:
         print_json(rows)
@@ -54,7 +54,7 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one receipt in full: summary, symptom, actions, checks, effects, evidence."""
-    with open_ledger(home) as (_ws, ledger):
+    with open_ledger(home, read_only=True) as (_ws, ledger):
         r = get_receipt(ledger, receipt_id)
     if as_json:
         print_json(r)

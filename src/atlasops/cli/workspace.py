@@ -72,7 +72,7 @@ def init(
 @handles_errors
 def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Counts, the last event, journal health and the latest backup."""
-    with open_ledger(home) as (ws, ledger):
+    with open_ledger(home, read_only=True) as (ws, ledger):
         data = workspace_status(ws, ledger)
     if as_json:
         print_json(data)

@@ -75,6 +75,9 @@ class OutboxReport:
     failed: list[int] = field(default_factory=list)
     retrying: list[int] = field(default_factory=list)
     ambiguous: list[int] = field(default_factory=list)
+    # found `sending` when the pass began: an earlier outbox stopped mid-send (not this
+    # pass's attempt, so not one of its failures)
+    found_ambiguous: list[int] = field(default_factory=list)
     voided: list[int] = field(default_factory=list)
     held: dict[str, list[int]] = field(default_factory=dict)
     refused: list[int] = field(default_factory=list)
@@ -100,6 +103,8 @@ class OutboxReport:
         lines = []
         for label, ids in (("failed", self.failed), ("retrying", self.retrying),
                            ("ambiguous (check, then `atlas outbox resolve`)", self.ambiguous),
+                           ("ambiguous, left by an earlier outbox that stopped mid-send "
+                            "(check, then `atlas outbox resolve`)", self.found_ambiguous),
                            ("approval(s) voided", self.voided), ("refused", self.refused),
                            ("not sent (stopped before handing over; next pass)",
                             self.stopped)):
@@ -172,7 +177,7 @@ def _mark_interrupted(ledger: Ledger, actor: str, report: OutboxReport) -> None:
         for row in conn.execute("SELECT id, state FROM drafts WHERE state IN "
                                 "('sending','queued')"):
             if row[1] == "sending":
-                report.ambiguous.append(int(row[0]))
+                report.found_ambiguous.append(int(row[0]))
                 report.reasons[int(row[0])] = AMBIGUOUS_AFTER_STOP
                 events.append(NewEvent("draft.ambiguous", actor, {
                     "id": row[0], "reason": AMBIGUOUS_AFTER_STOP},
@@ -456,7 +461,9 @@ def _run_receipt(ledger: Ledger, actor: str, started: str, report: OutboxReport,
             parts.append(f"stopped by {report.interrupted}")
     parts += report.hold_lines()
     for label, ids in (("failed", report.failed), ("retrying", report.retrying),
-                       ("ambiguous", report.ambiguous), ("approval voided", report.voided),
+                       ("ambiguous", report.ambiguous),
+                       ("found ambiguous (an earlier outbox stopped mid-send)",
+                        report.found_ambiguous), ("approval voided", report.voided),
                        ("refused", report.refused),
                        ("not sent (stopped before handing over)", report.stopped)):
         if ids:

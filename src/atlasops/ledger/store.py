@@ -41,7 +41,6 @@ KIND_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 # (SQLITE_BUSY), an I/O error, a file that cannot be opened.
 CORRUPT_CODES = (11, 26)
 SYSTEM_ACTOR = "atlas"
-CATCH_UP_CHUNK = 5000
 # Recorded (in the journal only) when the database is found damaged; while one waits in
 # the journal beyond the ledger's head, the database is not written to.
 DETECTED = "db.corruption.detected"
@@ -136,12 +135,14 @@ class Ledger:
         self._tail: Tail | None = None
         self._notices: list[NewEvent] = []
         self._next_id = 1
+        self._read_only = False
         self.report = OpenReport()
 
     @classmethod
-    def for_workspace(cls, ws: Any, *, recovering: bool = False) -> Ledger:
+    def for_workspace(cls, ws: Any, *, recovering: bool = False,
+                      lock_timeout: float = 60.0) -> Ledger:
         return cls(ws.db_path, ws.journal_dir, ws.lock_path, ws.config.journal.segment_bytes,
-                   recovering=recovering)
+                   recovering=recovering, lock_timeout=lock_timeout)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -152,13 +153,47 @@ class Ledger:
         the file, so a connection never points at a file that is being replaced."""
         with self._locked():
             self._connect_locked()
-            self._sync()
-            if self._fresh is not None and self.report.caught_up:
-                self._notices.append(NewEvent(REBUILT, SYSTEM_ACTOR, {
-                    "reason": f"{self.db_path.name} was {self._fresh}",
-                    "replayed": self.report.caught_up, "source": "journal"}))
+            self._level_locked()
             if self._notices:
                 self._append_locked(lambda _c: [])
+        return self
+
+    def _level_locked(self) -> None:
+        """Under the lock: bring the ledger level with the journal. A file that was
+        created on connecting (it was missing or empty) and filled from the journal is
+        recorded by a ``ledger.rebuilt`` notice, whether that happened on open or in a
+        long-lived process that found the file gone."""
+        before = self.report.caught_up
+        self._sync()
+        if self._fresh is not None and self.report.caught_up > before:
+            self._notices.append(NewEvent(REBUILT, SYSTEM_ACTOR, {
+                "reason": f"{self.db_path.name} was {self._fresh}",
+                "replayed": self.report.caught_up - before, "source": "journal"}))
+        self._fresh = None
+
+    def follow(self) -> None:
+        """For a long-lived reader (``atlas events tail --follow``): if the file at
+        ``db_path`` is no longer the one this connection reads (a recovery swapped it),
+        connect to the new one, level with the journal. Cheap when nothing changed."""
+        if self._read_only:
+            return
+        try:
+            st = os.stat(self.db_path)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        if now != self._identity:
+            with self._locked():
+                self._reconnect_if_replaced()
+                self._level_locked()
+
+    def open_as_it_stands(self) -> Ledger:
+        """Open for reading only: no lock, no catch-up, no migration, nothing written: the
+        ledger as it stands. For showing a workspace Atlas may not write just now (a
+        detection waiting for `atlas recover`, the writer lock held by a long recovery);
+        events only the journal holds are not shown. Appends raise."""
+        self._conn = connect_ro(self.db_path)
+        self._read_only = True
         return self
 
     def _connect_locked(self) -> None:
@@ -235,9 +270,12 @@ class Ledger:
         """Run ``build`` under the writer lock, inside the write transaction, and append
         the events it returns. ``build`` reads the current state through the connection
         it is given, so decisions (is this lead new?) cannot race another writer."""
+        if self._read_only:
+            raise StorageError("this ledger was opened as it stands, for reading only; "
+                               "nothing can be written through it")
         with self._locked():
             self._reconnect_if_replaced()
-            self._sync()
+            self._level_locked()
             return self._append_locked(build)
 
     def _append_locked(self, build: Callable[[sqlite3.Connection], list[NewEvent]]
@@ -348,13 +386,15 @@ class Ledger:
 
     def _catch_up(self, head_id: int, head_hash: str | None) -> None:
         """Apply the journal records after the ledger's head, in one transaction: all of
-        them or none. A ``db.corruption.detected`` among them means this database was
-        found damaged and not yet recovered: nothing is written to it, unless this is
-        `atlas recover` applying it in place (the file passed every check)."""
+        them or none. A ``db.corruption.detected`` among them that no later recovery
+        receipt closes means this database was found damaged and not yet recovered:
+        nothing is written to it, unless this is `atlas recover` applying it in place (the
+        file passed every check). A detection a recovery closed (a rebuild from the journal
+        after the database file was deleted replays both) is history, not a block."""
         conn = self.conn
         chain = Chain(read_gaps(self.journal.directory)).start_after(head_id, head_hash)
-        batch: list[Event] = []
         count = 0
+        pending: Event | None = None  # a detection not (yet) closed by a recovery receipt
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -362,21 +402,30 @@ class Ledger:
                     if not isinstance(item, Located):
                         raise JournalCorrupt(f"cannot replay the journal: {item.describe()}")
                     event = item.event
-                    if event.kind == DETECTED and not self._recovering:
-                        raise DatabaseCorrupt(
-                            f"{self.db_path} was found damaged (event {event.id}, {DETECTED}: "
-                            f"{event.payload.get('summary', 'no summary')}) and has not been "
-                            "recovered since; Atlas does not write to it",
-                            path=str(self.db_path), detection=event.id)
+                    if event.kind == DETECTED:
+                        pending = pending or event
+                    elif pending is not None and _closes_detections(event):
+                        pending = None
                     problem = chain.accept(event)
                     if problem is not None:
                         raise JournalCorrupt(
                             f"journal record for event {event.id} at {item.segment} line "
                             f"{item.line} does not continue the hash chain: {problem}")
-                    batch.append(event)
-                    if len(batch) >= CATCH_UP_CHUNK:
-                        count += _apply_batch(conn, batch)
-                count += _apply_batch(conn, batch)
+                    try:
+                        projections.apply(conn, event)
+                    except InputError as exc:  # the journal holds what Atlas would refuse
+                        raise JournalCorrupt(
+                            f"journal record for event {event.id} at {item.segment} line "
+                            f"{item.line} cannot be applied to the ledger: {exc.message}",
+                            hint="Run `atlas ledger verify` to see the record; `atlas recover "
+                            "--dry-run` shows what recovery would do with it.") from exc
+                    count += 1
+                if pending is not None and not self._recovering:
+                    raise DatabaseCorrupt(
+                        f"{self.db_path} was found damaged (event {pending.id}, {DETECTED}: "
+                        f"{pending.payload.get('summary', 'no summary')}) and has not been "
+                        "recovered since; Atlas does not write to it",
+                        path=str(self.db_path), detection=pending.id)
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -434,12 +483,12 @@ class Ledger:
         return int(row["n"]) if row is not None else 0
 
 
-def _apply_batch(conn: sqlite3.Connection, batch: list[Event]) -> int:
-    for event in batch:
-        projections.apply(conn, event)
-    n = len(batch)
-    batch.clear()
-    return n
+def _closes_detections(event: Event) -> bool:
+    """A recovery receipt that did not fail: it verified the ledger after the detections
+    before it (and replayed them into the recovered ledger)."""
+    p = event.payload
+    return (event.kind == "receipt.recorded" and p.get("kind") == "recovery"
+            and p.get("outcome") != "failed")
 
 
 EVENT_COLUMNS = "id, ts, kind, actor, subject, payload, prev_hash, hash"
