@@ -16,6 +16,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -476,6 +477,11 @@ def test_stored_hash_equals_the_slow_hash(payload: dict[str, Any], subject: str 
         e = Event.seal(NewEvent("note.added", actor, payload, subject), 42,
                        "2026-01-01T00:00:00.000000Z", "ab" * 32)
         text = canonical_json(e.payload)
+        # sealing splices the payload text in: the slow, whole-dict spelling must agree
+        assert e.hash == Event.compute_hash(e.id, e.ts, e.kind, e.actor, e.subject, e.payload,
+                                            e.prev_hash)
+        slow_body = canonical_json(e.to_dict()).encode()
+        assert encode_record(e) == b"%08x " % zlib.crc32(slow_body) + slow_body + b"\n"
         assert hash_from_stored(e.id, e.ts, e.kind, e.actor, e.subject, text,
                                 e.prev_hash) == e.hash
         stored = StoredEvent(e.id, e.ts, e.kind, e.actor, e.subject, text, e.prev_hash,

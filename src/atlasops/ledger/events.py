@@ -48,6 +48,9 @@ class Event:
     payload: dict[str, Any]
     prev_hash: str
     hash: str
+    # The payload's canonical JSON, when already known (an event just sealed): the ledger
+    # row and the journal record reuse it instead of serialising the payload again.
+    payload_json: str | None = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def compute_hash(
@@ -67,8 +70,21 @@ class Event:
 
     @classmethod
     def seal(cls, new: NewEvent, id: int, ts: str, prev_hash: str) -> Event:
-        digest = cls.compute_hash(id, ts, new.kind, new.actor, new.subject, new.payload, prev_hash)
-        return cls(id, ts, new.kind, new.actor, new.subject, new.payload, prev_hash, digest)
+        payload_json: str | None = canonical_json(new.payload)
+        assert payload_json is not None
+        digest = hash_from_stored(id, ts, new.kind, new.actor, new.subject, payload_json,
+                                  prev_hash)
+        if digest is None:  # fields of unexpected types: the slow path decides
+            digest = cls.compute_hash(id, ts, new.kind, new.actor, new.subject, new.payload,
+                                      prev_hash)
+            payload_json = None
+        return cls(id, ts, new.kind, new.actor, new.subject, new.payload, prev_hash, digest,
+                   payload_json)
+
+    def stored_payload(self) -> str:
+        """The payload as the ledger and the journal store it (canonical JSON)."""
+        return self.payload_json if self.payload_json is not None else canonical_json(
+            self.payload)
 
     def hash_ok(self) -> bool:
         expected = self.compute_hash(
@@ -120,14 +136,32 @@ def hash_from_stored(id: int, ts: str, kind: str, actor: str, subject: str | Non
             or type(prev_hash) is not str
             or (subject is not None and type(subject) is not str)):
         return None
-    body = "".join((
-        '{"actor":', encode_basestring(actor), ',"id":', str(id),
-        ',"kind":', encode_basestring(kind), ',"payload":', payload_json,
-        ',"prev_hash":', encode_basestring(prev_hash),
+    head, rest = _spliced(id, ts, kind, actor, subject, payload_json, prev_hash)
+    return hashlib.sha256((head + rest).encode("utf-8")).hexdigest()
+
+
+def _spliced(id: int, ts: str, kind: str, actor: str, subject: str | None,
+             payload_json: str, prev_hash: str) -> tuple[str, str]:
+    """The canonical JSON of an event's fields, cut where ``"hash"`` goes (keys sorted:
+    actor, [hash,] id, ...), with the stored payload text spliced in: ``head + rest`` is
+    the hashed body, ``head + '"hash":..., ' + rest`` the journal record."""
+    head = '{"actor":' + encode_basestring(actor) + ","
+    rest = "".join((
+        '"id":', str(id), ',"kind":', encode_basestring(kind),
+        ',"payload":', payload_json, ',"prev_hash":', encode_basestring(prev_hash),
         ',"subject":', "null" if subject is None else encode_basestring(subject),
-        ',"ts":', encode_basestring(ts), "}",
-    ))
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+        ',"ts":', encode_basestring(ts), "}"))
+    return head, rest
+
+
+def record_json(event: Event) -> str:
+    """The journal record of an event: its canonical JSON, hash included. Spliced from the
+    sealed payload text when there is one (byte for byte what the slow path writes)."""
+    if event.payload_json is None:
+        return canonical_json(event.to_dict())
+    head, rest = _spliced(event.id, event.ts, event.kind, event.actor, event.subject,
+                          event.payload_json, event.prev_hash)
+    return head + '"hash":' + encode_basestring(event.hash) + "," + rest
 
 
 class StoredEvent:
@@ -184,13 +218,8 @@ class StoredEvent:
                 or type(self.hash) is not str
                 or (self.subject is not None and type(self.subject) is not str)):
             return False
-        head = '{"actor":' + encode_basestring(self.actor) + ","
-        rest = "".join((
-            '"id":', str(self.id), ',"kind":', encode_basestring(self.kind),
-            ',"payload":', self.payload_json, ',"prev_hash":',
-            encode_basestring(self.prev_hash), ',"subject":',
-            "null" if self.subject is None else encode_basestring(self.subject),
-            ',"ts":', encode_basestring(self.ts), "}"))
+        head, rest = _spliced(self.id, self.ts, self.kind, self.actor, self.subject,
+                              self.payload_json, self.prev_hash)
         if (head + '"hash":' + encode_basestring(self.hash) + "," + rest).encode() != body:
             return False
         if not self.verified:
@@ -218,4 +247,4 @@ class StoredEvent:
 
 
 __all__ = ["GENESIS_HASH", "Event", "NewEvent", "StoredEvent", "canonical_json",
-           "hash_from_stored", "utc_now"]
+           "hash_from_stored", "record_json", "utc_now"]

@@ -28,7 +28,7 @@ from typing import BinaryIO, TypeVar
 
 from ..errors import StorageError
 from ..fsutil import fsync_dir, write_all
-from .events import Event, StoredEvent, canonical_json
+from .events import Event, StoredEvent, record_json
 
 _T = TypeVar("_T", Event, StoredEvent)
 
@@ -38,7 +38,7 @@ _TAIL_CHUNK = 64 * 1024
 
 
 def encode_record(event: Event) -> bytes:
-    body = canonical_json(event.to_dict()).encode("utf-8")
+    body = record_json(event).encode("utf-8")
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
 

@@ -35,7 +35,7 @@ def insert_event(conn: sqlite3.Connection, event: Event) -> None:
         "INSERT INTO events(id, ts, kind, actor, subject, payload, prev_hash, hash)"
         " VALUES (?,?,?,?,?,?,?,?)",
         (event.id, event.ts, event.kind, event.actor, event.subject,
-         canonical_json(event.payload), event.prev_hash, event.hash),
+         event.stored_payload(), event.prev_hash, event.hash),
     )
 
 
@@ -126,7 +126,7 @@ def _receipt_recorded(conn: sqlite3.Connection, e: Event) -> None:
         "INSERT INTO receipts(id, kind, subject, actor, started_at, finished_at, outcome,"
         " summary, body) VALUES (?,?,?,?,?,?,?,?,?)",
         (e.id, p["kind"], p.get("subject"), p["actor"], p["started_at"], p["finished_at"],
-         p["outcome"], p["summary"], canonical_json(p)),
+         p["outcome"], p["summary"], e.stored_payload()),
     )
 
 

@@ -125,6 +125,10 @@ class Ledger:
                  segment_bytes: int, *, lock_timeout: float = 60.0,
                  recovering: bool = False) -> None:
         self.db_path = Path(db_path)
+        # plain strings for the checks every append makes (os.stat of a str, no pathlib)
+        self._db_str = str(self.db_path)
+        self._pending_str = str(self.db_path.parent / RECOVERY_PENDING)
+        self._journal_str = os.path.join(journal_dir, "")
         # `atlas recover`: recording its receipt mid-swap, or applying a detection in place
         self._recovering = recovering
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
@@ -214,7 +218,7 @@ class Ledger:
         self._fresh = None if size else ("missing" if size is None else "empty (0 bytes)")
 
     def _refuse_if_recovery_pending(self) -> None:
-        if not self._recovering and (self.db_path.parent / RECOVERY_PENDING).exists():
+        if not self._recovering and os.path.exists(self._pending_str):
             raise StorageError(
                 f"a recovery of {self.db_path} was interrupted before it finished; nothing "
                 "is written until it is done", hint="Run `atlas recover`: it finishes the "
@@ -226,7 +230,7 @@ class Ledger:
         old inode would put events where no one will ever read them."""
         self._refuse_if_recovery_pending()
         try:
-            st = os.stat(self.db_path)
+            st = os.stat(self._db_str)
             now: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except FileNotFoundError:
             now = None
@@ -327,15 +331,18 @@ class Ledger:
     # -- keeping the ledger level with the journal ---------------------------
 
     def _journal_unchanged(self) -> bool:
+        """Whether the journal is exactly as this process last left it (no other writer
+        appended or rotated since): then the ledger is level with it and nothing needs
+        reading. Two stats of plain strings: this runs on every append."""
         tail = self._tail
         if tail is None or tail.segment is None:
             return False
+        rotated = self._journal_str + self.journal.segment_name(tail.last_id + 1)
         try:
-            size = tail.segment.stat().st_size
+            size = os.stat(tail.segment).st_size
         except FileNotFoundError:
             return False
-        rotated = (self.journal.directory / self.journal.segment_name(tail.last_id + 1)).exists()
-        return size == tail.size and not rotated
+        return size == tail.size and not os.path.exists(rotated)
 
     def _ledger_head(self) -> tuple[int, str | None]:
         try:
