@@ -32,17 +32,25 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def replace_durably(path: Path, data: bytes, mode: int = PRIVATE) -> None:
-    """Write to a temporary file, fsync it, rename it over ``path``, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def write_synced(path: Path, data: bytes, mode: int = PRIVATE, *,
+                 exclusive: bool = False) -> None:
+    """Write ``data`` as the whole of ``path`` (created with ``mode``; with ``exclusive``
+    it must not exist yet) and fsync it. The directory entry is the caller's to sync."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
     try:
         write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_durably(path: Path, data: bytes, mode: int = PRIVATE) -> None:
+    """Write to a temporary file, fsync it, rename it over ``path``, fsync the directory."""
+    tmp = path.with_name(path.name + ".tmp")
+    write_synced(tmp, data, mode)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
-__all__ = ["fsync_dir", "fsync_file", "replace_durably", "write_all"]
+__all__ = ["fsync_dir", "fsync_file", "replace_durably", "write_all", "write_synced"]

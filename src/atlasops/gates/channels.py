@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import Channel
-from ..fsutil import PRIVATE, fsync_dir, write_all
+from ..fsutil import PRIVATE, fsync_dir, write_synced
 from ..ops.process import Interrupted, interruptible
 
 
@@ -106,12 +106,7 @@ class MaildirSender:
         try:
             for sub in ("tmp", "new", "cur"):
                 private_dirs(self.path / sub)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_synced(tmp, data, PRIVATE, exclusive=True)
             os.rename(tmp, new)
         except OSError as exc:
             tmp.unlink(missing_ok=True)

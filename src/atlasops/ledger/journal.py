@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from ..errors import StorageError
-from ..fsutil import fsync_dir, write_all
+from ..fsutil import fsync_dir, write_all, write_synced
 from .events import Event, StoredEvent, record_json
 
 _T = TypeVar("_T", Event, StoredEvent)
@@ -396,12 +396,7 @@ class Journal:
         with open(tail.segment, "rb") as src:
             src.seek(tail.valid_size)
             data = src.read()
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_synced(target, data, FILE_MODE)
         if target.stat().st_size != len(data):
             raise StorageError(f"could not copy the torn journal tail to {target}; "
                                "the journal was left as it was")

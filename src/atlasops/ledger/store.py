@@ -181,12 +181,7 @@ class Ledger:
         connect to the new one, level with the journal. Cheap when nothing changed."""
         if self._read_only:
             return
-        try:
-            st = os.stat(self.db_path)
-            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except FileNotFoundError:
-            now = None
-        if now != self._identity:
+        if self._file_identity() != self._identity:
             with self._locked():
                 self._reconnect_if_replaced()
                 self._level_locked()
@@ -229,14 +224,17 @@ class Ledger:
         connection holds (a recovery swapped it), connect to the new one. Writing to the
         old inode would put events where no one will ever read them."""
         self._refuse_if_recovery_pending()
-        try:
-            st = os.stat(self._db_str)
-            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except FileNotFoundError:
-            now = None
-        if now != self._identity:
+        if self._file_identity() != self._identity:
             self.close()
             self._connect_locked()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the file at ``db_path`` now; None when there is none."""
+        try:
+            st = os.stat(self._db_str)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
 
     def close(self) -> None:
         if self._conn is not None:
