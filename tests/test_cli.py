@@ -432,3 +432,48 @@ def test_read_commands_show_the_ledger_as_it_stands_while_atlas_may_not_write(
         holder.wait()
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+def test_init_never_takes_over_a_folder_that_holds_other_files(cli: Any, tmp_path: Path) -> None:
+    home = tmp_path / "shared"
+    home.mkdir(mode=0o755)
+    (home / "notes.txt").write_text("someone else's")
+    r = cli("init", "--owner", "o@o.example", home=home)
+    assert r.exit_code == 7 and "not an Atlas workspace" in r.stderr
+    assert oct(home.stat().st_mode & 0o777) == oct(0o755)  # its mode is left alone
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
+
+
+def test_reimport_keeps_the_status_work_gave_a_lead_unless_asked(cli: Any, ledger: Ledger,
+                                                                 tmp_path: Path) -> None:
+    first = write_csv(tmp_path / "a.csv", [["a@b.example", "A", "", "cpa", ""]])
+    assert cli("leads", "import", str(first)).exit_code == 0
+    lead = cli("leads", "list", "--json").json()[0]
+    ledger.append("lead.updated", "agent:outreach", {"id": lead["id"],
+                                                     "changes": {"status": "contacted"}})
+    again = write_csv(tmp_path / "b.csv", [["a@b.example", "A2", "", "cpa", "", "", "new"]],
+                      header=["email", "name", "company", "segment", "business", "source",
+                              "status"])
+    r = cli("leads", "import", str(again), "--json")
+    assert r.exit_code == 0 and r.json()["updated"] == 1 and r.json()["status_kept"] == [
+        lead["id"]]
+    row = cli("leads", "list", "--json").json()[0]
+    assert (row["name"], row["status"]) == ("A2", "contacted")  # the name changes; not the work
+    r = cli("leads", "import", str(again), "--update-status", "--json")
+    assert r.exit_code == 0 and r.json()["updated"] == 1
+    assert cli("leads", "list", "--json").json()[0]["status"] == "new"
+
+
+def test_text_that_is_not_utf8_is_recorded_escaped_or_refused(cli: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    name = os.fsdecode(b"bad\xffname.csv")  # a file name a Linux file system allows
+    path = write_csv(tmp_path / name, [["a@b.example", "A", "", "", ""]])
+    r = cli("leads", "import", str(path), "--json")
+    assert r.exit_code == 0, r.stderr
+    receipt = cli("receipts", "show", str(r.json()["receipt_id"]), "--json").json()
+    assert receipt["subject"] == "bad\\xffname.csv"
+    monkeypatch.setenv("ATLAS_ACTOR", os.fsdecode(b"agent\xff"))
+    r = cli("leads", "import", str(write_csv(tmp_path / "c.csv", [["c@b.example", "C", "",
+                                                                   "", ""]])))
+    assert r.exit_code == 2 and "ATLAS_ACTOR is not valid UTF-8" in r.stderr

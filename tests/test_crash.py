@@ -494,3 +494,40 @@ def test_short_journal_write_is_never_acknowledged(tmp_path: Path) -> None:
     assert leads == (1 if acked else 0)
     result = verify(ws.db_path, journal)
     assert result.ok, [d.describe() for d in result.discrepancies[:5]]
+
+
+def test_a_torn_tail_met_by_a_refused_append_is_still_reported(tmp_path: Path) -> None:
+    """The notice of a set-aside tail is recorded at once, not with the next append: an
+    append refused right after (a conflicting lead) cannot take it away with it."""
+    from atlasops.errors import Conflict
+
+    ws, last = _seeded_workspace(tmp_path, [_lead(1), _note(2)])
+    with ws.ledger() as ledger:
+        record = encode_record(Event.seal(_note(3), last.id + 1, utc_now(), last.hash))
+        with open(ws.journal().segments()[-1], "ab") as fh:  # a torn write by another process
+            fh.write(record[: len(record) // 2])
+        with pytest.raises(Conflict):
+            ledger.append_many([_lead(1)])  # the same email again: refused
+    with ws.ledger() as ledger:
+        kinds = [e.kind for e in ledger.events()]
+    assert kinds == ["lead.created", "note.added", "journal.tail_set_aside"]
+    assert len(list((ws.journal_dir / "torn").iterdir())) == 1
+
+
+def test_rebuild_and_verify_stop_before_a_torn_tail_and_say_so(tmp_path: Path) -> None:
+    """After a crash mid-write, `ledger rebuild` replays every valid record and `ledger
+    verify` compares them; the torn bytes are named, not taken for damage."""
+    from atlasops.integrity import rebuild_as_of_now, verify_workspace
+    from atlasops.workspace import Workspace as AtlasWorkspace
+
+    home = tmp_path / "atlas"
+    real = AtlasWorkspace.init(home, "o@o.example")
+    with Ledger.for_workspace(real) as ledger:
+        last = ledger.append_many([_lead(i) for i in range(5)])[-1]
+    record = encode_record(Event.seal(_note(9), last.id + 1, utc_now(), last.hash))
+    with open(Journal(real.journal_dir, 1 << 20).segments()[-1], "ab") as fh:
+        fh.write(record[: len(record) // 3])
+    result, torn = rebuild_as_of_now(real, tmp_path / "rebuilt.db")
+    assert result.last_id == last.id and torn is not None and "torn write" in torn
+    verified = verify_workspace(real, "t", record_receipt=False)
+    assert verified.report.ok and verified.report.tail_problem is not None

@@ -381,7 +381,8 @@ def _recovery_scene(ws: Workspace, actor: str, receipts: list[int]) -> RecoveryR
                 writer = csv.writer(fh)
                 writer.writerow(["email", "status"])
                 writer.writerows([lead["email"], "contacted"] for lead in leads)
-            after = import_csv(ledger, ws.config, path, actor="agent:outreach")
+            after = import_csv(ledger, ws.config, path, actor="agent:outreach",
+                               update_status=True)
         if after.receipt_id is not None:
             receipts.append(after.receipt_id)
     # The day's incident: pages in the middle of leads.db are overwritten.

@@ -53,4 +53,11 @@ def replace_durably(path: Path, data: bytes, mode: int = PRIVATE) -> None:
     fsync_dir(path.parent)
 
 
-__all__ = ["fsync_dir", "fsync_file", "replace_durably", "write_all", "write_synced"]
+def display_name(name: str | os.PathLike[str]) -> str:
+    """A file name as text that can be recorded: bytes that are not UTF-8 (which Python
+    keeps as lone surrogates) are shown as backslash escapes instead."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+__all__ = ["display_name", "fsync_dir", "fsync_file", "replace_durably", "write_all",
+           "write_synced"]

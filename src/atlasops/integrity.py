@@ -9,8 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AtlasError
-from .ledger import Journal, Ledger, VerifyReport, compare_tables, rebuild, utc_now, verify
-from .ledger.verify import Discrepancy
+from .ledger import (
+    Journal,
+    Ledger,
+    RebuildReport,
+    VerifyReport,
+    compare_tables,
+    rebuild,
+    utc_now,
+    verify,
+)
+from .ledger.lock import WriterLock
+from .ledger.verify import Discrepancy, moment
 from .receipts import Check, Receipt, record
 from .workspace import Workspace
 
@@ -33,13 +43,37 @@ def _journal(ws: Workspace) -> Journal:
     return Journal(ws.journal_dir, ws.config.journal.segment_bytes)
 
 
+LOCK_WAIT = 30.0  # seconds a check waits for the writer lock (a recovery can hold it long)
+
+
+def _lock(ws: Workspace) -> WriterLock:
+    return WriterLock(ws.lock_path, timeout=LOCK_WAIT)
+
+
 def replay_differences(ws: Workspace) -> tuple[int, list[str]]:
     """Replay the journal into a scratch database and compare every projected table with
-    the ledger's. Returns (events replayed, the first differences)."""
-    with tempfile.TemporaryDirectory(prefix="atlas-replay-") as tmp:
-        target = Path(tmp) / "replay.db"
-        result = rebuild(_journal(ws), target)
-        return result.events, compare_tables(ws.db_path, target)
+    the ledger's, both as they stood at one moment (writers go on meanwhile). Returns
+    (events replayed, the first differences)."""
+    journal = _journal(ws)
+    conn, tail = moment(ws.db_path, journal, _lock(ws))
+    try:
+        with tempfile.TemporaryDirectory(prefix="atlas-replay-") as tmp:
+            target = Path(tmp) / "replay.db"
+            result = rebuild(journal, target, upto=tail.last_id)
+            return result.events, compare_tables(conn, target)
+    finally:
+        conn.close()
+
+
+def rebuild_as_of_now(ws: Workspace, into: Path) -> tuple[RebuildReport, str | None]:
+    """``atlas ledger rebuild``: replay the journal as it stands now (up to its last valid
+    record, noted under the writer lock) into ``into``. Returns the report and the torn
+    write after that record, if any (set aside by the next command that writes)."""
+    journal = _journal(ws)
+    with _lock(ws):
+        tail = journal.tail()
+    result = rebuild(journal, into, upto=tail.last_id)
+    return result, tail.problem.describe() if tail.problem is not None else None
 
 
 def verify_workspace(ws: Workspace, actor: str, *, record_receipt: bool = True,
@@ -49,7 +83,7 @@ def verify_workspace(ws: Workspace, actor: str, *, record_receipt: bool = True,
     With ``tables``, also replay the journal into a scratch database and compare every
     projected table: a row changed behind Atlas's back (not through an event) is found."""
     started, t0 = utc_now(), time.perf_counter()
-    report = verify(ws.db_path, _journal(ws))
+    report = verify(ws.db_path, _journal(ws), lock=_lock(ws))
     ms = (time.perf_counter() - t0) * 1000
     checks = [Check(name="ledger == journal, hash chains", passed=report.ok,
                     detail=(report.discrepancies[0].describe() if report.discrepancies
@@ -107,4 +141,5 @@ def replay_check(ws: Workspace, ledger: Ledger, actor: str) -> int:
     return record(ledger, receipt).id
 
 
-__all__ = ["Verified", "replay_check", "replay_differences", "verify_workspace"]
+__all__ = ["Verified", "rebuild_as_of_now", "replay_check", "replay_differences",
+           "verify_workspace"]

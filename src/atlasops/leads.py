@@ -22,6 +22,7 @@ from email_validator import EmailNotValidError, validate_email
 from . import businesses
 from .config import Config
 from .errors import ImportRejected, InputError
+from .fsutil import display_name
 from .ledger import Ledger, NewEvent, utc_now
 from .receipts import Receipt
 
@@ -52,6 +53,8 @@ class ImportReport:
     unchanged: int = 0
     skipped: list[RowError] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
+    # existing leads whose status the file would change, kept (no --update-status)
+    status_kept: list[int] = field(default_factory=list)
     receipt_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,8 +189,11 @@ def _validate_row(line: int, names: list[str], cells: list[str], config: Config,
     return (None if errors else LeadRow(line, fields)), errors
 
 
-def _diff_events(conn: sqlite3.Connection, rows: list[LeadRow], actor: str, source: str
-                 ) -> tuple[list[NewEvent], int, int, int]:
+def _diff_events(conn: sqlite3.Connection, rows: list[LeadRow], actor: str, source: str,
+                 update_status: bool, kept: list[int]) -> tuple[list[NewEvent], int, int, int]:
+    """The events that bring the leads to the file's rows. An existing lead's status is
+    the work done on it since (contacted, replied...): a file changes it only with
+    ``update_status``; otherwise the lead's id goes to ``kept``."""
     created = updated = unchanged = 0
     events: list[NewEvent] = []
     cur = conn.execute("SELECT id, email_key, name, company, segment, business, source, status"
@@ -206,6 +212,9 @@ def _diff_events(conn: sqlite3.Connection, rows: list[LeadRow], actor: str, sour
                            found[2:], strict=True))
         changes = {k: v for k, v in f.items()
                    if k in current and k != "source" and current[k] != v}
+        if "status" in changes and not update_status:
+            del changes["status"]
+            kept.append(found[0])
         if changes:
             events.append(NewEvent("lead.updated", actor, {"id": found[0], "changes": changes},
                                    subject=f"lead:{found[0]}"))
@@ -216,11 +225,13 @@ def _diff_events(conn: sqlite3.Connection, rows: list[LeadRow], actor: str, sour
 
 
 def import_csv(ledger: Ledger, config: Config, path: Path, *, actor: str,
-               business: str | None = None, skip_invalid: bool = False) -> ImportReport:
+               business: str | None = None, skip_invalid: bool = False,
+               update_status: bool = False) -> ImportReport:
     started = utc_now()
     path = Path(path)
     valid, errors, ignored, digest, count = parse_csv(path, config, business)
-    report = ImportReport(file=str(path), sha256=digest, rows=count, ignored_columns=ignored)
+    report = ImportReport(file=display_name(path), sha256=digest, rows=count,
+                          ignored_columns=ignored)
     if errors and not skip_invalid:
         raise ImportRejected(
             f"{path}: {len(errors)} invalid value(s) in {len({e.row for e in errors})} row(s); "
@@ -229,16 +240,19 @@ def import_csv(ledger: Ledger, config: Config, path: Path, *, actor: str,
         )
     report.skipped = errors
 
+    name = display_name(path.name)  # a file name that is not UTF-8 is still recordable
+
     def build(conn: sqlite3.Connection) -> list[NewEvent]:
         events = businesses.sync_events(conn, config, actor)
+        report.status_kept = []
         lead_events, report.created, report.updated, report.unchanged = _diff_events(
-            conn, valid, actor, f"csv:{path.name}")
+            conn, valid, actor, f"csv:{name}", update_status, report.status_kept)
         if not lead_events:
             return events
         receipt = Receipt(
-            kind="leads.import", subject=path.name, actor=actor, started_at=started,
+            kind="leads.import", subject=name, actor=actor, started_at=started,
             finished_at=utc_now(), outcome="ok",
-            summary=(f"{report.created} new and {report.updated} updated leads from {path.name}"
+            summary=(f"{report.created} new and {report.updated} updated leads from {name}"
                      f" are in the ledger; {report.unchanged} unchanged,"
                      f" {len({e.row for e in errors})} rows skipped."),
             evidence={"sha256": digest, "rows": count, "skipped_rows": sorted({e.row for e in

@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import StorageError
+from .errors import Conflict, StorageError
 from .ledger import Ledger
+from .ledger.lock import WriterLock
 from .workspace import Workspace
+
+HEALTH_LOCK_WAIT = 2.0  # seconds status waits for the writer lock to read both sides at once
 
 
 def journal_health(ledger: Ledger) -> dict[str, Any]:
@@ -18,8 +21,12 @@ def journal_health(ledger: Ledger) -> dict[str, Any]:
     journal; damage earlier in the journal is found by ``atlas ledger verify``."""
     journal = ledger.journal
     segments = journal.segments()
-    tail = journal.tail()
-    head = ledger.last_event()
+    try:  # both at one moment: a writer journals, then commits, under the lock
+        with WriterLock(ledger.lock_path, timeout=HEALTH_LOCK_WAIT):
+            tail = journal.tail()
+            head = ledger.last_event()
+    except Conflict:  # a long writer (a recovery): read both anyway, and say so below
+        tail, head = journal.tail(), ledger.last_event()
     problems: list[str] = []
     if tail.problem is not None:
         problems.append(tail.problem.describe())

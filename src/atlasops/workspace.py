@@ -139,6 +139,10 @@ class Workspace:
         if home.exists() and not home.is_dir():
             raise Conflict(f"{home} exists and is not a directory")
         config_path = home / CONFIG_NAME
+        if home.is_dir() and not config_path.exists() and any(home.iterdir()):
+            # Atlas makes its home private (0700): never do that to someone else's folder
+            raise Conflict(f"{home} already holds files and is not an Atlas workspace",
+                           hint="Choose a new or empty directory for the workspace.")
         text = None
         if not config_path.exists():
             # Validate before anything is created: a bad --owner leaves no directory behind.

@@ -13,13 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
+import pydantic
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from ..auth import Principal, authenticate
 from ..durability.detect import record_if_confirmed
-from ..errors import AtlasError, Conflict, DatabaseCorrupt, StorageError
+from ..errors import AtlasError, Conflict, DatabaseCorrupt, InputError, StorageError
 from ..gates.effects import Capabilities, UnknownJobRun, running_job
 from ..ledger import Ledger
 from ..ledger.store import storage_error
@@ -61,7 +62,13 @@ def resolve_home(home: Path | None) -> Path:
 
 def actor() -> str:
     """Who is acting: ``$ATLAS_ACTOR``, else the local user (until tokens exist)."""
-    return os.environ.get("ATLAS_ACTOR") or f"cli:{getpass.getuser()}"
+    name = os.environ.get("ATLAS_ACTOR") or f"cli:{getpass.getuser()}"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError("ATLAS_ACTOR is not valid UTF-8 text",
+                         hint="Set it to a plain name, e.g. agent:researcher.") from exc
+    return name
 
 
 def principal(ws: Workspace, ledger: Ledger) -> Principal:
@@ -172,8 +179,21 @@ def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
             wrapped = StorageError(f"{exc.strerror or exc}: {exc.filename or ''}".strip(": "))
             report_error(wrapped, as_json)
             raise typer.Exit(wrapped.exit_code) from exc
+        except (UnicodeError, pydantic.ValidationError) as exc:
+            # an argument or variable that is not UTF-8 text reached a model or an encoder:
+            # bad input (nothing was written: the write path checks before it writes)
+            refused = InputError(f"an argument, file name or variable holds text that is not "
+                                 f"valid UTF-8 and was refused: {_first_line(exc)}",
+                                 hint="Fix the text (or rename the file), then try again.")
+            report_error(refused, as_json)
+            raise typer.Exit(refused.exit_code) from exc
 
     return wrapper
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 __all__ = ["HomeOpt", "JsonOpt", "actor", "capabilities", "err", "handles_errors", "mark",

@@ -36,19 +36,22 @@ def import_(
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="Import the valid rows and list the invalid ones, instead of "
         "rejecting the whole file.")] = False,
+    update_status: Annotated[bool, typer.Option(
+        "--update-status", help="Let the file's status column change leads that already "
+        "exist (by default their status, the work done on them since, is kept).")] = False,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Import leads from a CSV file: all or nothing unless --skip-invalid.
 
     Every row is validated first (email syntax, known business and status, no control
-    characters). Re-importing the same file changes nothing. Exit code 2 when rows are
-    invalid.
+    characters). Re-importing the same file changes nothing; an existing lead's status
+    changes only with --update-status. Exit code 2 when rows are invalid.
     """
     with open_ledger(home) as (ws, ledger):
         try:
             report = import_csv(ledger, ws.config, file, actor=actor(), business=business,
-                                skip_invalid=skip_invalid)
+                                skip_invalid=skip_invalid, update_status=update_status)
         except ImportRejected as exc:
             if not as_json:
                 _error_table(exc.details.get("errors", []), "Rejected rows")
@@ -60,6 +63,9 @@ def import_(
         _error_table([e.__dict__ for e in report.skipped], "Skipped rows")
     if report.ignored_columns:
         err.print(styled(("ignored columns:", "yellow"), f" {', '.join(report.ignored_columns)}"))
+    if report.status_kept:
+        err.print(f"{len(report.status_kept)} existing lead(s) kept their status (the file "
+                  "says otherwise; --update-status applies it).", style="yellow")
     out.print(f"{report.created} created, {report.updated} updated, {report.unchanged} "
               f"unchanged, {len({e.row for e in report.skipped})} rows skipped "
               f"({report.rows} rows read)."

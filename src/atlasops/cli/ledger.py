@@ -7,9 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..integrity import verify_workspace
-from ..ledger import Journal
-from ..ledger import rebuild as rebuild_ledger
+from ..integrity import rebuild_as_of_now, verify_workspace
 from .common import (
     HomeOpt,
     JsonOpt,
@@ -59,6 +57,10 @@ def verify(
             err.print(f"  also: {d.describe()}")
         if len(report.discrepancies) > 10:
             err.print(f"  ... {len(report.discrepancies) - 10} more (see --json)")
+    if report.tail_problem and not as_json:
+        err.print(f"not compared: a torn write after event {report.journal_end} "
+                  f"({report.tail_problem}); the next command that writes sets it aside.",
+                  style="yellow")
     if result.receipt_error and not as_json:
         err.print(styled(("receipt not recorded:", "yellow"), f" {result.receipt_error}"))
     if not report.ok:
@@ -75,9 +77,12 @@ def rebuild(
 ) -> None:
     """Replay the whole journal into a fresh database at --into. Never overwrites."""
     ws = open_workspace(home)
-    result = rebuild_ledger(Journal(ws.journal_dir, ws.config.journal.segment_bytes), into)
+    result, torn = rebuild_as_of_now(ws, into)
     if as_json:
-        print_json(result.__dict__)
+        print_json({**result.__dict__, "tail_problem": torn})
         return
     out.print(styled(f"Replayed {result.events} events into ", (str(result.path), "bold"),
                      f" (last id {result.last_id})."))
+    if torn is not None:
+        err.print(f"not replayed: a torn write after event {result.last_id} ({torn}); the "
+                  "next command that writes sets it aside.", style="yellow")

@@ -134,6 +134,7 @@ class Ledger:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._fresh: str | None = None  # why the file was created on open, if it was
         self.journal = Journal(journal_dir, segment_bytes)
+        self.lock_path = Path(lock_path)
         self._lock = WriterLock(lock_path, timeout=lock_timeout)
         self._conn: sqlite3.Connection | None = None
         self._tail: Tail | None = None
@@ -158,8 +159,6 @@ class Ledger:
         with self._locked():
             self._connect_locked()
             self._level_locked()
-            if self._notices:
-                self._append_locked(lambda _c: [])
         return self
 
     def _level_locked(self) -> None:
@@ -174,7 +173,8 @@ class Ledger:
                 "reason": f"{self.db_path.name} was {self._fresh}",
                 "replayed": self.report.caught_up - before, "source": "journal"}))
         self._fresh = None
-
+        if self._notices:  # recorded at once, in a transaction of their own: a write
+            self._append_locked(lambda _c: [])  # refused next cannot take them along
     def follow(self) -> None:
         """For a long-lived reader (``atlas events tail --follow``): if the file at
         ``db_path`` is no longer the one this connection reads (a recovery swapped it),
@@ -313,6 +313,13 @@ class Ledger:
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
             raise storage_error(exc, self.db_path) from exc
+        except UnicodeEncodeError as exc:  # text that came in as bytes that are not UTF-8
+            conn.execute("ROLLBACK")
+            raise InputError(
+                f"the event holds text that is not valid UTF-8 ({exc.object[exc.start:exc.end]!r}"
+                " in a file name, a variable or an argument) and was not recorded",
+                hint="Nothing was written; rename the file or fix the text, then try again.",
+            ) from exc
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -180,6 +180,21 @@ def verify(db_path: Path, journal: Journal, *, limit: int = 50,
     return report
 
 
+def moment(db_path: Path, journal: Journal, lock: WriterLock) -> tuple[sqlite3.Connection, Tail]:
+    """The ledger and the journal as they stood at one moment: a read connection with its
+    read transaction begun, and the journal's tail, both taken under the writer lock (so
+    no write is half done), then the lock is released. The caller closes the connection."""
+    conn = connect_ro(db_path)
+    report = VerifyReport()
+    try:
+        tail = _snapshot(conn, db_path, journal, lock, report)
+    except BaseException:
+        conn.close()
+        raise
+    assert tail is not None
+    return conn, tail
+
+
 def _snapshot(conn: sqlite3.Connection, db_path: Path, journal: Journal,
               lock: WriterLock | None, report: VerifyReport) -> Tail | None:
     """Begin the read transaction the comparison reads the ledger in; with ``lock``,
@@ -211,8 +226,11 @@ class RebuildReport:
     last_hash: str | None
 
 
-def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None) -> RebuildReport:
-    """Replay the whole journal into a new database at ``into`` (which must not exist)."""
+def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None,
+            upto: int | None = None) -> RebuildReport:
+    """Replay the journal into a new database at ``into`` (which must not exist): all of
+    it, or its records up to event ``upto`` (a tail noted under the writer lock: the
+    journal as it stood at one moment, without a torn write after it)."""
     into = Path(into)
     if into.exists():
         raise Conflict(f"{into} already exists; Atlas never overwrites a database",
@@ -232,6 +250,8 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None) -> Re
                 conn.execute("ROLLBACK")
                 raise JournalCorrupt(f"cannot replay the journal: {item.describe()}")
             event = item.event
+            if upto is not None and event.id > upto:
+                break
             problem = chain.accept(event)
             if problem is not None:
                 conn.execute("ROLLBACK")
@@ -241,6 +261,8 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None) -> Re
             projections.apply(conn, event)
             last = event
             count += 1
+            if upto is not None and event.id >= upto:
+                break  # the journal as it stood: what follows (a torn write) is not read
         conn.execute("COMMIT")
     except BaseException:
         conn.close()
@@ -251,10 +273,13 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None) -> Re
     return RebuildReport(str(into), count, last.id if last else 0, last.hash if last else None)
 
 
-def compare_tables(a_path: Path, b_path: Path, *, limit: int = 10) -> list[str]:
+def compare_tables(a_path: Path | sqlite3.Connection, b_path: Path, *,
+                   limit: int = 10) -> list[str]:
     """The first ``limit`` differences between the projected tables of two ledgers, table by
-    table in primary-key order (streamed: neither ledger is loaded whole)."""
-    a, b = connect_ro(a_path), connect_ro(b_path)
+    table in primary-key order (streamed: neither ledger is loaded whole). ``a_path`` may
+    be an open connection (a read snapshot the caller began); it is left open."""
+    a = a_path if isinstance(a_path, sqlite3.Connection) else connect_ro(a_path)
+    b = connect_ro(b_path)
     found: list[str] = []
     try:
         for table in projections.PROJECTED_TABLES:
@@ -272,7 +297,8 @@ def compare_tables(a_path: Path, b_path: Path, *, limit: int = 10) -> list[str]:
                     if ra is None or rb is None or ra[0] != rb[0]:
                         break  # rows no longer line up; one report per table is enough
     finally:
-        a.close()
+        if a is not a_path:
+            a.close()
         b.close()
     return found
 
@@ -290,4 +316,4 @@ def dump_tables(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 
 __all__ = ["Discrepancy", "RebuildReport", "VerifyReport", "compare_tables", "dump_tables",
-           "rebuild", "verify"]
+           "moment", "rebuild", "verify"]
