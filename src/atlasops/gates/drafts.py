@@ -13,6 +13,7 @@ for, so a list or an approval never trusts a stale verdict.
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import json
 import sqlite3
@@ -45,6 +46,36 @@ def _has_crlf(value: str) -> bool:
         unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value)
 
 
+def header_as_read(name: str, value: str) -> str:
+    """The header's value as mail software reads it: the email library decodes RFC 2047
+    encoded-words (``=?utf-8?q?...?=``) when a header is set, so this is what the message
+    would really say. Raises ValueError when the library refuses the value outright."""
+    return str(email.policy.default.header_store_parse(name, value)[1])
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why ``value`` cannot be the ``name`` header as it is (None when it can): a line break
+    or control character, raw or hidden in an encoded-word, or an encoded-word at all, which
+    would make mail programs show other text (or another address) than the one approved."""
+    if _has_crlf(value):
+        return f"CR/LF in the {name} (header injection) is refused"
+    try:
+        shown = header_as_read(name, value)
+    except Exception as exc:  # the library refuses it outright: so does Atlas
+        return f"the {name} cannot be a mail header ({exc}): header injection is refused"
+    if shown == value:
+        return None
+    if _has_crlf(shown):
+        return (f"the {name} hides a line break in an RFC 2047 encoded-word (=?...?=), which "
+                "mail software decodes into extra header lines: header injection is refused")
+    return (f"the {name} contains an RFC 2047 encoded-word (=?charset?...?=); mail software "
+            f"would show {shown!r}, not the text that is approved, so it is refused")
+
+
+ENCODED_WORD_HINT = ("Write the text itself: Unicode is fine, Atlas encodes it when it sends. "
+                     "Atlas refuses '=?...?=' encoded-words in headers.")
+
+
 def validate_input(config: Config, lane: str, to: str, subject: str, body: str) -> str:
     """Reject at the edge what can never become a safe email; returns the normalized address."""
     lanes = config.all_lanes()
@@ -55,11 +86,16 @@ def validate_input(config: Config, lane: str, to: str, subject: str, body: str) 
     if _has_crlf(to) or _has_crlf(subject):
         raise InputError("CR/LF in the recipient or subject (header injection) is refused")
     address = normalize(to)
-    if wire_address(address) is None:
+    wire = wire_address(address)
+    if wire is None:
         raise InputError(f"{address} has a non-ASCII local part (before the @); Atlas's "
                          "channels send plain-ASCII SMTP without SMTPUTF8, so it cannot be "
                          "delivered", hint="Use the recipient's ASCII address. Internationalised "
                          "domains are fine: they are sent as punycode.")
+    for name, value in (("To", wire), ("Subject", subject)):
+        problem = header_problem(name, value)
+        if problem is not None:
+            raise InputError(problem, hint=ENCODED_WORD_HINT)
     if len(subject) > MAX_SUBJECT:
         raise InputError(f"the subject is longer than {MAX_SUBJECT} characters")
     limit = lanes[lane].max_body_bytes
@@ -81,7 +117,7 @@ def send_ready_conditions(ledger: Ledger, config: Config, lane: str, to: str, su
                   "present" if subject.strip() else "the subject is empty"),
         Condition("body_present", bool(body.strip()),
                   "present" if body.strip() else "the body is empty"),
-        Condition("no_header_injection", True, "no CR/LF in headers"),
+        _header_condition(to, subject),
         Condition("size_within_bounds", True,
                   f"{len(body.encode())} of {settings.max_body_bytes} bytes"),
     ]
@@ -94,6 +130,14 @@ def send_ready_conditions(ledger: Ledger, config: Config, lane: str, to: str, su
         conds.append(Condition("recipient_is_owner", ok, "an owner address" if ok else
                                f"lane {lane} only sends to the owner's addresses"))
     return conds
+
+
+def _header_condition(to: str, subject: str) -> Condition:
+    """Recipient and subject, each exactly the header mail software will read."""
+    problems = [p for name, value in (("To", wire_address(to) or to), ("Subject", subject))
+                if (p := header_problem(name, value)) is not None]
+    return Condition("no_header_injection", not problems, "; ".join(problems) or
+                     "To and Subject are single header lines that read exactly as written")
 
 
 def gate_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],

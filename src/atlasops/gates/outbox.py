@@ -22,6 +22,7 @@ its receipt.
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import sqlite3
 import time
@@ -29,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,7 @@ class OutboxReport:
     # pass's attempt, so not one of its failures)
     found_ambiguous: list[int] = field(default_factory=list)
     voided: list[int] = field(default_factory=list)
+    suppressed: list[int] = field(default_factory=list)  # approval voided: not attempted
     held: dict[str, list[int]] = field(default_factory=dict)
     refused: list[int] = field(default_factory=list)
     stopped: list[int] = field(default_factory=list)  # cut short before handing it over
@@ -105,7 +108,9 @@ class OutboxReport:
                            ("ambiguous (check, then `atlas outbox resolve`)", self.ambiguous),
                            ("ambiguous, left by an earlier outbox that stopped mid-send "
                             "(check, then `atlas outbox resolve`)", self.found_ambiguous),
-                           ("approval(s) voided", self.voided), ("refused", self.refused),
+                           ("approval(s) voided", self.voided),
+                           ("approval(s) voided, recipient suppressed", self.suppressed),
+                           ("refused", self.refused),
                            ("not sent (stopped before handing over; next pass)",
                             self.stopped)):
             groups: dict[str, list[int]] = {}
@@ -159,7 +164,32 @@ def build_message(draft: dict[str, Any], from_address: str, msg_id: str, *,
     if unsubscribe:
         msg["List-Unsubscribe"] = f"<mailto:{from_address}?subject=unsubscribe>"
     msg.set_content(draft["body"])
+    _check_headers(msg, to, msg_id, unsubscribe=unsubscribe)
     return msg
+
+
+# The headers an Atlas email has, each once: nothing else may reach the wire.
+HEADERS = frozenset({"From", "To", "Subject", "Date", "Message-ID", "MIME-Version",
+                     "Content-Type", "Content-Transfer-Encoding"})
+
+
+def _check_headers(msg: EmailMessage, to: str, msg_id: str, *, unsubscribe: bool) -> None:
+    """Read the serialized message back as a receiving server would and raise ValueError
+    unless its headers are exactly the expected ones, each once, with the recipient and
+    Message-ID intact and a subject on one line: the last guard against header injection
+    (e.g. an encoded-word that the email library decodes into extra header lines)."""
+    head = BytesHeaderParser(policy=email.policy.default).parsebytes(
+        msg.as_bytes(policy=email.policy.SMTP))
+    names = list(head.keys())
+    expected = HEADERS | ({"List-Unsubscribe"} if unsubscribe else set())
+    if sorted(names) != sorted(expected):
+        raise ValueError(f"header injection: the message would carry the headers "
+                         f"{', '.join(names)}, not exactly {', '.join(sorted(expected))}")
+    if str(head["To"]) != to or str(head["Message-ID"]) != msg_id:
+        raise ValueError("header injection: the message's To or Message-ID would not read "
+                         "as approved")
+    if any(ch in str(head["Subject"]) for ch in "\r\n"):
+        raise ValueError("header injection: the subject would span more than one line")
 
 
 def _from_address(config: Config, channel: str) -> str:
@@ -167,6 +197,8 @@ def _from_address(config: Config, channel: str) -> str:
     return ch.from_address or config.owner.email
 
 
+SUPPRESSED_AFTER_APPROVAL = ("the recipient was suppressed after approval: nothing was "
+                             "attempted and the approval is void")
 AMBIGUOUS_AFTER_STOP = ("an outbox stopped between recording the intent and recording the "
                        "outcome: the server may or may not have the message")
 
@@ -348,13 +380,23 @@ class _Pass:
             return [NewEvent("draft.approval_voided", self.actor, {
                 "id": d["id"], "reason": outcome["reason"], "state": "send_ready"},
                 subject=f"draft:{d['id']}")]
-        if "not_suppressed" in names:
-            outcome.update(bucket=self.report.failed,
-                           reason="the recipient was suppressed after approval")
+        if "no_header_injection" in names:  # written before the check existed: never sendable
+            outcome.update(bucket=self.report.failed, reason=describe(
+                [c for c in bad if c.name == "no_header_injection"]))
             return [NewEvent("draft.failed", self.actor, {
                 "id": d["id"], "reason": outcome["reason"]}, subject=f"draft:{d['id']}")]
+        if "not_suppressed" in names:
+            return [self._void_suppressed(d, outcome)]
         outcome["held"] = hold_reason(d["lane"], bad)
         return []
+
+    def _void_suppressed(self, d: dict[str, Any], outcome: dict[str, Any]) -> NewEvent:
+        """A recipient suppressed after approval: nothing is attempted and the approval is
+        void (the draft is send-ready again, and not approval-ready while suppressed)."""
+        outcome.update(bucket=self.report.suppressed, reason=SUPPRESSED_AFTER_APPROVAL)
+        return NewEvent("draft.approval_voided", self.actor, {
+            "id": d["id"], "reason": SUPPRESSED_AFTER_APPROVAL, "state": "send_ready"},
+            subject=f"draft:{d['id']}")
 
     def _mark(self, d: dict[str, Any], kind: str, bucket: list[int], *, reason: str,
               **payload: Any) -> None:
@@ -464,6 +506,7 @@ def _run_receipt(ledger: Ledger, actor: str, started: str, report: OutboxReport,
                        ("ambiguous", report.ambiguous),
                        ("found ambiguous (an earlier outbox stopped mid-send)",
                         report.found_ambiguous), ("approval voided", report.voided),
+                       ("suppressed after approval (approval voided)", report.suppressed),
                        ("refused", report.refused),
                        ("not sent (stopped before handing over)", report.stopped)):
         if ids:
