@@ -225,6 +225,34 @@ def test_channel_that_is_not_the_lanes_is_refused(gws: Workspace, owner: Princip
             drafts.approve(led, gws.config, owner, [d["id"]])
 
 
+def test_a_draft_without_its_own_channel_binds_the_lanes_channel_at_approval(
+        ws: Workspace, smtp: Any) -> None:
+    with Ledger.for_workspace(ws) as led:  # the default prospect lane: no channel yet
+        owner = authenticate(led, ws.config, owner_token(led))
+        early = new_draft(led, ws)
+        assert early["channel"] is None
+    gws = gate_workspace(ws, smtp.port)
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        late = new_draft(led, gws, to="late@firm.example")
+        assert late["channel"] is None  # not frozen at creation either
+        approved = drafts.approve(led, gws.config, owner, [early["id"], late["id"]])
+        d = approved[0]
+        assert d["approval_hash"] == drafts.approval_hash(gws.config, {**d, "channel": "zoho"})
+        assert run(gws, led).sent == [early["id"], late["id"]]
+        again = new_draft(led, gws, to="again@firm.example")
+        drafts.approve(led, gws.config, owner, [again["id"]])
+    # the lane moves to another channel: the approval bound the old one, so it is void
+    text = gws.config_path.read_text().replace('channel = "zoho"', 'channel = "zoho2"')
+    text += ("\n[channels.zoho2]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\n"
+             f"port = {smtp.port}\ntls = \"none\"\nfrom_address = \"m@sender.test-biz.example\"\n")
+    gws.config_path.write_text(text)
+    moved = Workspace.open(gws.home)
+    with Ledger.for_workspace(moved) as led:
+        assert run(moved, led).voided == [again["id"]]
+    assert [m.to for m in smtp.messages] == ["cpa@firm.example", "late@firm.example"]
+
+
 @pytest.mark.parametrize(("kw", "message"), [
     ({"to": "not-an-address"}, "not a valid email"),
     ({"to": "a@b.example\r\nBcc: x@y.example"}, "header injection"),

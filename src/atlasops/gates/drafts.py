@@ -153,10 +153,11 @@ def gate_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
         conds.append(Condition("channel_is_lanes_one_channel", False,
                                f"lane {lane.name} has no channel configured"))
     else:
-        same = draft.get("channel") == s.channel and s.channel in channels
+        chosen = draft_channel(config, draft)
+        same = chosen == s.channel and s.channel in channels
         conds.append(Condition("channel_is_lanes_one_channel", same,
-                               f"{draft.get('channel')} is lane {lane.name}'s one channel"
-                               if same else f"the draft uses {draft.get('channel')!r}; lane "
+                               f"{channel_label(config, draft)} is lane {lane.name}'s one "
+                               "channel" if same else f"the draft uses {chosen!r}; lane "
                                f"{lane.name} allows only {s.channel!r}"))
     if s.requires_tracking:
         conds.append(Condition("tracking_configured", bool(s.tracking),
@@ -182,11 +183,29 @@ def gate_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
     return conds + limit_conditions(ledger, lane, str(draft["to_addr"]).casefold(), now)
 
 
+def draft_channel(config: Config, draft: dict[str, Any]) -> str | None:
+    """The channel a draft goes through: the one it names, else (a draft written without
+    one, e.g. before the lane had a channel) its lane's one channel as atlas.toml says now.
+    An approval binds the channel resolved at that moment."""
+    named = draft.get("channel")
+    return str(named) if named is not None else config.all_lanes()[draft["lane"]].channel
+
+
+def channel_label(config: Config, draft: dict[str, Any]) -> str:
+    """The draft's channel for people: a draft without its own says it uses the lane's."""
+    if draft.get("channel") is not None:
+        return str(draft["channel"])
+    lanes_channel = config.all_lanes()[draft["lane"]].channel
+    return (f"the lane's channel ({lanes_channel})" if lanes_channel is not None else
+            "the lane's channel (none configured yet)")
+
+
 def approval_hash(config: Config, draft: dict[str, Any]) -> str:
-    """sha256 of the canonical (recipient, subject, body, channel, lane policy version)."""
+    """sha256 of the canonical (recipient, subject, body, channel, lane policy version); the
+    channel is the one the draft resolves to now (:func:`draft_channel`)."""
     body = {"to": str(draft["to_addr"]).casefold(), "subject": draft["subject"],
-            "body": draft["body"], "channel": draft["channel"], "lane": draft["lane"],
-            "policy_version": policy_version(config, draft["lane"])}
+            "body": draft["body"], "channel": draft_channel(config, draft),
+            "lane": draft["lane"], "policy_version": policy_version(config, draft["lane"])}
     return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
 
 
@@ -250,12 +269,14 @@ def display_state(ledger: Ledger, config: Config, draft: dict[str, Any],
 def create(ledger: Ledger, config: Config, principal: Principal, *, to: str, subject: str,
            body: str, lane: str = "outbound.prospect", business: str | None = None,
            lead_id: int | None = None, channel: str | None = None) -> dict[str, Any]:
+    """Write a draft. Without ``channel`` it goes through its lane's one channel, resolved
+    when it is approved (so drafts written before the lane has a channel can be approved
+    once it has one)."""
     address = validate_input(config, lane, to, subject, body)
     if business is not None and business not in config.businesses:
         raise InputError(f"unknown business {business!r}")
-    chosen = channel if channel is not None else config.all_lanes()[lane].channel
-    if chosen is not None and chosen not in config.all_channels():
-        raise InputError(f"unknown channel {chosen!r}")
+    if channel is not None and channel not in config.all_channels():
+        raise InputError(f"unknown channel {channel!r}")
 
     def build(conn: sqlite3.Connection) -> list[NewEvent]:
         if lead_id is not None and not conn.execute("SELECT 1 FROM leads WHERE id=?",
@@ -267,7 +288,7 @@ def create(ledger: Ledger, config: Config, principal: Principal, *, to: str, sub
         state = "send_ready" if not failing(conds) else "draft"
         return [*sync_events(conn, config, principal.actor),
                 NewEvent("draft.created", principal.actor, {
-            "lane": lane, "channel": chosen, "to": address, "subject": subject, "body": body,
+            "lane": lane, "channel": channel, "to": address, "subject": subject, "body": body,
             "business": business, "lead_id": lead_id, "state": state,
             "problems": [c.to_dict() for c in failing(conds)]}, subject=f"lead:{lead_id}"
             if lead_id else f"email:{address}")]
@@ -450,7 +471,7 @@ def reject(ledger: Ledger, principal: Principal, draft_id: int, reason: str) -> 
 
 
 __all__ = ["STATES", "approval_conditions", "approval_expired", "approval_hash", "approve",
-           "content_hash", "create", "display_state",
+           "channel_label", "content_hash", "create", "display_state", "draft_channel",
            "edit", "explain", "gate_conditions", "get_draft", "list_drafts",
            "ready_conditions", "reject", "send_ready_conditions", "send_time_conditions",
            "validate_input",

@@ -52,7 +52,7 @@ from .channels import (
     sender_for,
 )
 from .conditions import Condition, describe, failing, hold_reason
-from .drafts import content_hash, get_draft, send_time_conditions
+from .drafts import content_hash, draft_channel, get_draft, send_time_conditions
 from .effects import (
     Capabilities,
     Effect,
@@ -337,11 +337,12 @@ class _Pass:
             if refused is not None:  # before the intent: a refusal is not an attempt
                 outcome.update(bucket=self.report.refused, reason=refused, lane=d["lane"])
                 return [refusal_event(self.actor, caps, effect, refused)]
-            unavailable = self._unavailable(str(d["channel"]))
+            channel = str(draft_channel(self.config, d))  # the lane's: the conditions hold
+            unavailable = self._unavailable(channel)
             if unavailable is not None:  # nothing can be sent: hold it, no intent
                 outcome["held"] = unavailable
                 return []
-            from_address = _from_address(self.config, str(d["channel"]))
+            from_address = _from_address(self.config, channel)
             msg_id = message_id(d, from_address)
             try:
                 message = build_message(d, from_address, msg_id,
@@ -461,7 +462,8 @@ class _Pass:
         receipt = Receipt(
             kind="send", subject=f"draft:{d['id']}", actor=self.actor, started_at=started,
             finished_at=utc_now(), outcome="ok",
-            summary=f"Draft {d['id']} was accepted by channel {d['channel']} for "
+            summary=f"Draft {d['id']} was accepted by channel "
+                    f"{draft_channel(self.config, d)} for "
                     f"{d['to_addr']}" + (" (review mail to the owner)." if review else "."),
             effects=counters,
             evidence={"message_id": msg_id, "reply": reply, "content_sha256": digest,
