@@ -166,6 +166,34 @@ def test_bad_draft_input_exit_2(cli: Any, setup: dict[str, str]) -> None:
     assert cli("suppress", "not-an-address").exit_code == 2
 
 
+def test_text_that_is_not_utf8_is_refused_with_exit_2_and_nothing_written(
+        cli: Any, setup: dict[str, str], ws: Workspace) -> None:
+    """Bytes that are not UTF-8 in an argument arrive as lone surrogates (as Python decodes
+    argv); each command refuses them with exit 2 and a clear message, and writes nothing."""
+    from atlasops.ledger import Ledger
+
+    draft = cli("drafts", "create", "--to", "ok@firm.example", "--subject", "S", "--body",
+                "B" + FOOTER, "--json").json()["id"]
+    with Ledger.for_workspace(ws) as led:
+        before = led.query("SELECT count(*) AS n FROM events")[0]["n"]
+    bad = "\udcff"
+    for args, says in [
+        (("drafts", "create", "--to", "ok@firm.example", "--subject", "S", "--body",
+          "B" + bad + FOOTER), "the body holds text that is not valid UTF-8"),
+        (("drafts", "create", "--to", "ok@firm.example", "--subject", "S" + bad, "--body",
+          "B" + FOOTER), "the subject holds text that is not valid UTF-8"),
+        (("drafts", "edit", str(draft), "--subject", "S" + bad),
+         "the subject holds text that is not valid UTF-8"),
+        (("lane", "close", "outbound.prospect", "--reason", "r" + bad), "not valid UTF-8"),
+        (("suppress", "x@firm.example", "--reason", "r" + bad), "not valid UTF-8"),
+    ]:
+        r = cli(*args)
+        assert r.exit_code == 2, (args, r.stderr)
+        assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with Ledger.for_workspace(ws) as led:
+        assert led.query("SELECT count(*) AS n FROM events")[0]["n"] == before
+
+
 def test_suppress_file(cli: Any, setup: dict[str, str], tmp_path: Path) -> None:
     f = tmp_path / "unsub.csv"
     f.write_text("email\na@x.example\nb@x.example\na@x.example\n")

@@ -68,8 +68,23 @@ def header_problem(name: str, value: str) -> str | None:
     if _has_crlf(shown):
         return (f"the {name} hides a line break in an RFC 2047 encoded-word (=?...?=), which "
                 "mail software decodes into extra header lines: header injection is refused")
-    return (f"the {name} contains an RFC 2047 encoded-word (=?charset?...?=); mail software "
-            f"would show {shown!r}, not the text that is approved, so it is refused")
+    if "=?" in value:
+        return (f"the {name} contains an RFC 2047 encoded-word (=?charset?...?=); mail "
+                f"software would show {shown!r}, not the text that is approved, so it is "
+                "refused")
+    return f"the {name} would read {shown!r} in a mail program, not as written"
+
+
+def _utf8_problem(**fields: str) -> str | None:
+    """The first field that is not UTF-8 text (bytes from argv or a file in another
+    encoding arrive as lone surrogates), named."""
+    for name, value in fields.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"the {name} holds text that is not valid UTF-8 "
+                    f"({exc.object[exc.start:exc.end]!r}); nothing was written")
+    return None
 
 
 ENCODED_WORD_HINT = ("Write the text itself: Unicode is fine, Atlas encodes it when it sends. "
@@ -83,6 +98,9 @@ def validate_input(config: Config, lane: str, to: str, subject: str, body: str) 
         raise InputError(f"unknown lane {lane!r}", hint="Lanes: " + ", ".join(lanes))
     if LANE_EFFECTS[lane] != "email":
         raise InputError(f"lane {lane} does not send email")
+    not_utf8 = _utf8_problem(recipient=to, subject=subject, body=body)
+    if not_utf8 is not None:
+        raise InputError(not_utf8, hint="Write it as UTF-8 text (save a --body-file as UTF-8).")
     if _has_crlf(to) or _has_crlf(subject):
         raise InputError("CR/LF in the recipient or subject (header injection) is refused")
     address = normalize(to)
