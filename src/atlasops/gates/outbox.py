@@ -8,9 +8,11 @@ cooldown and the work's capabilities. It records the intent (``draft.sending``,
 with a deterministic, opaque Message-ID derived from the approval) *before*
 talking to the channel, and the outcome after; one draft's failure never stops
 the pass. A draft found in ``sending`` when an outbox
-starts was interrupted between the two: it becomes ``ambiguous`` and is never
-re-sent without a human (``atlas outbox resolve``). Only one outbox runs at a
-time (its own lock), so an in-flight send is never mistaken for a dead one.
+starts was interrupted between the two: if the attempt its claim led to was
+recorded (and may have happened) it becomes ``ambiguous`` and is never re-sent
+without a human (``atlas outbox resolve``); if no attempt was recorded, nothing
+can have been sent and it is requeued. Only one outbox runs at a time (its own
+lock), so an in-flight send is never mistaken for a dead one.
 
 Work whose capabilities do not include a lane is refused once per lane per pass
 (one ``effect.refused`` receipt); the lane's other drafts are held by that
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import email.policy
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -54,11 +57,14 @@ from .channels import (
 from .conditions import Condition, describe, failing, hold_reason
 from .drafts import content_hash, draft_channel, get_draft, send_time_conditions
 from .effects import (
+    AttemptStatus,
     Capabilities,
     Effect,
     EffectRefused,
     UnknownJobRun,
+    attempt_status,
     capability_check,
+    known_not_happened,
     only_to_owner,
     perform,
     refusal_event,
@@ -80,6 +86,8 @@ class OutboxReport:
     # found `sending` when the pass began: an earlier outbox stopped mid-send (not this
     # pass's attempt, so not one of its failures)
     found_ambiguous: list[int] = field(default_factory=list)
+    # found claimed by an earlier outbox that stopped before anything could be sent
+    requeued: list[int] = field(default_factory=list)
     voided: list[int] = field(default_factory=list)
     suppressed: list[int] = field(default_factory=list)  # approval voided: not attempted
     held: dict[str, list[int]] = field(default_factory=dict)
@@ -203,22 +211,49 @@ AMBIGUOUS_AFTER_STOP = ("an outbox stopped between recording the intent and reco
                        "outcome: the server may or may not have the message")
 
 
+def claim_attempts(conn: sqlite3.Connection,
+                   draft_id: int) -> list[tuple[int, dict[str, Any], AttemptStatus]]:
+    """The attempts (``effect.attempting``) made for the draft's latest claim (its latest
+    ``draft.sending``), with what their outcomes say. An email attempt that names no draft
+    (recorded before attempts carried their draft) is counted as possibly this one's."""
+    claim = conn.execute("SELECT max(id) FROM events WHERE kind = 'draft.sending' AND "
+                         "json_extract(payload, '$.id') = ?", (draft_id,)).fetchone()[0]
+    if claim is None:
+        return []
+    rows = conn.execute(
+        "SELECT id, payload FROM events WHERE kind = 'effect.attempting' AND id > ? AND "
+        "(json_extract(payload, '$.detail.draft') = ? OR (json_extract(payload, "
+        "'$.detail') IS NULL AND json_extract(payload, '$.kind') = 'email'))",
+        (claim, draft_id)).fetchall()
+    return [(int(r[0]), json.loads(r[1]), attempt_status(conn, int(r[0]))) for r in rows]
+
+
 def _mark_interrupted(ledger: Ledger, actor: str, report: OutboxReport) -> None:
+    """Settle drafts an earlier outbox left mid-way (it was killed): a claim with no
+    attempt, or only attempts known not to have happened, is requeued (nothing can have
+    been sent); one with an attempt that did or may have happened becomes ambiguous."""
     def build(conn: sqlite3.Connection) -> list[NewEvent]:
         events = []
-        for row in conn.execute("SELECT id, state FROM drafts WHERE state IN "
-                                "('sending','queued')"):
-            if row[1] == "sending":
-                report.found_ambiguous.append(int(row[0]))
-                report.reasons[int(row[0])] = AMBIGUOUS_AFTER_STOP
+        for row in conn.execute("SELECT id, state, attempts FROM drafts WHERE state IN "
+                                "('sending','queued')").fetchall():
+            draft_id = int(row[0])
+            attempts = claim_attempts(conn, draft_id) if row[1] == "sending" else []
+            if any(status != "did not happen" for _a, _p, status in attempts):
+                report.found_ambiguous.append(draft_id)
+                report.reasons[draft_id] = AMBIGUOUS_AFTER_STOP
                 events.append(NewEvent("draft.ambiguous", actor, {
-                    "id": row[0], "reason": AMBIGUOUS_AFTER_STOP},
-                    subject=f"draft:{row[0]}"))
-            else:  # queued but the intent was never recorded: nothing was sent
-                events.append(NewEvent("draft.retry", actor, {
-                    "id": row[0], "attempts": 0, "next_attempt_at": utc_now(),
-                    "reason": "requeued: an outbox stopped before sending"},
-                    subject=f"draft:{row[0]}"))
+                    "id": draft_id, "reason": AMBIGUOUS_AFTER_STOP},
+                    subject=f"draft:{draft_id}"))
+                continue
+            report.requeued.append(draft_id)  # sent (or retried) later in this pass
+            # a claim that reached no attempt leaves the retry budget untouched
+            unattempted = row[1] == "sending" and not attempts
+            events.append(NewEvent("draft.retry", actor, {
+                "id": draft_id, "attempts": int(row[2]) - 1 if unattempted else int(row[2]),
+                "next_attempt_at": utc_now(),
+                "reason": "requeued: an earlier outbox stopped before "
+                          + ("sending" if not attempts else "recording a known not-sent")},
+                subject=f"draft:{draft_id}"))
         return events
     ledger.transact(build)
 
@@ -424,8 +459,11 @@ class _Pass:
                        attempts=attempt - 1, next_attempt_at=fmt_ts(now), reason=exc.reason)
             return
         except EffectRefused as exc:  # refused before the channel: not an attempt
-            self._mark(d, "retry", self.report.refused, attempts=attempt - 1,
-                       next_attempt_at=fmt_ts(now), reason=f"refused: {exc.message}")
+            hold = exc.details.get("hold")  # the lane closed (or filled) since the claim
+            self._mark(d, "retry", self.report.refused if hold is None else
+                       self.report.held.setdefault(str(hold), []), attempts=attempt - 1,
+                       next_attempt_at=fmt_ts(now), reason=f"refused: {exc.message}"
+                       if hold is None else str(hold))
             return
         except SendInterrupted as exc:  # known not sent: the next pass sends it
             self._mark(d, "retry", self.report.stopped, attempts=attempt - 1,
@@ -563,9 +601,14 @@ def resolve(ledger: Ledger, principal: Principal, draft_id: int, *, sent: bool,
         now = utc_now()
         payload: dict[str, Any] = {"id": draft_id, "sent": sent, "note": note,
                                    "resolved_at": now}
-        if not sent:
+        if not sent:  # its attempt is known not to have happened: off the day's cap
+            why = (f"{principal.actor} resolved draft {draft_id}'s ambiguous send as not "
+                   "sent" + (f": {note}" if note else "."))
             return [NewEvent("draft.resolved", principal.actor, payload,
-                             subject=f"draft:{draft_id}")]
+                             subject=f"draft:{draft_id}"),
+                    *(known_not_happened(principal.actor, attempt, attempted, why)
+                      for attempt, attempted, status in claim_attempts(conn, draft_id)
+                      if status != "did not happen")]
         payload["content_sha256"] = content_hash(d["to_addr"], d["subject"], d["body"])
         return [NewEvent("draft.resolved", principal.actor, payload,
                          subject=f"draft:{draft_id}"),
@@ -573,4 +616,5 @@ def resolve(ledger: Ledger, principal: Principal, draft_id: int, *, sent: bool,
     ledger.transact(build)
 
 
-__all__ = ["OutboxReport", "build_message", "message_id", "resolve", "run", "run_once"]
+__all__ = ["OutboxReport", "build_message", "claim_attempts", "message_id", "resolve", "run",
+           "run_once"]
