@@ -367,3 +367,24 @@ def test_a_lane_closed_between_the_claim_and_the_send_holds_the_draft(
         lanes.set_lane(led, gws.config, owner, "outbound.prospect", open_=True, reason="ok")
         assert run(gws, led).sent == [d]
     assert len(smtp.messages) == 1
+
+
+def test_an_attempt_recorded_before_attempts_named_their_draft_is_known_by_its_summary(
+        gws: Workspace, owner: Principal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ledger written by an older Atlas: its attempts carry no detail. The draft's own is
+    recognised by its summary (so a kill after it still means ambiguous); another draft's
+    is not taken for it."""
+    first, _second = approved(gws, owner, 2)
+    with Ledger.for_workspace(gws) as led:
+        with monkeypatch.context() as m:
+            kill_at(m, outbox, "perform")
+            with pytest.raises(Killed):
+                run(gws, led)
+        for draft_id in (first * 10 + 1, first):  # draft 71's summary starts like draft 7's
+            led.append("effect.attempting", "agent:old", {
+                "kind": "email", "lane": "outbound.prospect", "channel": "zoho",
+                "job_run": None, "summary": f"send draft {draft_id} to p0@firm0.example"},
+                subject="lane:outbound.prospect")
+        ((_attempt, payload, status),) = outbox.claim_attempts(led.conn, first)
+        assert payload["summary"].startswith(f"send draft {first} to") and status == "no outcome"
+        assert run(gws, led).found_ambiguous == [first]

@@ -200,6 +200,11 @@ def _check_headers(msg: EmailMessage, to: str, msg_id: str, *, unsubscribe: bool
         raise ValueError("header injection: the subject would span more than one line")
 
 
+def _summary(d: dict[str, Any]) -> str:
+    """What a draft's send is called in its effect records."""
+    return f"send draft {d['id']} to {d['to_addr']}"
+
+
 def _from_address(config: Config, channel: str) -> str:
     ch = config.all_channels()[channel]
     return ch.from_address or config.owner.email
@@ -214,8 +219,8 @@ AMBIGUOUS_AFTER_STOP = ("an outbox stopped between recording the intent and reco
 def claim_attempts(conn: sqlite3.Connection,
                    draft_id: int) -> list[tuple[int, dict[str, Any], AttemptStatus]]:
     """The attempts (``effect.attempting``) made for the draft's latest claim (its latest
-    ``draft.sending``), with what their outcomes say. An email attempt that names no draft
-    (recorded before attempts carried their draft) is counted as possibly this one's."""
+    ``draft.sending``), with what their outcomes say. One recorded before attempts named
+    their draft is known by its summary (:func:`_summary`)."""
     claim = conn.execute("SELECT max(id) FROM events WHERE kind = 'draft.sending' AND "
                          "json_extract(payload, '$.id') = ?", (draft_id,)).fetchone()[0]
     if claim is None:
@@ -223,8 +228,8 @@ def claim_attempts(conn: sqlite3.Connection,
     rows = conn.execute(
         "SELECT id, payload FROM events WHERE kind = 'effect.attempting' AND id > ? AND "
         "(json_extract(payload, '$.detail.draft') = ? OR (json_extract(payload, "
-        "'$.detail') IS NULL AND json_extract(payload, '$.kind') = 'email'))",
-        (claim, draft_id)).fetchall()
+        "'$.detail') IS NULL AND json_extract(payload, '$.summary') LIKE ?))",
+        (claim, draft_id, f"send draft {draft_id} to %")).fetchall()
     return [(int(r[0]), json.loads(r[1]), attempt_status(conn, int(r[0]))) for r in rows]
 
 
@@ -363,7 +368,7 @@ class _Pass:
                 return self._unsendable(d, bad, outcome)
             subject = f"draft:{draft_id}"
             lane = self.config.all_lanes()[d["lane"]]
-            effect = Effect("email", d["lane"], f"send draft {draft_id} to {d['to_addr']}",
+            effect = Effect("email", d["lane"], _summary(d),
                             detail={"draft": draft_id})
             if d["lane"] in self.refused_lanes:  # refused once this pass: hold the rest
                 outcome["held"] = self.refused_lanes[d["lane"]]
@@ -447,7 +452,7 @@ class _Pass:
         this draft stops the pass."""
         d, message = claimed.draft, claimed.message
         attempt = int(d["attempts"]) + 1
-        effect = Effect("email", d["lane"], f"send draft {d['id']} to {d['to_addr']}",
+        effect = Effect("email", d["lane"], _summary(d),
                         message=message, detail={"draft": d["id"],
                                                  "message_id": str(message["Message-ID"])})
         started = utc_now()
