@@ -125,6 +125,34 @@ def test_edit_voids_and_withdraw_and_reject(cli: Any, setup: dict[str, str],
     assert cli("drafts", "list", "--state", "bogus").exit_code == 2
 
 
+def test_drafts_written_before_the_lane_has_a_channel_go_through_it_once_it_has(
+        cli: Any, ws: Workspace, smtp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed day: drafts pile up behind the closed prospect lane before the Zoho path is
+    set; once the owner configures it and opens the lane, they are approved and sent."""
+    monkeypatch.setenv("ATLAS_TOKEN", init_owner_token(cli))
+    r = cli("drafts", "create", "--to", "c0@cpa0.example", "--subject", "Intro",
+            "--body", "Hi." + FOOTER, "--json")
+    assert r.exit_code == 0, r.stderr
+    draft = str(r.json()["id"])
+    assert r.json()["channel"] is None  # no channel of its own: the lane's
+    assert "via the lane's channel (none configured yet)" in cli("drafts", "show",
+                                                                 draft).stdout
+    r = cli("approve", draft)
+    assert r.exit_code == 7 and "has no channel configured" in r.stderr
+    gate_workspace(ws, smtp.port)  # the owner sets up the Zoho channel for the lane
+    assert cli("lane", "posture", "outbound.prospect", *PASSING).exit_code == 0
+    assert cli("lane", "open", "outbound.prospect", "--reason", "Zoho is set").exit_code == 0
+    gate = cli("gate", "explain", draft, "--json").json()["approval_ready"]
+    (channel,) = [c for c in gate if c["name"] == "channel_is_lanes_one_channel"]
+    assert channel["passed"] and channel["why"].startswith("the lane's channel (zoho)")
+    r = cli("approve", draft)
+    assert r.exit_code == 0, r.stderr
+    assert "via the lane's channel (zoho)" in cli("drafts", "show", draft).stdout
+    r = cli("outbox", "run", "--once", "--json")
+    assert r.exit_code == 0 and r.json()[0]["sent"] == [int(draft)]
+    assert [m.subject for m in smtp.messages] == ["Intro"]
+
+
 def test_bad_draft_input_exit_2(cli: Any, setup: dict[str, str]) -> None:
     r = cli("drafts", "create", "--to", "x@y.example\nBcc: z@z.example", "--subject", "S",
             "--body", "B")
@@ -136,6 +164,34 @@ def test_bad_draft_input_exit_2(cli: Any, setup: dict[str, str]) -> None:
     assert r.exit_code == 2 and "suppression" in r.stderr
     assert cli("suppress").exit_code == 2
     assert cli("suppress", "not-an-address").exit_code == 2
+
+
+def test_text_that_is_not_utf8_is_refused_with_exit_2_and_nothing_written(
+        cli: Any, setup: dict[str, str], ws: Workspace) -> None:
+    """Bytes that are not UTF-8 in an argument arrive as lone surrogates (as Python decodes
+    argv); each command refuses them with exit 2 and a clear message, and writes nothing."""
+    from atlasops.ledger import Ledger
+
+    draft = cli("drafts", "create", "--to", "ok@firm.example", "--subject", "S", "--body",
+                "B" + FOOTER, "--json").json()["id"]
+    with Ledger.for_workspace(ws) as led:
+        before = led.query("SELECT count(*) AS n FROM events")[0]["n"]
+    bad = "\udcff"
+    for args, says in [
+        (("drafts", "create", "--to", "ok@firm.example", "--subject", "S", "--body",
+          "B" + bad + FOOTER), "the body holds text that is not valid UTF-8"),
+        (("drafts", "create", "--to", "ok@firm.example", "--subject", "S" + bad, "--body",
+          "B" + FOOTER), "the subject holds text that is not valid UTF-8"),
+        (("drafts", "edit", str(draft), "--subject", "S" + bad),
+         "the subject holds text that is not valid UTF-8"),
+        (("lane", "close", "outbound.prospect", "--reason", "r" + bad), "not valid UTF-8"),
+        (("suppress", "x@firm.example", "--reason", "r" + bad), "not valid UTF-8"),
+    ]:
+        r = cli(*args)
+        assert r.exit_code == 2, (args, r.stderr)
+        assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with Ledger.for_workspace(ws) as led:
+        assert led.query("SELECT count(*) AS n FROM events")[0]["n"] == before
 
 
 def test_suppress_file(cli: Any, setup: dict[str, str], tmp_path: Path) -> None:

@@ -22,6 +22,12 @@ from tests.smtp_servers import DroppingServer
 FOOTER = "\n\nReply STOP to opt out."
 AGENT = Principal("agent", "outreach")
 CAPS = Capabilities()
+# What mail software would make of it: Subject "Partner intro", then a Reply-To header,
+# then a blank line, then a body of the attacker's choosing.
+INJECTED_SUBJECT = ("=?utf-8?q?Partner_intro=0D=0AReply-To:_attacker@evil.example=0D=0A=0D=0A"
+                    "Wire_the_money_to_X.?=")
+WIRE_HEADERS = ["Content-Transfer-Encoding", "Content-Type", "Date", "From",
+                "List-Unsubscribe", "MIME-Version", "Message-ID", "Subject", "To"]
 
 
 def open_lane(led: Ledger, ws: Workspace, owner: Principal) -> None:
@@ -156,7 +162,18 @@ def test_suppressed_after_approval_is_not_sent(gws: Workspace, owner: Principal,
         drafts.approve(led, gws.config, owner, [d["id"]])
         suppress(led, AGENT, ["CPA@firm.example"], "unsubscribe")
         report = run(gws, led)
-        assert report.failed == [d["id"]] and smtp.messages == []
+        assert smtp.messages == []
+        # nothing was attempted: not a failed send, and the pass has not failed
+        assert report.suppressed == [d["id"]] and report.failed == []
+        assert report.outcome == "ok" and report.failures() == 0
+        assert "recipient suppressed" in report.reason_lines()[0]
+        after = drafts.get_draft(led, d["id"])
+        assert after["state"] == "send_ready" and after["approval_hash"] is None
+        assert drafts.display_state(led, gws.config, after) == "send_ready"
+        with pytest.raises(Conflict, match="not_suppressed"):
+            drafts.approve(led, gws.config, owner, [d["id"]])
+        assert led.query("SELECT count(*) AS n FROM events WHERE kind IN "
+                         "('draft.sending', 'effect.attempting')")[0]["n"] == 0
         with pytest.raises(InputError, match="suppression list"):
             new_draft(led, gws)
 
@@ -208,10 +225,44 @@ def test_channel_that_is_not_the_lanes_is_refused(gws: Workspace, owner: Princip
             drafts.approve(led, gws.config, owner, [d["id"]])
 
 
+def test_a_draft_without_its_own_channel_binds_the_lanes_channel_at_approval(
+        ws: Workspace, smtp: Any) -> None:
+    with Ledger.for_workspace(ws) as led:  # the default prospect lane: no channel yet
+        owner = authenticate(led, ws.config, owner_token(led))
+        early = new_draft(led, ws)
+        assert early["channel"] is None
+    gws = gate_workspace(ws, smtp.port)
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        late = new_draft(led, gws, to="late@firm.example")
+        assert late["channel"] is None  # not frozen at creation either
+        approved = drafts.approve(led, gws.config, owner, [early["id"], late["id"]])
+        d = approved[0]
+        assert d["approval_hash"] == drafts.approval_hash(gws.config, {**d, "channel": "zoho"})
+        assert run(gws, led).sent == [early["id"], late["id"]]
+        again = new_draft(led, gws, to="again@firm.example")
+        drafts.approve(led, gws.config, owner, [again["id"]])
+    # the lane moves to another channel: the approval bound the old one, so it is void
+    text = gws.config_path.read_text().replace('channel = "zoho"', 'channel = "zoho2"')
+    text += ("\n[channels.zoho2]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\n"
+             f"port = {smtp.port}\ntls = \"none\"\nfrom_address = \"m@sender.test-biz.example\"\n")
+    gws.config_path.write_text(text)
+    moved = Workspace.open(gws.home)
+    with Ledger.for_workspace(moved) as led:
+        assert run(moved, led).voided == [again["id"]]
+    assert [m.to for m in smtp.messages] == ["cpa@firm.example", "late@firm.example"]
+
+
 @pytest.mark.parametrize(("kw", "message"), [
     ({"to": "not-an-address"}, "not a valid email"),
     ({"to": "a@b.example\r\nBcc: x@y.example"}, "header injection"),
     ({"subject": "Hi\nBcc: x@y.example"}, "header injection"),
+    # RFC 2047 encoded-words: the email library decodes them when the header is set
+    ({"subject": INJECTED_SUBJECT}, "header injection"),
+    ({"subject": "Hi =?utf-8?b?DQpCY2M6IHhAeS5leGFtcGxl?="}, "header injection"),
+    ({"subject": "=?utf-8?q?Caf=C3=A9?="}, "encoded-word"),
+    ({"to": "=?utf-8?q?ceo?=@victim.example"}, "encoded-word"),
+    ({"to": "=?utf-8?q?a=0D=0ABcc=3A_x=40y.example?=@firm.example"}, "header injection"),
     ({"body": "x" * 200_000}, "larger than"),
     ({"lane": "social.post"}, "does not send email"),
     ({"lane": "nope"}, "unknown lane"),
@@ -219,8 +270,75 @@ def test_channel_that_is_not_the_lanes_is_refused(gws: Workspace, owner: Princip
 ])
 def test_bad_drafts_are_rejected(gws: Workspace, kw: dict[str, str], message: str) -> None:
     args = {"to": "ok@firm.example", "subject": "S", "body": "B" + FOOTER, **kw}
-    with Ledger.for_workspace(gws) as led, pytest.raises(InputError, match=message):
-        drafts.create(led, gws.config, AGENT, **args)  # type: ignore[arg-type]
+    with Ledger.for_workspace(gws) as led:
+        with pytest.raises(InputError, match=message):
+            drafts.create(led, gws.config, AGENT, **args)  # type: ignore[arg-type]
+        if {"to", "subject"} & set(kw):  # an edit is held to the same rule
+            d = new_draft(led, gws)
+            header = {k: v for k, v in kw.items() if k in ("to", "subject")}
+            with pytest.raises(InputError, match=message):
+                drafts.edit(led, gws.config, AGENT, d["id"], **header)
+            assert drafts.get_draft(led, d["id"])["subject"] == "Partner intro"
+        assert led.query("SELECT count(*) AS n FROM drafts WHERE subject != 'Partner intro'"
+                         )[0]["n"] == 0
+
+
+def test_what_reaches_the_server_has_exactly_the_expected_headers(
+        gws: Workspace, owner: Principal, smtp: Any) -> None:
+    from email.parser import BytesHeaderParser
+    from email.policy import default
+
+    subject = "Partner intro: Café ☕ = ? _ (a) <b> \"q\" " + "long " * 30
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        d = drafts.create(led, gws.config, AGENT, to="cpa@firm.example", subject=subject,
+                          body="Hello from WIMPER." + FOOTER)
+        drafts.approve(led, gws.config, owner, [d["id"]])
+        assert run(gws, led).sent == [d["id"]]
+    (got,) = smtp.messages
+    head = BytesHeaderParser(policy=default).parsebytes(got.raw)
+    assert sorted(head.keys()) == WIRE_HEADERS
+    assert head["To"] == "cpa@firm.example" and "\n" not in str(head["Subject"])
+    assert " ".join(str(head["Subject"]).split()) == " ".join(subject.split())
+    assert got.body == "Hello from WIMPER." + FOOTER
+
+
+def test_a_draft_that_hides_headers_is_never_sent_even_if_it_got_into_the_ledger(
+        gws: Workspace, owner: Principal, smtp: Any) -> None:
+    """A draft written (and approved) by an older Atlas, before encoded-words were refused
+    at the edge: the gate reports the injection, approval is refused, and an approval that
+    exists anyway ends in `failed` at send time with nothing sent."""
+    with Ledger.for_workspace(gws) as led:
+        open_lane(led, gws, owner)
+        legacy = led.append("draft.created", "agent:old", {
+            "lane": "outbound.prospect", "channel": "zoho", "to": "inj@firm.example",
+            "subject": INJECTED_SUBJECT, "body": "Approved body." + FOOTER,
+            "business": None, "lead_id": None, "state": "send_ready", "problems": []},
+            subject="email:inj@firm.example").id
+        ex = drafts.explain(led, gws.config, legacy)
+        check = next(c for c in ex["send_ready"] if c["name"] == "no_header_injection")
+        assert check["passed"] is False and "encoded-word" in check["why"]
+        with pytest.raises(Conflict, match="no_header_injection"):
+            drafts.approve(led, gws.config, owner, [legacy])
+        d = drafts.get_draft(led, legacy)
+        led.append("draft.approved", "owner:old", {
+            "id": legacy, "approval_hash": drafts.approval_hash(gws.config, d),
+            "expires_at": lanes.fmt_ts(datetime.now(UTC) + timedelta(days=1))},
+            subject=f"draft:{legacy}")
+        report = run(gws, led)
+        assert report.failed == [legacy] and "header injection" in report.reasons[legacy]
+        assert drafts.get_draft(led, legacy)["state"] == "failed"
+    assert smtp.messages == []
+
+
+def test_building_a_message_checks_its_serialized_headers() -> None:
+    draft = {"to_addr": "inj@firm.example", "subject": INJECTED_SUBJECT, "body": "B"}
+    with pytest.raises(ValueError, match="header injection"):
+        outbox.build_message(draft, "m@sender.example", "<a@sender.example>",
+                             unsubscribe=True)
+    plain = outbox.build_message({**draft, "subject": "Hi"}, "m@sender.example",
+                                 "<a@sender.example>", unsubscribe=False)
+    assert sorted(plain.keys()) == [h for h in WIRE_HEADERS if h != "List-Unsubscribe"]
 
 
 def test_missing_footer_is_a_draft_not_send_ready(gws: Workspace) -> None:
@@ -717,7 +835,7 @@ def test_suppression_that_lands_just_before_the_claim_stops_the_send(
     """Fault injection: another process records an unsubscribe after the outbox listed the
     approved drafts and began the claim, just before the claim takes the writer lock. The
     claim decides everything under that lock, in the transaction that records the intent,
-    so it sees the unsubscribe: no intent, the draft fails, nothing is sent."""
+    so it sees the unsubscribe: no intent, the approval is void, nothing is sent."""
     import os
     import subprocess
     import sys
@@ -748,7 +866,7 @@ def test_suppression_that_lands_just_before_the_claim_stops_the_send(
         monkeypatch.setattr(WriterLock, "acquire", acquire)
         report = run(gws, led)
         assert state["injected"]
-        assert report.failed == [d["id"]] and report.sent == []
+        assert report.suppressed == [d["id"]] and report.sent == []
         assert led.query("SELECT count(*) AS n FROM events WHERE kind='draft.sending'"
                          )[0]["n"] == 0
     assert smtp.messages == []

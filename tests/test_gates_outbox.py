@@ -238,3 +238,153 @@ def test_a_worker_prints_each_pass_and_stops_on_sigterm_between_passes(
         sent = drafts.get_draft(led, draft)
     assert [m.message_id for m in smtp.messages] == [sent["message_id"]]
     assert "1 sent" in first and f"Receipt #{receipts(gws, 'outbox.run')[0]['id']}" in first
+
+
+# -- an outbox cut off mid-way, and what a human settles -------------------------------
+
+class Killed(BaseException):
+    """What SIGKILL does to the process at that point: nothing after it runs (no handler,
+    no outcome, no receipt). A BaseException, so no `except Exception` records anything."""
+
+
+def kill_at(monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> None:
+    def killed(*_args: Any, **_kw: Any) -> Any:
+        raise Killed(name)
+    monkeypatch.setattr(target, name, killed)
+
+
+def run(ws: Workspace, led: Ledger) -> outbox.OutboxReport:
+    return outbox.run_once(ws, led, actor="agent:outbox", caps=Capabilities(), env={})
+
+
+def test_a_claim_cut_off_before_its_attempt_is_requeued_and_one_after_it_is_ambiguous(
+        gws: Workspace, owner: Principal, smtp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atlasops.gates.channels import SmtpSender
+
+    first, second = approved(gws, owner, 2)
+    with Ledger.for_workspace(gws) as led:
+        with monkeypatch.context() as m:  # killed after the claim, before perform's attempt
+            kill_at(m, outbox, "perform")
+            with pytest.raises(Killed):
+                run(gws, led)
+        assert drafts.get_draft(led, first)["state"] == "sending"
+        assert count_events(gws, "effect.attempting") == 0  # nothing can have been sent
+        report = run(gws, led)  # the next outbox: requeued and sent, once
+        assert report.requeued == [first] and report.found_ambiguous == []
+        assert sorted(report.sent) == [first, second]
+        assert drafts.get_draft(led, first)["attempts"] == 1  # the cut-off claim: not one
+    assert sorted(m.to for m in smtp.messages) == ["p0@firm0.example", "p1@firm1.example"]
+    with Ledger.for_workspace(gws) as led:
+        third = new_draft(led, gws, to="p2@firm2.example")["id"]
+        drafts.approve(led, gws.config, owner, [third])
+        with monkeypatch.context() as m:  # killed while talking to the server
+            kill_at(m, SmtpSender, "send")
+            with pytest.raises(Killed):
+                run(gws, led)
+        ((_attempt, _payload, status),) = outbox.claim_attempts(led.conn, third)
+        assert status == "no outcome"
+        report = run(gws, led)  # an attempt without an outcome may have gone out
+        assert report.found_ambiguous == [third] and report.requeued == []
+        assert drafts.get_draft(led, third)["state"] == "ambiguous"
+    assert len(smtp.messages) == 2  # never re-sent by itself
+
+
+def test_resolving_as_not_sent_takes_the_attempt_off_the_days_cap(
+        ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ambiguous sends, one whose server dropped the connection after DATA (its outcome
+    says it may have happened) and one cut off with no outcome at all: both count toward
+    the cap until the owner resolves them as not sent; then neither does."""
+    from datetime import UTC, datetime
+
+    from atlasops.gates import lanes
+    from atlasops.gates.channels import SmtpSender
+
+    server = DroppingServer().start()
+    try:
+        gws = gate_workspace(ws, server.port, cap=2)
+        with Ledger.for_workspace(gws) as led:
+            owner = authenticate(led, gws.config, owner_token(led))
+            open_lane(led, gws, owner)
+            dropped, cut = (new_draft(led, gws, to=f"{n}@firm.example")["id"]
+                            for n in ("dropped", "cut"))
+            drafts.approve(led, gws.config, owner, [dropped])
+            assert run(gws, led).ambiguous == [dropped]
+            drafts.approve(led, gws.config, owner, [cut])
+            with monkeypatch.context() as m:
+                kill_at(m, SmtpSender, "send")
+                with pytest.raises(Killed):
+                    run(gws, led)
+            assert run(gws, led).found_ambiguous == [cut]
+
+            def today() -> int:
+                return lanes.sent_today(led, "outbound.prospect", datetime.now(UTC))
+
+            assert today() == 2  # both may have gone out: the cap is full
+            with pytest.raises(Exception, match="daily_cap_respected: 2 of 2"):
+                drafts.approve(led, gws.config, owner, [new_draft(led, gws)["id"]])
+            outbox.resolve(led, owner, dropped, sent=False, note="not in the sent folder")
+            assert today() == 1
+            outbox.resolve(led, owner, cut, sent=False)
+            assert today() == 0
+            statuses = [s for d in (dropped, cut) for _a, _p, s in
+                        outbox.claim_attempts(led.conn, d)]
+            assert statuses == ["did not happen", "did not happen"]
+            from atlasops.gates.status import gate_status
+
+            (prospect,) = [ln for ln in gate_status(led, gws.config)["lanes"]
+                           if ln["name"] == "outbound.prospect"]
+            assert prospect["sent_today"] == 0
+            # both are send-ready again and can be approved within the cap
+            drafts.approve(led, gws.config, owner, [dropped, cut])
+    finally:
+        server.stop()
+
+
+def test_a_lane_closed_between_the_claim_and_the_send_holds_the_draft(
+        gws: Workspace, owner: Principal, smtp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the owner closes the lane after the outbox claimed a draft, just
+    before perform decides. perform refuses it (no attempt); the draft is held, not
+    refused: it stays approved, its retry budget untouched, and the pass is `held`."""
+    from atlasops.gates import lanes
+
+    (d,) = approved(gws, owner, 1)
+    real_perform = outbox.perform
+
+    def close_then_perform(ledger: Ledger, *args: Any, **kw: Any) -> Any:
+        lanes.set_lane(ledger, gws.config, owner, "outbound.prospect", open_=False,
+                       reason="reply drought")
+        return real_perform(ledger, *args, **kw)
+
+    with Ledger.for_workspace(gws) as led:
+        with monkeypatch.context() as m:
+            m.setattr(outbox, "perform", close_then_perform)
+            report = run(gws, led)
+        assert report.held == {"lane outbound.prospect is closed": [d]}
+        assert report.refused == [] and report.outcome == "held"
+        row = drafts.get_draft(led, d)
+        assert row["state"] == "approved" and row["attempts"] == 0
+        assert count_events(gws, "effect.attempting") == 0 and smtp.messages == []
+        lanes.set_lane(led, gws.config, owner, "outbound.prospect", open_=True, reason="ok")
+        assert run(gws, led).sent == [d]
+    assert len(smtp.messages) == 1
+
+
+def test_an_attempt_recorded_before_attempts_named_their_draft_is_known_by_its_summary(
+        gws: Workspace, owner: Principal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ledger written by an older Atlas: its attempts carry no detail. The draft's own is
+    recognised by its summary (so a kill after it still means ambiguous); another draft's
+    is not taken for it."""
+    first, _second = approved(gws, owner, 2)
+    with Ledger.for_workspace(gws) as led:
+        with monkeypatch.context() as m:
+            kill_at(m, outbox, "perform")
+            with pytest.raises(Killed):
+                run(gws, led)
+        for draft_id in (first * 10 + 1, first):  # draft 71's summary starts like draft 7's
+            led.append("effect.attempting", "agent:old", {
+                "kind": "email", "lane": "outbound.prospect", "channel": "zoho",
+                "job_run": None, "summary": f"send draft {draft_id} to p0@firm0.example"},
+                subject="lane:outbound.prospect")
+        ((_attempt, payload, status),) = outbox.claim_attempts(led.conn, first)
+        assert payload["summary"].startswith(f"send draft {first} to") and status == "no outcome"
+        assert run(gws, led).found_ambiguous == [first]

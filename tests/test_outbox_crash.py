@@ -1,7 +1,8 @@
 """Crash test: the outbox process (`atlas outbox run --once`) is killed with SIGKILL
 at random moments while it sends to a real SMTP server on 127.0.0.1. No message is
 ever delivered twice, and every draft ends in a state that matches what the server
-received; `ambiguous` only for a draft whose send was in flight at the kill.
+received; `ambiguous` only for a draft whose send was in flight at the kill with its
+attempt recorded (a claim cut off before its attempt is requeued and sent once).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from atlasops.auth import Principal, authenticate
-from atlasops.gates import drafts, lanes
+from atlasops.gates import drafts, lanes, outbox
 from atlasops.ledger import Ledger
 from atlasops.workspace import Workspace
 from tests.conftest import BUSINESSES, OWNER, gate_workspace, owner_token
@@ -52,6 +53,13 @@ def attempts(ws: Workspace) -> int:
                              "kind='effect.attempting'")[0]["n"])
 
 
+def maybe_sent(ws: Workspace, ids: list[int]) -> set[int]:
+    """Of these claimed drafts, those with an attempt that did or may have happened."""
+    with Ledger.for_workspace(ws) as led:
+        return {i for i in ids if any(status != "did not happen" for _a, _p, status in
+                                      outbox.claim_attempts(led.conn, i))}
+
+
 def test_sigkill_during_outbox_never_delivers_twice(smtp: Any) -> None:
     rng = random.Random(int(os.environ.get("ATLAS_CRASH_SEED", "4242")))
     kinds: Counter[str] = Counter()
@@ -76,6 +84,7 @@ def test_sigkill_during_outbox_never_delivers_twice(smtp: Any) -> None:
             received_at_kill = Counter(m.message_id for m in smtp.messages)
             in_flight = [i for i, d in at_kill.items() if d["state"] == "sending"]
             assert len(in_flight) <= 1, "only one send is ever in flight"
+            attempted = maybe_sent(ws, in_flight)
             # no message reaches the server without its attempt recorded first
             assert len(smtp.messages) <= attempts(ws)
             for i, d in at_kill.items():
@@ -84,7 +93,8 @@ def test_sigkill_during_outbox_never_delivers_twice(smtp: Any) -> None:
                     assert got == 1
                 elif d["state"] != "sending":
                     assert got == 0, f"draft {i} ({d['state']}) was delivered unrecorded"
-            # a second outbox finishes the job: the in-flight send becomes ambiguous
+            # a second outbox finishes the job: an in-flight send whose attempt was recorded
+            # becomes ambiguous; a claim cut off before its attempt is requeued and sent
             done = subprocess.run([*ATLAS, "outbox", "run", "--once"], env=env,
                                   capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stderr
@@ -96,7 +106,7 @@ def test_sigkill_during_outbox_never_delivers_twice(smtp: Any) -> None:
                 if d["state"] == "sent":
                     assert got == 1
                 elif d["state"] == "ambiguous":
-                    assert i in in_flight
+                    assert i in attempted, f"draft {i} is ambiguous with no attempt recorded"
                     assert got <= 1
                 else:
                     raise AssertionError(f"draft {i} ended {d['state']}")
@@ -104,7 +114,7 @@ def test_sigkill_during_outbox_never_delivers_twice(smtp: Any) -> None:
             for d in final.values():
                 if d["state"] == "sent":
                     assert hashes[d["message_id"]] == d["content_sha256"]
-            kinds["ambiguous" if in_flight else "clean"] += 1
+            kinds["ambiguous" if attempted else "requeued" if in_flight else "clean"] += 1
             kinds["killed before any send" if not received_at_kill else "killed mid-run"] += 1
     # the random kills really landed in different places
     assert kinds["killed mid-run"] >= RUNS // 2, kinds

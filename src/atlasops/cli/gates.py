@@ -234,9 +234,10 @@ def drafts_create(
     lane: Annotated[str, typer.Option("--lane")] = "outbound.prospect",
     business: Annotated[str | None, typer.Option("--business")] = None,
     lead: Annotated[int | None, typer.Option("--lead", help="The lead id.")] = None,
-    channel: Annotated[str | None, typer.Option("--channel", help="Defaults to the lane's "
-                                                "channel; another is refused at approval.")
-                       ] = None,
+    channel: Annotated[str | None, typer.Option("--channel", help="Without it the draft "
+                                                "uses the lane's one channel, whichever that "
+                                                "is when it is approved; another is refused "
+                                                "at approval.")] = None,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -293,7 +294,7 @@ def drafts_show(draft_id: Annotated[int, typer.Argument(metavar="ID")], home: Ho
         print_json(d)
         return
     out.print(styled((f"Draft {d['id']}", "bold"), f" ({d['display_state']}) lane {d['lane']} "
-                     f"via {d['channel']}"))
+                     f"via {drafts_lib.channel_label(ws.config, d)}"))
     out.print(f"To: {d['to_addr']}\nSubject: {d['subject']}\n\n{d['body']}", highlight=False)
     if d["approval_hash"]:
         out.print(f"\napproved by {d['approved_by']} at {d['approved_at']}, expires "

@@ -13,6 +13,7 @@ for, so a list or an approval never trusts a stale verdict.
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import json
 import sqlite3
@@ -45,6 +46,51 @@ def _has_crlf(value: str) -> bool:
         unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value)
 
 
+def header_as_read(name: str, value: str) -> str:
+    """The header's value as mail software reads it: the email library decodes RFC 2047
+    encoded-words (``=?utf-8?q?...?=``) when a header is set, so this is what the message
+    would really say. Raises ValueError when the library refuses the value outright."""
+    return str(email.policy.default.header_store_parse(name, value)[1])
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why ``value`` cannot be the ``name`` header as it is (None when it can): a line break
+    or control character, raw or hidden in an encoded-word, or an encoded-word at all, which
+    would make mail programs show other text (or another address) than the one approved."""
+    if _has_crlf(value):
+        return f"CR/LF in the {name} (header injection) is refused"
+    try:
+        shown = header_as_read(name, value)
+    except Exception as exc:  # the library refuses it outright: so does Atlas
+        return f"the {name} cannot be a mail header ({exc}): header injection is refused"
+    if shown == value:
+        return None
+    if _has_crlf(shown):
+        return (f"the {name} hides a line break in an RFC 2047 encoded-word (=?...?=), which "
+                "mail software decodes into extra header lines: header injection is refused")
+    if "=?" in value:
+        return (f"the {name} contains an RFC 2047 encoded-word (=?charset?...?=); mail "
+                f"software would show {shown!r}, not the text that is approved, so it is "
+                "refused")
+    return f"the {name} would read {shown!r} in a mail program, not as written"
+
+
+def _utf8_problem(**fields: str) -> str | None:
+    """The first field that is not UTF-8 text (bytes from argv or a file in another
+    encoding arrive as lone surrogates), named."""
+    for name, value in fields.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"the {name} holds text that is not valid UTF-8 "
+                    f"({exc.object[exc.start:exc.end]!r}); nothing was written")
+    return None
+
+
+ENCODED_WORD_HINT = ("Write the text itself: Unicode is fine, Atlas encodes it when it sends. "
+                     "Atlas refuses '=?...?=' encoded-words in headers.")
+
+
 def validate_input(config: Config, lane: str, to: str, subject: str, body: str) -> str:
     """Reject at the edge what can never become a safe email; returns the normalized address."""
     lanes = config.all_lanes()
@@ -52,14 +98,22 @@ def validate_input(config: Config, lane: str, to: str, subject: str, body: str) 
         raise InputError(f"unknown lane {lane!r}", hint="Lanes: " + ", ".join(lanes))
     if LANE_EFFECTS[lane] != "email":
         raise InputError(f"lane {lane} does not send email")
+    not_utf8 = _utf8_problem(recipient=to, subject=subject, body=body)
+    if not_utf8 is not None:
+        raise InputError(not_utf8, hint="Write it as UTF-8 text (save a --body-file as UTF-8).")
     if _has_crlf(to) or _has_crlf(subject):
         raise InputError("CR/LF in the recipient or subject (header injection) is refused")
     address = normalize(to)
-    if wire_address(address) is None:
+    wire = wire_address(address)
+    if wire is None:
         raise InputError(f"{address} has a non-ASCII local part (before the @); Atlas's "
                          "channels send plain-ASCII SMTP without SMTPUTF8, so it cannot be "
                          "delivered", hint="Use the recipient's ASCII address. Internationalised "
                          "domains are fine: they are sent as punycode.")
+    for name, value in (("To", wire), ("Subject", subject)):
+        problem = header_problem(name, value)
+        if problem is not None:
+            raise InputError(problem, hint=ENCODED_WORD_HINT)
     if len(subject) > MAX_SUBJECT:
         raise InputError(f"the subject is longer than {MAX_SUBJECT} characters")
     limit = lanes[lane].max_body_bytes
@@ -81,7 +135,7 @@ def send_ready_conditions(ledger: Ledger, config: Config, lane: str, to: str, su
                   "present" if subject.strip() else "the subject is empty"),
         Condition("body_present", bool(body.strip()),
                   "present" if body.strip() else "the body is empty"),
-        Condition("no_header_injection", True, "no CR/LF in headers"),
+        _header_condition(to, subject),
         Condition("size_within_bounds", True,
                   f"{len(body.encode())} of {settings.max_body_bytes} bytes"),
     ]
@@ -94,6 +148,14 @@ def send_ready_conditions(ledger: Ledger, config: Config, lane: str, to: str, su
         conds.append(Condition("recipient_is_owner", ok, "an owner address" if ok else
                                f"lane {lane} only sends to the owner's addresses"))
     return conds
+
+
+def _header_condition(to: str, subject: str) -> Condition:
+    """Recipient and subject, each exactly the header mail software will read."""
+    problems = [p for name, value in (("To", wire_address(to) or to), ("Subject", subject))
+                if (p := header_problem(name, value)) is not None]
+    return Condition("no_header_injection", not problems, "; ".join(problems) or
+                     "To and Subject are single header lines that read exactly as written")
 
 
 def gate_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
@@ -109,10 +171,11 @@ def gate_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
         conds.append(Condition("channel_is_lanes_one_channel", False,
                                f"lane {lane.name} has no channel configured"))
     else:
-        same = draft.get("channel") == s.channel and s.channel in channels
+        chosen = draft_channel(config, draft)
+        same = chosen == s.channel and s.channel in channels
         conds.append(Condition("channel_is_lanes_one_channel", same,
-                               f"{draft.get('channel')} is lane {lane.name}'s one channel"
-                               if same else f"the draft uses {draft.get('channel')!r}; lane "
+                               f"{channel_label(config, draft)} is lane {lane.name}'s one "
+                               "channel" if same else f"the draft uses {chosen!r}; lane "
                                f"{lane.name} allows only {s.channel!r}"))
     if s.requires_tracking:
         conds.append(Condition("tracking_configured", bool(s.tracking),
@@ -138,11 +201,29 @@ def gate_conditions(ledger: Ledger, config: Config, draft: dict[str, Any],
     return conds + limit_conditions(ledger, lane, str(draft["to_addr"]).casefold(), now)
 
 
+def draft_channel(config: Config, draft: dict[str, Any]) -> str | None:
+    """The channel a draft goes through: the one it names, else (a draft written without
+    one, e.g. before the lane had a channel) its lane's one channel as atlas.toml says now.
+    An approval binds the channel resolved at that moment."""
+    named = draft.get("channel")
+    return str(named) if named is not None else config.all_lanes()[draft["lane"]].channel
+
+
+def channel_label(config: Config, draft: dict[str, Any]) -> str:
+    """The draft's channel for people: a draft without its own says it uses the lane's."""
+    if draft.get("channel") is not None:
+        return str(draft["channel"])
+    lanes_channel = config.all_lanes()[draft["lane"]].channel
+    return (f"the lane's channel ({lanes_channel})" if lanes_channel is not None else
+            "the lane's channel (none configured yet)")
+
+
 def approval_hash(config: Config, draft: dict[str, Any]) -> str:
-    """sha256 of the canonical (recipient, subject, body, channel, lane policy version)."""
+    """sha256 of the canonical (recipient, subject, body, channel, lane policy version); the
+    channel is the one the draft resolves to now (:func:`draft_channel`)."""
     body = {"to": str(draft["to_addr"]).casefold(), "subject": draft["subject"],
-            "body": draft["body"], "channel": draft["channel"], "lane": draft["lane"],
-            "policy_version": policy_version(config, draft["lane"])}
+            "body": draft["body"], "channel": draft_channel(config, draft),
+            "lane": draft["lane"], "policy_version": policy_version(config, draft["lane"])}
     return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
 
 
@@ -206,12 +287,14 @@ def display_state(ledger: Ledger, config: Config, draft: dict[str, Any],
 def create(ledger: Ledger, config: Config, principal: Principal, *, to: str, subject: str,
            body: str, lane: str = "outbound.prospect", business: str | None = None,
            lead_id: int | None = None, channel: str | None = None) -> dict[str, Any]:
+    """Write a draft. Without ``channel`` it goes through its lane's one channel, resolved
+    when it is approved (so drafts written before the lane has a channel can be approved
+    once it has one)."""
     address = validate_input(config, lane, to, subject, body)
     if business is not None and business not in config.businesses:
         raise InputError(f"unknown business {business!r}")
-    chosen = channel if channel is not None else config.all_lanes()[lane].channel
-    if chosen is not None and chosen not in config.all_channels():
-        raise InputError(f"unknown channel {chosen!r}")
+    if channel is not None and channel not in config.all_channels():
+        raise InputError(f"unknown channel {channel!r}")
 
     def build(conn: sqlite3.Connection) -> list[NewEvent]:
         if lead_id is not None and not conn.execute("SELECT 1 FROM leads WHERE id=?",
@@ -223,7 +306,7 @@ def create(ledger: Ledger, config: Config, principal: Principal, *, to: str, sub
         state = "send_ready" if not failing(conds) else "draft"
         return [*sync_events(conn, config, principal.actor),
                 NewEvent("draft.created", principal.actor, {
-            "lane": lane, "channel": chosen, "to": address, "subject": subject, "body": body,
+            "lane": lane, "channel": channel, "to": address, "subject": subject, "body": body,
             "business": business, "lead_id": lead_id, "state": state,
             "problems": [c.to_dict() for c in failing(conds)]}, subject=f"lead:{lead_id}"
             if lead_id else f"email:{address}")]
@@ -406,7 +489,7 @@ def reject(ledger: Ledger, principal: Principal, draft_id: int, reason: str) -> 
 
 
 __all__ = ["STATES", "approval_conditions", "approval_expired", "approval_hash", "approve",
-           "content_hash", "create", "display_state",
+           "channel_label", "content_hash", "create", "display_state", "draft_channel",
            "edit", "explain", "gate_conditions", "get_draft", "list_drafts",
            "ready_conditions", "reject", "send_ready_conditions", "send_time_conditions",
            "validate_input",

@@ -46,7 +46,7 @@ from .channels import (
     TemporaryFailure,
     sender_for,
 )
-from .conditions import describe, failing
+from .conditions import Condition, describe, failing, hold_reason
 from .lanes import cap_condition, cooldown_condition, get_lane, parse_ts
 from .suppression import address_key, is_suppressed
 
@@ -302,6 +302,7 @@ class _Decision:
 
     caps: Capabilities
     why: str | None = None
+    hold: str | None = None  # a refusal by the lane's state (closed, cap, cooldown): waits
     channel: str = ""
     provider: Callable[[], str] | None = None
     counters: Effects = field(default_factory=Effects)
@@ -323,7 +324,8 @@ def _decide(ledger: Ledger, config: Config, home: Path, caps: Capabilities, effe
         return _Decision(caps, f"Lane {effect.lane} does not carry {effect.kind} effects.")
     lane = get_lane(ledger, config, effect.lane)
     if not lane.open:
-        return _Decision(caps, f"Lane {lane.name} is closed ({lane.reason}).")
+        return _Decision(caps, f"Lane {lane.name} is closed ({lane.reason}).",
+                         hold=hold_reason(lane.name, [Condition("lane_open", False, "")]))
     channels = config.all_channels()
     if lane.channel is None or lane.channel not in channels:
         return _Decision(caps, f"Lane {lane.name} has no channel configured.")
@@ -356,7 +358,8 @@ def _decide(ledger: Ledger, config: Config, home: Path, caps: Capabilities, effe
                                f"channel {name} ({channel.type}).")
     over = failing(limits)
     if over:
-        return _Decision(caps, f"Lane {lane.name}: {describe(over)}.")
+        return _Decision(caps, f"Lane {lane.name}: {describe(over)}.",
+                         hold=hold_reason(lane.name, over))
     return decision
 
 
@@ -393,12 +396,14 @@ def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Cap
             return [refusal_event(actor, d.caps, effect, d.why)]
         return [NewEvent("effect.attempting", actor, {
             "kind": effect.kind, "lane": effect.lane, "summary": effect.summary,
-            "channel": d.channel, "job_run": d.caps.job_run}, subject=f"lane:{effect.lane}")]
+            "channel": d.channel, "job_run": d.caps.job_run, "detail": effect.detail},
+            subject=f"lane:{effect.lane}")]
 
     recorded = ledger.transact(build)[0]
     d = found[0]
     if d.why is not None:
-        raise EffectRefused(f"{effect.summary}: refused. {d.why}", receipt_id=recorded.id)
+        raise EffectRefused(f"{effect.summary}: refused. {d.why}", receipt_id=recorded.id,
+                            hold=d.hold)
     assert d.provider is not None
     try:
         reply = d.provider()
@@ -418,7 +423,36 @@ def perform(ledger: Ledger, config: Config, home: Path, *, actor: str, caps: Cap
 
 
 
-__all__ = ["RUN_GRACE", "Capabilities", "Deliver", "Effect", "EffectRefused", "RunningJob",
-           "UnknownJobRun", "authorize", "capability_check", "failure_event", "only_to_owner",
-           "own_runs", "perform", "recipient_keys", "refusal_event", "refuse", "runner_alive",
-           "running_job"]
+AttemptStatus = Literal["no outcome", "performed", "did not happen", "may have happened"]
+
+
+def attempt_status(conn: sqlite3.Connection, attempt: int) -> AttemptStatus:
+    """What the outcomes recorded for an ``effect.attempting`` event say: an outcome that
+    says it did not happen wins (as in the daily cap), then a performed one, then one that
+    says it may have happened; none at all means it was cut off."""
+    said = {bool(r[0]) for r in conn.execute(
+        "SELECT json_extract(body, '$.evidence.may_have_happened') FROM receipts WHERE "
+        "kind = 'effect.refused' AND id > ? AND json_extract(body, '$.evidence.attempt') = ?",
+        (attempt, attempt))}
+    if False in said:
+        return "did not happen"
+    if conn.execute("SELECT 1 FROM events WHERE kind = 'effect.performed' AND id > ? AND "
+                    "json_extract(payload, '$.attempt') = ?", (attempt, attempt)).fetchone():
+        return "performed"
+    return "may have happened" if said else "no outcome"
+
+
+def known_not_happened(actor: str, attempt: int, payload: Mapping[str, Any],
+                       why: str) -> NewEvent:
+    """An outcome for an attempt that a person (or a later check) knows did not happen, so
+    it stops counting toward the lane's cap: an ``effect.refused`` receipt naming it."""
+    effect = Effect(payload["kind"], str(payload["lane"]), str(payload["summary"]),
+                    detail=dict(payload.get("detail") or {}))
+    return refusal_event(actor, Capabilities(job_run=payload.get("job_run")), effect, why,
+                         outcome="failed", attempt=attempt, may_have_happened=False)
+
+
+__all__ = ["RUN_GRACE", "AttemptStatus", "Capabilities", "Deliver", "Effect", "EffectRefused",
+           "RunningJob", "UnknownJobRun", "attempt_status", "authorize", "capability_check",
+           "failure_event", "known_not_happened", "only_to_owner", "own_runs", "perform",
+           "recipient_keys", "refusal_event", "refuse", "runner_alive", "running_job"]

@@ -8,9 +8,11 @@ cooldown and the work's capabilities. It records the intent (``draft.sending``,
 with a deterministic, opaque Message-ID derived from the approval) *before*
 talking to the channel, and the outcome after; one draft's failure never stops
 the pass. A draft found in ``sending`` when an outbox
-starts was interrupted between the two: it becomes ``ambiguous`` and is never
-re-sent without a human (``atlas outbox resolve``). Only one outbox runs at a
-time (its own lock), so an in-flight send is never mistaken for a dead one.
+starts was interrupted between the two: if the attempt its claim led to was
+recorded (and may have happened) it becomes ``ambiguous`` and is never re-sent
+without a human (``atlas outbox resolve``); if no attempt was recorded, nothing
+can have been sent and it is requeued. Only one outbox runs at a time (its own
+lock), so an in-flight send is never mistaken for a dead one.
 
 Work whose capabilities do not include a lane is refused once per lane per pass
 (one ``effect.refused`` receipt); the lane's other drafts are held by that
@@ -22,13 +24,16 @@ its receipt.
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -50,13 +55,16 @@ from .channels import (
     sender_for,
 )
 from .conditions import Condition, describe, failing, hold_reason
-from .drafts import content_hash, get_draft, send_time_conditions
+from .drafts import content_hash, draft_channel, get_draft, send_time_conditions
 from .effects import (
+    AttemptStatus,
     Capabilities,
     Effect,
     EffectRefused,
     UnknownJobRun,
+    attempt_status,
     capability_check,
+    known_not_happened,
     only_to_owner,
     perform,
     refusal_event,
@@ -78,7 +86,10 @@ class OutboxReport:
     # found `sending` when the pass began: an earlier outbox stopped mid-send (not this
     # pass's attempt, so not one of its failures)
     found_ambiguous: list[int] = field(default_factory=list)
+    # found claimed by an earlier outbox that stopped before anything could be sent
+    requeued: list[int] = field(default_factory=list)
     voided: list[int] = field(default_factory=list)
+    suppressed: list[int] = field(default_factory=list)  # approval voided: not attempted
     held: dict[str, list[int]] = field(default_factory=dict)
     refused: list[int] = field(default_factory=list)
     stopped: list[int] = field(default_factory=list)  # cut short before handing it over
@@ -105,7 +116,9 @@ class OutboxReport:
                            ("ambiguous (check, then `atlas outbox resolve`)", self.ambiguous),
                            ("ambiguous, left by an earlier outbox that stopped mid-send "
                             "(check, then `atlas outbox resolve`)", self.found_ambiguous),
-                           ("approval(s) voided", self.voided), ("refused", self.refused),
+                           ("approval(s) voided", self.voided),
+                           ("approval(s) voided, recipient suppressed", self.suppressed),
+                           ("refused", self.refused),
                            ("not sent (stopped before handing over; next pass)",
                             self.stopped)):
             groups: dict[str, list[int]] = {}
@@ -159,7 +172,37 @@ def build_message(draft: dict[str, Any], from_address: str, msg_id: str, *,
     if unsubscribe:
         msg["List-Unsubscribe"] = f"<mailto:{from_address}?subject=unsubscribe>"
     msg.set_content(draft["body"])
+    _check_headers(msg, to, msg_id, unsubscribe=unsubscribe)
     return msg
+
+
+# The headers an Atlas email has, each once: nothing else may reach the wire.
+HEADERS = frozenset({"From", "To", "Subject", "Date", "Message-ID", "MIME-Version",
+                     "Content-Type", "Content-Transfer-Encoding"})
+
+
+def _check_headers(msg: EmailMessage, to: str, msg_id: str, *, unsubscribe: bool) -> None:
+    """Read the serialized message back as a receiving server would and raise ValueError
+    unless its headers are exactly the expected ones, each once, with the recipient and
+    Message-ID intact and a subject on one line: the last guard against header injection
+    (e.g. an encoded-word that the email library decodes into extra header lines)."""
+    head = BytesHeaderParser(policy=email.policy.default).parsebytes(
+        msg.as_bytes(policy=email.policy.SMTP))
+    names = list(head.keys())
+    expected = HEADERS | ({"List-Unsubscribe"} if unsubscribe else set())
+    if sorted(names) != sorted(expected):
+        raise ValueError(f"header injection: the message would carry the headers "
+                         f"{', '.join(names)}, not exactly {', '.join(sorted(expected))}")
+    if str(head["To"]) != to or str(head["Message-ID"]) != msg_id:
+        raise ValueError("header injection: the message's To or Message-ID would not read "
+                         "as approved")
+    if any(ch in str(head["Subject"]) for ch in "\r\n"):
+        raise ValueError("header injection: the subject would span more than one line")
+
+
+def _summary(d: dict[str, Any]) -> str:
+    """What a draft's send is called in its effect records."""
+    return f"send draft {d['id']} to {d['to_addr']}"
 
 
 def _from_address(config: Config, channel: str) -> str:
@@ -167,26 +210,55 @@ def _from_address(config: Config, channel: str) -> str:
     return ch.from_address or config.owner.email
 
 
+SUPPRESSED_AFTER_APPROVAL = ("the recipient was suppressed after approval: nothing was "
+                             "attempted and the approval is void")
 AMBIGUOUS_AFTER_STOP = ("an outbox stopped between recording the intent and recording the "
                        "outcome: the server may or may not have the message")
 
 
+def claim_attempts(conn: sqlite3.Connection,
+                   draft_id: int) -> list[tuple[int, dict[str, Any], AttemptStatus]]:
+    """The attempts (``effect.attempting``) made for the draft's latest claim (its latest
+    ``draft.sending``), with what their outcomes say. One recorded before attempts named
+    their draft is known by its summary (:func:`_summary`)."""
+    claim = conn.execute("SELECT max(id) FROM events WHERE kind = 'draft.sending' AND "
+                         "json_extract(payload, '$.id') = ?", (draft_id,)).fetchone()[0]
+    if claim is None:
+        return []
+    rows = conn.execute(
+        "SELECT id, payload FROM events WHERE kind = 'effect.attempting' AND id > ? AND "
+        "(json_extract(payload, '$.detail.draft') = ? OR (json_extract(payload, "
+        "'$.detail') IS NULL AND json_extract(payload, '$.summary') LIKE ?))",
+        (claim, draft_id, f"send draft {draft_id} to %")).fetchall()
+    return [(int(r[0]), json.loads(r[1]), attempt_status(conn, int(r[0]))) for r in rows]
+
+
 def _mark_interrupted(ledger: Ledger, actor: str, report: OutboxReport) -> None:
+    """Settle drafts an earlier outbox left mid-way (it was killed): a claim with no
+    attempt, or only attempts known not to have happened, is requeued (nothing can have
+    been sent); one with an attempt that did or may have happened becomes ambiguous."""
     def build(conn: sqlite3.Connection) -> list[NewEvent]:
         events = []
-        for row in conn.execute("SELECT id, state FROM drafts WHERE state IN "
-                                "('sending','queued')"):
-            if row[1] == "sending":
-                report.found_ambiguous.append(int(row[0]))
-                report.reasons[int(row[0])] = AMBIGUOUS_AFTER_STOP
+        for row in conn.execute("SELECT id, state, attempts FROM drafts WHERE state IN "
+                                "('sending','queued')").fetchall():
+            draft_id = int(row[0])
+            attempts = claim_attempts(conn, draft_id) if row[1] == "sending" else []
+            if any(status != "did not happen" for _a, _p, status in attempts):
+                report.found_ambiguous.append(draft_id)
+                report.reasons[draft_id] = AMBIGUOUS_AFTER_STOP
                 events.append(NewEvent("draft.ambiguous", actor, {
-                    "id": row[0], "reason": AMBIGUOUS_AFTER_STOP},
-                    subject=f"draft:{row[0]}"))
-            else:  # queued but the intent was never recorded: nothing was sent
-                events.append(NewEvent("draft.retry", actor, {
-                    "id": row[0], "attempts": 0, "next_attempt_at": utc_now(),
-                    "reason": "requeued: an outbox stopped before sending"},
-                    subject=f"draft:{row[0]}"))
+                    "id": draft_id, "reason": AMBIGUOUS_AFTER_STOP},
+                    subject=f"draft:{draft_id}"))
+                continue
+            report.requeued.append(draft_id)  # sent (or retried) later in this pass
+            # a claim that reached no attempt leaves the retry budget untouched
+            unattempted = row[1] == "sending" and not attempts
+            events.append(NewEvent("draft.retry", actor, {
+                "id": draft_id, "attempts": int(row[2]) - 1 if unattempted else int(row[2]),
+                "next_attempt_at": utc_now(),
+                "reason": "requeued: an earlier outbox stopped before "
+                          + ("sending" if not attempts else "recording a known not-sent")},
+                subject=f"draft:{draft_id}"))
         return events
     ledger.transact(build)
 
@@ -296,7 +368,7 @@ class _Pass:
                 return self._unsendable(d, bad, outcome)
             subject = f"draft:{draft_id}"
             lane = self.config.all_lanes()[d["lane"]]
-            effect = Effect("email", d["lane"], f"send draft {draft_id} to {d['to_addr']}",
+            effect = Effect("email", d["lane"], _summary(d),
                             detail={"draft": draft_id})
             if d["lane"] in self.refused_lanes:  # refused once this pass: hold the rest
                 outcome["held"] = self.refused_lanes[d["lane"]]
@@ -305,11 +377,12 @@ class _Pass:
             if refused is not None:  # before the intent: a refusal is not an attempt
                 outcome.update(bucket=self.report.refused, reason=refused, lane=d["lane"])
                 return [refusal_event(self.actor, caps, effect, refused)]
-            unavailable = self._unavailable(str(d["channel"]))
+            channel = str(draft_channel(self.config, d))  # the lane's: the conditions hold
+            unavailable = self._unavailable(channel)
             if unavailable is not None:  # nothing can be sent: hold it, no intent
                 outcome["held"] = unavailable
                 return []
-            from_address = _from_address(self.config, str(d["channel"]))
+            from_address = _from_address(self.config, channel)
             msg_id = message_id(d, from_address)
             try:
                 message = build_message(d, from_address, msg_id,
@@ -348,13 +421,23 @@ class _Pass:
             return [NewEvent("draft.approval_voided", self.actor, {
                 "id": d["id"], "reason": outcome["reason"], "state": "send_ready"},
                 subject=f"draft:{d['id']}")]
-        if "not_suppressed" in names:
-            outcome.update(bucket=self.report.failed,
-                           reason="the recipient was suppressed after approval")
+        if "no_header_injection" in names:  # written before the check existed: never sendable
+            outcome.update(bucket=self.report.failed, reason=describe(
+                [c for c in bad if c.name == "no_header_injection"]))
             return [NewEvent("draft.failed", self.actor, {
                 "id": d["id"], "reason": outcome["reason"]}, subject=f"draft:{d['id']}")]
+        if "not_suppressed" in names:
+            return [self._void_suppressed(d, outcome)]
         outcome["held"] = hold_reason(d["lane"], bad)
         return []
+
+    def _void_suppressed(self, d: dict[str, Any], outcome: dict[str, Any]) -> NewEvent:
+        """A recipient suppressed after approval: nothing is attempted and the approval is
+        void (the draft is send-ready again, and not approval-ready while suppressed)."""
+        outcome.update(bucket=self.report.suppressed, reason=SUPPRESSED_AFTER_APPROVAL)
+        return NewEvent("draft.approval_voided", self.actor, {
+            "id": d["id"], "reason": SUPPRESSED_AFTER_APPROVAL, "state": "send_ready"},
+            subject=f"draft:{d['id']}")
 
     def _mark(self, d: dict[str, Any], kind: str, bucket: list[int], *, reason: str,
               **payload: Any) -> None:
@@ -369,7 +452,7 @@ class _Pass:
         this draft stops the pass."""
         d, message = claimed.draft, claimed.message
         attempt = int(d["attempts"]) + 1
-        effect = Effect("email", d["lane"], f"send draft {d['id']} to {d['to_addr']}",
+        effect = Effect("email", d["lane"], _summary(d),
                         message=message, detail={"draft": d["id"],
                                                  "message_id": str(message["Message-ID"])})
         started = utc_now()
@@ -381,8 +464,11 @@ class _Pass:
                        attempts=attempt - 1, next_attempt_at=fmt_ts(now), reason=exc.reason)
             return
         except EffectRefused as exc:  # refused before the channel: not an attempt
-            self._mark(d, "retry", self.report.refused, attempts=attempt - 1,
-                       next_attempt_at=fmt_ts(now), reason=f"refused: {exc.message}")
+            hold = exc.details.get("hold")  # the lane closed (or filled) since the claim
+            self._mark(d, "retry", self.report.refused if hold is None else
+                       self.report.held.setdefault(str(hold), []), attempts=attempt - 1,
+                       next_attempt_at=fmt_ts(now), reason=f"refused: {exc.message}"
+                       if hold is None else str(hold))
             return
         except SendInterrupted as exc:  # known not sent: the next pass sends it
             self._mark(d, "retry", self.report.stopped, attempts=attempt - 1,
@@ -419,7 +505,8 @@ class _Pass:
         receipt = Receipt(
             kind="send", subject=f"draft:{d['id']}", actor=self.actor, started_at=started,
             finished_at=utc_now(), outcome="ok",
-            summary=f"Draft {d['id']} was accepted by channel {d['channel']} for "
+            summary=f"Draft {d['id']} was accepted by channel "
+                    f"{draft_channel(self.config, d)} for "
                     f"{d['to_addr']}" + (" (review mail to the owner)." if review else "."),
             effects=counters,
             evidence={"message_id": msg_id, "reply": reply, "content_sha256": digest,
@@ -464,6 +551,7 @@ def _run_receipt(ledger: Ledger, actor: str, started: str, report: OutboxReport,
                        ("ambiguous", report.ambiguous),
                        ("found ambiguous (an earlier outbox stopped mid-send)",
                         report.found_ambiguous), ("approval voided", report.voided),
+                       ("suppressed after approval (approval voided)", report.suppressed),
                        ("refused", report.refused),
                        ("not sent (stopped before handing over)", report.stopped)):
         if ids:
@@ -518,9 +606,14 @@ def resolve(ledger: Ledger, principal: Principal, draft_id: int, *, sent: bool,
         now = utc_now()
         payload: dict[str, Any] = {"id": draft_id, "sent": sent, "note": note,
                                    "resolved_at": now}
-        if not sent:
+        if not sent:  # its attempt is known not to have happened: off the day's cap
+            why = (f"{principal.actor} resolved draft {draft_id}'s ambiguous send as not "
+                   "sent" + (f": {note}" if note else "."))
             return [NewEvent("draft.resolved", principal.actor, payload,
-                             subject=f"draft:{draft_id}")]
+                             subject=f"draft:{draft_id}"),
+                    *(known_not_happened(principal.actor, attempt, attempted, why)
+                      for attempt, attempted, status in claim_attempts(conn, draft_id)
+                      if status != "did not happen")]
         payload["content_sha256"] = content_hash(d["to_addr"], d["subject"], d["body"])
         return [NewEvent("draft.resolved", principal.actor, payload,
                          subject=f"draft:{draft_id}"),
@@ -528,4 +621,5 @@ def resolve(ledger: Ledger, principal: Principal, draft_id: int, *, sent: bool,
     ledger.transact(build)
 
 
-__all__ = ["OutboxReport", "build_message", "message_id", "resolve", "run", "run_once"]
+__all__ = ["OutboxReport", "build_message", "claim_attempts", "message_id", "resolve", "run",
+           "run_once"]
