@@ -968,6 +968,14 @@ ZERO_SENDS = {"emails_sent": 0, "prospects_added": 300, "checks_run": 2, "checks
     ("No one was emailed today.", [("emails_sent", "none", "supported")]),
     ("Nothing broke and we sent the partner emails.", [("emails_sent", "some",
                                                          "contradicted")]),
+    # ... or right after the verb, in its object ("sent no emails", "sent nothing")
+    ("We sent no emails today.", [("emails_sent", "none", "supported")]),
+    ("We emailed no prospects.", [("emails_sent", "none", "supported")]),
+    ("Atlas sent no partner emails.", [("emails_sent", "none", "supported")]),
+    ("The outbox sent nothing.", [("emails_sent", "none", "supported")]),
+    ("We emailed nobody, and the outbox sent none of the drafts.",
+     [("emails_sent", "none", "supported")]),
+    ("The outbox sent the partner emails.", [("emails_sent", "some", "contradicted")]),
     # a number before a send verb is the number sent, not a count of the noun
     ("0 prospects were emailed.", [("emails_sent", 0, "supported")]),
     ("300 prospects were emailed.", [("emails_sent", 300, "contradicted")]),
@@ -1006,9 +1014,25 @@ def test_check_reads_numbers(post: str, expected: list[tuple[str, Any, str]] | N
     ("The releases page was restored after the rebuild.", "supported"),
     ("Atlas restored the wimper releases route.", "supported"),
     ("The billing page was restored.", "unsupported"),
+    # in the active voice the subject is the verb's object; a person, an agent or a
+    # pronoun before the verb is who did it, not what was fixed
+    ("We fixed the billing route.", "unsupported"),
+    ("Atlas repaired the checkout page.", "unsupported"),
+    ("Matt fixed the releases page.", "supported"),
+    ("Bot repaired the WIMPER releases route today.", "supported"),
+    ("Matt has fixed the billing page.", "unsupported"),
+    ("We fixed the releases route.", "supported"),
+    ("We fixed nothing today.", "contradicted"),
+    ("We fixed no billing bugs.", "supported"),
+    ("We repaired no releases pages.", "contradicted"),
+    # a passive verb's subject is before it; what follows is not its object
+    ("The releases page was fixed after the rebuild.", "supported"),
 ])
 def test_check_matches_fixed_claims_to_what_was_fixed(post: str, status: str | None) -> None:
-    claims = check_post(post, chronicle_of({}, incidents=[REPAIR]))
+    # the day also holds a database recovery, which must not support a claim about a page
+    commits = [{"author": "Matt", "agent": False}, {"author": "Bot", "agent": True}]
+    day = chronicle_of({}, incidents=[REPAIR, recovery("recovered")], commits=commits)
+    claims = check_post(post, day)
     assert [x.status for x in claims] == ([status] if status else [])
 
 

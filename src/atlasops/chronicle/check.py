@@ -30,6 +30,12 @@ NEGATION = re.compile(r"\b(?:not|never|no|zero|none|nothing|nobody|no one|neithe
                       r"without|didn't|did not|wasn't|weren't|hasn't|haven't|isn't)\b|n't\b")
 # a negation before a verb reaches it unless another clause starts in between
 NEGATION_SCOPE = re.compile(r".*\b(?:and|then|so|while|after|before)\b")
+# a negation right after a verb, in its object: "sent no emails", "fixed nothing"
+NONE_AFTER = re.compile(r"\s+(?:out\s+)?(?:the\s+)?(?:no|zero|none|nothing|nobody|no one|"
+                        r"not a single|not any)\b")
+# before a participle, these make it passive: its subject is before it, not after
+PASSIVE = re.compile(r"\b(?:is|are|was|were|be|been|being|get|gets|got|become|becomes|"
+                     r"became)\s*$")
 NO_LOSS = re.compile(r"\bnothing (?:was |is |has been )?lost\b|\bno (?:data |events? |rows? |"
                      r"records? )?(?:was |were |has been |have been )?lost\b|\bwithout (?:any )?"
                      r"(?:data )?loss\b|\bno (?:data )?loss\b|\blost nothing\b")
@@ -132,6 +138,7 @@ def check_post(text: str, chronicle: dict[str, Any]) -> list[Claim]:
     receipts = _stated(chronicle, authors)
     incidents = chronicle["broke"].get("incidents", [])
     owner = chronicle.get("owner", {}).get("name", "").casefold().split(" ")[0]
+    names = _people(chronicle)
     said = read_post(text)
     claims: list[Claim] = []
     for s in said:
@@ -144,8 +151,8 @@ def check_post(text: str, chronicle: dict[str, Any]) -> list[Claim]:
                                 (POSTED, "social_posts", "posts")):
             if key not in keys:
                 claims += _did(sentence, low, verb, what, known.get(key), owner)
-        claims += _fixed(sentence, low, incidents)
-        claims += _restored(sentence, low, _window(said, s), chronicle["broke"])
+        claims += _fixed(sentence, low, incidents, names)
+        claims += _restored(sentence, low, _window(said, s), chronicle["broke"], names)
     return claims
 
 
@@ -204,8 +211,8 @@ def _did(sentence: str, low: str, verb: str, what: str, fact: dict[str, Any] | N
         before = clause_before(low, m.start())
         clause = before + low[m.start():]
         if what == "emails" and not re.search(r"prospect|e-?mail|outreach|lead|partner|"
-                                              r"campaign|sequence|draft|nobody|no one",
-                                              clause):
+                                              r"campaign|sequence|draft|outbox|nobody|"
+                                              r"no one", clause):
             continue
         if to_the_owner(clause, owner):
             continue  # a mail to the owner, for review, is not a send
@@ -213,7 +220,8 @@ def _did(sentence: str, low: str, verb: str, what: str, fact: dict[str, Any] | N
             continue  # "Emails sent: unknown (source unavailable: ...)" claims nothing
         negated = _negated(before)
         if m.group(0) == "send" and not negated:
-            continue  # "we will send", "to send": not a claim about the day
+            continue  # "we will send", "to send", "we send none unapproved": no claim
+        negated = negated or bool(NONE_AFTER.match(low, m.end()))
         if NOT_NOW.search(before):
             continue
         return [_judge(sentence, what, "none" if negated else "some", fact)]
@@ -235,28 +243,45 @@ def _judge(sentence: str, what: str, claimed: str, fact: dict[str, Any] | None) 
                  f"{fact['label']} was {fact['display']} ({fact['source']}: {fact['how']})")
 
 
-def _fixed(sentence: str, low: str, incidents: list[dict[str, Any]]) -> list[Claim]:
+def _fixed(sentence: str, low: str, incidents: list[dict[str, Any]],
+           names: set[str]) -> list[Claim]:
     m = FIX.search(low)
     if m is None:
         return []
     before = clause_before(low, m.start())
     if NOT_NOW.search(before) and not NEGATION.search(before):
         return []
-    negated = bool(NEGATION.search(before))
+    after = clause_after(low, m.end())
+    none_after = NONE_AFTER.match(after)
+    negated = bool(NEGATION.search(before) or none_after)
     if negated and TEMPORAL.search(low):
         return []  # "it did not become fixed when the build completed": about timing
-    # the subject: before the verb ("the page came back"), or after it when the verb is
-    # an adjective ("the repaired database")
-    about = (clause_after(low, m.end()) if re.search(r"\b(?:the|a|an|its)\s*$", before)
-             else before)
-    subject = _subject(about)
-    if re.search(r"\b(?:nothing|none)\b", before):
-        subject = set()  # "nothing was fixed": about every incident
+    # the subject: before the verb ("the page came back"); after it when the verb is an
+    # adjective ("the repaired database"), or in the active voice when only who did it
+    # is before it ("we fixed the billing route", "Matt repaired the releases page")
+    if re.search(r"\b(?:the|a|an|its)\s*$", before):
+        subject = _subject(after, names)
+    else:
+        subject = _subject(before, names)
+        if not subject and m.group(0) in ("fixed", "repaired") and not PASSIVE.search(before):
+            subject = _subject(after, names)
+    if re.search(r"\b(?:nothing|none)\b", before) or (
+            none_after and re.search(r"\b(?:nothing|none)\b", none_after.group(0))):
+        subject = set()  # "nothing was fixed", "we fixed nothing": about every incident
     return [_fix_claim(sentence, subject, negated, incidents, "fixed")]
 
 
-def _subject(text: str) -> set[str]:
-    return set(re.findall(r"[a-z][a-z0-9]+", denoise(text))) - STOPWORDS
+def _subject(text: str, names: set[str]) -> set[str]:
+    """The content words of ``text``: not stopwords, and not the name of a person or an
+    agent (who did something, not what it was done to)."""
+    return set(re.findall(r"[a-z][a-z0-9]+", denoise(text))) - STOPWORDS - names
+
+
+def _people(chronicle: dict[str, Any]) -> set[str]:
+    """The words of the owner's name and of every commit author's, agents' too."""
+    authors = [chronicle.get("owner", {}).get("name", ""),
+               *(c["author"] for c in chronicle["commits"])]
+    return {w for a in authors for w in re.findall(r"[a-z][a-z0-9]+", a.casefold())}
 
 
 def _fix_claim(sentence: str, subject: set[str], negated: bool,
@@ -294,7 +319,8 @@ def _words(incident: dict[str, Any]) -> set[str]:
     return words | LEDGER_WORDS if incident["kind"] in ("recovery", "detection") else words
 
 
-def _restored(sentence: str, low: str, window: str, broke: dict[str, Any]) -> list[Claim]:
+def _restored(sentence: str, low: str, window: str, broke: dict[str, Any],
+              names: set[str]) -> list[Claim]:
     masked = LOSS.sub(lambda m: " " * len(m.group(0)), low)
     m = RESTORE.search(masked)
     if m is None:
@@ -305,9 +331,10 @@ def _restored(sentence: str, low: str, window: str, broke: dict[str, Any]) -> li
     if not broke.get("known", True):
         return [Claim(sentence, "restored", "recovery", "restored", None, "unsupported",
                       f"the ledger could not be read ({broke.get('reason')})")]
-    negated = _negated(before)
-    clause = before + clause_after(masked, m.end())
-    subject = _subject(clause)
+    after = clause_after(masked, m.end())
+    negated = _negated(before) or bool(NONE_AFTER.match(after))
+    clause = before + after
+    subject = _subject(clause, names)
     incidents = broke.get("incidents", [])
     if not subject & LEDGER_WORDS and (ROUTE_WORDS.search(clause) or any(
             subject & _words(i) for i in incidents if i["kind"] == "repair")):
