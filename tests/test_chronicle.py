@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from atlasops.auth import Principal, authenticate
 from atlasops.chronicle import timeline as timeline_module
 from atlasops.chronicle.check import check_post
 from atlasops.chronicle.compose import compose
@@ -29,12 +30,15 @@ from atlasops.demo import DemoResult, run_demo
 from atlasops.durability import recover, take_backup
 from atlasops.durability.detect import record_detection
 from atlasops.errors import DatabaseCorrupt
+from atlasops.gates import drafts, lanes, outbox
+from atlasops.gates.effects import Capabilities
 from atlasops.leads import import_csv
 from atlasops.ledger import Ledger, NewEvent
 from atlasops.ops.records import add_content, record_deploy
 from atlasops.receipts import Effects, Receipt, list_receipts, record
 from atlasops.workspace import Workspace
-from tests.conftest import write_csv
+from tests.conftest import gate_workspace, owner_token, write_csv
+from tests.smtp_servers import DroppingServer
 
 TODAY = datetime.now(UTC).date()
 AGENT = ("Outreach Agent", "agent@bots.example")
@@ -235,6 +239,11 @@ def test_one_broken_repository_keeps_the_commits_of_the_others(day: Workspace,
     (low,) = check_post("2 commits landed.", c)
     (same,) = check_post("3 commits landed.", c)
     assert (low.status, same.status) == ("contradicted", "unsupported")
+    # ... and it can say "at least" as many as were read, in prose or as a label
+    said = [(x.claimed, x.status) for x in check_post(
+        "At least 3 commits landed. At least two commits landed. Commits: at least 4.", c)]
+    assert said == [("at least 3", "supported"), ("at least 2", "supported"),
+                    ("at least 4", "unsupported")]
 
 
 def test_stashes_are_not_commits_and_a_commit_is_counted_once(day: Workspace,
@@ -761,10 +770,11 @@ def test_the_demo_day_reads_like_an_engineering_log(
 
 
 def test_the_chronicle_passes_its_own_check(
-        demo: tuple[DemoResult, dict[str, Any]], ws: Workspace) -> None:
+        demo: tuple[DemoResult, dict[str, Any]], ws: Workspace, tmp_path: Path) -> None:
     """Atlas's own chronicle, as written, is a post whose every claim the day's facts
     support: the demo day, a fresh workspace before its ledger exists (every ledger
-    number unknown), and its first, almost empty, day."""
+    number unknown), its first, almost empty, day, and that day again with one of its
+    two repositories unreadable (every commit count a lower bound)."""
     result, c = demo
     before = compose(ws, TODAY)
     assert source(before, "ledger")["available"] is False
@@ -772,13 +782,68 @@ def test_the_chronicle_passes_its_own_check(
         led.append("note.added", "t", {"text": "the first note"})
     fresh = compose(ws, TODAY)
     assert fresh["headline"]["rule"] == "quiet day"
-    for workspace, chronicle in ((result.workspace, c), (ws, before), (ws, fresh)):
+    make_repo(tmp_path / "repo", [(HUMAN, "one"), (AGENT, "two"), (HUMAN, "three")])
+    partly = configure(ws, f"""
+[chronicle]
+repos = [{repos_toml((tmp_path / 'repo', 'site'), (tmp_path / 'gone', 'gone'))}]
+agent_authors = ["{AGENT[1]}"]
+""")
+    unsure = compose(partly, TODAY)
+    assert number(unsure, "commits_total")["at_least"] is True
+    assert unsure["headline"]["text"] == "At least 3 commits landed."
+    assert unsure["lede"][0]["text"].startswith("At least 3 commits landed (git:gone ")
+    assert unsure["lede"][0]["text"].endswith(": at least 1 by agents and at least 2 by "
+                                              "people.")
+    assert "(at least 1 by agents, at least 2 by people)" in render(partly, unsure, "md")
+    for workspace, chronicle in ((result.workspace, c), (ws, before), (ws, fresh),
+                                 (partly, unsure)):
         claims = check_post(render(workspace, chronicle, "md"), chronicle)
         bad = [(x.text, x.fact, x.status, x.why) for x in claims if x.status != "supported"]
         assert not bad
     assert len(check_post(render(ws, fresh, "md"), fresh)) > 10  # "0 emails were sent", ...
+    claimed = {(x.fact, x.claimed) for x in check_post(render(partly, unsure, "md"), unsure)}
+    assert {("commits_total", "at least 3"), ("commits_agent", "at least 1"),
+            ("commits_human", "at least 2")} <= claimed
     kinds = {x.kind for x in check_post(render(result.workspace, c, "md"), c)}
     assert {"number", "emails", "fixed", "restored"} <= kinds
+
+
+def test_an_ambiguous_send_is_a_lower_bound_the_chronicle_and_its_check_agree_on(
+        ws: Workspace) -> None:
+    """A real SMTP server that takes the message and drops the connection: the send is
+    ambiguous, so the day's count is "at least", said so everywhere, and checkable."""
+    server = DroppingServer().start()
+    try:
+        gws = gate_workspace(ws, server.port)
+        with Ledger.for_workspace(gws) as led:
+            owner = authenticate(led, gws.config, owner_token(led))
+            lanes.record_posture(led, gws.config, owner, "outbound.prospect",
+                                 {"spf": "pass", "dkim": "pass", "dmarc": "pass"})
+            lanes.set_lane(led, gws.config, owner, "outbound.prospect", open_=True,
+                           reason="test window")
+            d = drafts.create(led, gws.config, Principal("agent", "outreach"),
+                              to="cpa@firm.example", subject="Partner intro",
+                              body="Hello.\n\nReply STOP to opt out.")
+            drafts.approve(led, gws.config, owner, [d["id"]])
+            report = outbox.run_once(gws, led, actor="agent:outbox", caps=Capabilities(),
+                                     env={})
+        assert report.ambiguous == [d["id"]] and len(server.messages) == 1
+    finally:
+        server.stop()
+    c = compose(gws, TODAY)
+    sent = number(c, "emails_sent")
+    assert (sent["value"], sent["at_least"]) == (0, True)
+    md = render(gws, c, "md")
+    assert "At least 0 emails were sent (1 more may have been sent: ambiguous" in md
+    claims = check_post(md, c)
+    assert not [(x.text, x.status, x.why) for x in claims if x.status != "supported"]
+    assert ("emails_sent", "at least 0") in {(x.fact, x.claimed) for x in claims}
+    assert c["headline"]["text"] == ("At least 0 emails were sent, and 1 more send may have "
+                                     "gone out: it is ambiguous until someone resolves it.")
+    assert "1 ambiguous send needs a human (`atlas outbox resolve`)." in md
+    # a post that says none went out cannot be proven; one that says one did, neither
+    for post in ("No emails were sent.", "1 email was sent."):
+        assert [x.status for x in check_post(post, c)] == ["unsupported"], post
 
 
 def test_every_number_of_the_gate_and_whats_next_has_a_source(
@@ -952,6 +1017,9 @@ ZERO_SENDS = {"emails_sent": 0, "prospects_added": 300, "checks_run": 2, "checks
     ("Eight commits landed today. All eight came from Matt. Two deploys landed.",
      [("commits_total", 8, "contradicted"), ("commits_by:matt", 8, "contradicted"),
       ("content_or_deploys", 2, "supported")]),
+    # "at least N" is a lower bound: true when the day's count reaches N
+    ("At least 2 commits landed.", [("commits_total", "at least 2", "supported")]),
+    ("Commits: at least 5.", [("commits_total", "at least 5", "contradicted")]),
     # the longest pattern wins: one claim per number
     ("1 check failed.", [("checks_failed", 1, "supported")]),
     ("Failing checks: 1.", [("checks_failed", 1, "supported")]),
@@ -976,6 +1044,9 @@ ZERO_SENDS = {"emails_sent": 0, "prospects_added": 300, "checks_run": 2, "checks
     ("We emailed nobody, and the outbox sent none of the drafts.",
      [("emails_sent", "none", "supported")]),
     ("The outbox sent the partner emails.", [("emails_sent", "some", "contradicted")]),
+    # an attempted or ambiguous send is not a send; "known" is about the count
+    ("All 2 attempted sends failed; 1 ambiguous.", [("attempted sends", 2, "unsupported")]),
+    ("No email is known to have been sent.", [("emails_sent", "none known", "supported")]),
     # a number before a send verb is the number sent, not a count of the noun
     ("0 prospects were emailed.", [("emails_sent", 0, "supported")]),
     ("300 prospects were emailed.", [("emails_sent", 300, "contradicted")]),

@@ -192,6 +192,16 @@ def _number(sentence: str, f: Found, known: dict[str, dict[str, Any]],
     if actual is None:
         return Claim(sentence, "number", f.key, f.value, None, "unsupported", fact["display"])
     where = f"{fact['label']} was {actual} ({fact['source']}: {fact['how']})"
+    if f.at_least:  # "at least 4": true whenever the day's count (or its bound) reaches 4
+        claimed = f"at least {f.value}"
+        if f.value <= actual:
+            return Claim(sentence, "number", f.key, claimed, actual, "supported",
+                         f"{fact['label']} was {fact['display']} ({fact['source']}: "
+                         f"{fact['how']})")
+        if fact.get("at_least"):
+            return Claim(sentence, "number", f.key, claimed, actual, "unsupported",
+                         f"{fact['label']} is at least {actual}: {fact['reason']}")
+        return Claim(sentence, "number", f.key, claimed, actual, "contradicted", where)
     if fact.get("at_least"):
         if f.value < actual:
             return Claim(sentence, "number", f.key, f.value, actual, "contradicted",
@@ -224,7 +234,9 @@ def _did(sentence: str, low: str, verb: str, what: str, fact: dict[str, Any] | N
         negated = negated or bool(NONE_AFTER.match(low, m.end()))
         if NOT_NOW.search(before):
             continue
-        return [_judge(sentence, what, "none" if negated else "some", fact)]
+        known = negated and bool(re.search(r"\b(?:known|confirmed)\b", before))
+        return [_judge(sentence, what, "none known" if known else
+                       "none" if negated else "some", fact)]
     return []
 
 
@@ -236,7 +248,9 @@ def _judge(sentence: str, what: str, claimed: str, fact: dict[str, Any] | None) 
     actual = fact["value"]
     if claimed == "none" and fact.get("at_least"):
         return Claim(sentence, what, key, claimed, actual, "unsupported", fact["display"])
-    if (claimed == "none") == (actual == 0):
+    # "no email is known to have been sent": a claim about the count, which is a lower
+    # bound while a send is ambiguous
+    if claimed.startswith("none") == (actual == 0):
         return Claim(sentence, what, key, claimed, actual, "supported",
                      f"{fact['label']}: {fact['display']}")
     return Claim(sentence, what, key, claimed, actual, "contradicted",
