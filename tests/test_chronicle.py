@@ -579,6 +579,27 @@ def test_worklog_add(cli: Any, ws: Workspace) -> None:
     assert any("Shipped the packet" in b["text"] for b in c["built"])
 
 
+def test_a_worklog_note_names_its_event_not_a_receipt(cli: Any, ws: Workspace) -> None:
+    assert cli("worklog", "add", "Called 12 partner firms").exit_code == 0
+    with Ledger.for_workspace(ws) as led:
+        (note,) = led.events(kind="worklog.added")
+    c = compose(ws, TODAY)
+    (line,) = [b for b in c["built"] if "12 partner firms" in b["text"]]
+    assert (line["events"], line["receipts"]) == ([note.id], [])
+    md, page = render(ws, c, "md"), render(ws, c, "html")
+    assert f"Called 12 partner firms. [1] (event #{note.id})" in md
+    assert f"(receipt #{note.id})" not in md and f"(receipt #{note.id})" not in page
+    assert f"(event #{note.id})" in page
+    # the id it names is the note's: `atlas events list` shows it
+    r = cli("events", "list", "--after", str(note.id - 1), "--limit", "1", "--json")
+    assert r.json()[0]["payload"]["text"] == "Called 12 partner firms"
+    assert cli("receipts", "show", str(note.id)).exit_code != 0
+    # a post may repeat the note's count; the check says where it was stated
+    (claim,) = check_post("We called 12 partner firms.", c)
+    assert (claim.status, claim.why) == ("supported", f"event #{note.id} (a work-log note) "
+                                                      "states it")
+
+
 def test_html_is_escaped(cli: Any, day: Workspace) -> None:
     assert cli("worklog", "add", "<script>alert(1)</script>", home=day.home).exit_code == 0
     assert cli("chronicle", "--format", "html", home=day.home).exit_code == 0

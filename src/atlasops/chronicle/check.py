@@ -97,25 +97,29 @@ def facts(chronicle: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _stated(chronicle: dict[str, Any], authors: list[str]) -> dict[tuple[str, int], int]:
+def _stated(chronicle: dict[str, Any], authors: list[str]) -> dict[tuple[str, int], str]:
     """Counts no fact of the day covers, as the chronicle's sentences read from a receipt
-    state them ("0 new and 18 updated leads from agent-status-updates.csv"): (noun,
-    value) to the receipt. A post may repeat what a receipt says."""
-    texts = [(row["what"], row["receipts"][0]) for row in chronicle.get("timeline", [])
+    (or a work-log note) state them ("0 new and 18 updated leads from
+    agent-status-updates.csv"): (noun, value) to "receipt #N" or "event #N (a work-log
+    note)". A post may repeat what a receipt or a note says."""
+    texts = [(row["what"], f"receipt #{row['receipts'][0]}")
+             for row in chronicle.get("timeline", [])
              if row.get("count") == 1 and row.get("receipts")]
-    texts += [(x["text"], x["receipts"][0]) for x in [*chronicle.get("built", []),
-                                                      *chronicle["gate"].get("lines", [])]
-              if x.get("receipts")]
+    for x in [*chronicle.get("built", []), *chronicle["gate"].get("lines", [])]:
+        if x.get("receipts"):
+            texts.append((x["text"], f"receipt #{x['receipts'][0]}"))
+        elif x.get("events"):
+            texts.append((x["text"], f"event #{x['events'][0]} (a work-log note)"))
     for i in chronicle["broke"].get("incidents", []):
         if i.get("receipt"):
-            texts += [(str(t), i["receipt"]) for t in (
+            texts += [(str(t), f"receipt #{i['receipt']}") for t in (
                 *(i.get(k) for k in ("symptom", "recovery_point", "verified", "boundary")),
                 *i.get("steps", [])) if t]
-    out: dict[tuple[str, int], int] = {}
-    for text, receipt in texts:
+    out: dict[tuple[str, int], str] = {}
+    for text, where in texts:
         for f in numbers(text, authors):
             if f.key is None:
-                out.setdefault((f.noun, f.value), receipt)
+                out.setdefault((f.noun, f.value), where)
     return out
 
 
@@ -135,7 +139,7 @@ def _authors(chronicle: dict[str, Any]) -> list[str]:
 def check_post(text: str, chronicle: dict[str, Any]) -> list[Claim]:
     known = facts(chronicle)
     authors = _authors(chronicle)
-    receipts = _stated(chronicle, authors)
+    stated = _stated(chronicle, authors)
     incidents = chronicle["broke"].get("incidents", [])
     owner = chronicle.get("owner", {}).get("name", "").casefold().split(" ")[0]
     names = _people(chronicle)
@@ -144,7 +148,7 @@ def check_post(text: str, chronicle: dict[str, Any]) -> list[Claim]:
     for s in said:
         sentence = s.text
         found = numbers(sentence, authors, owner)
-        claims += [_number(sentence, f, known, receipts) for f in found]
+        claims += [_number(sentence, f, known, stated) for f in found]
         keys = {f.key for f in found}
         low = _masked(sentence.lower(), found)  # a number's words are its claim alone
         for verb, key, what in ((SENT, "emails_sent", "emails"),
@@ -177,10 +181,10 @@ def _negated(before: str) -> bool:
 
 
 def _number(sentence: str, f: Found, known: dict[str, dict[str, Any]],
-            receipts: dict[tuple[str, int], int]) -> Claim:
-    if f.key is None and (f.noun, f.value) in receipts:
+            stated: dict[tuple[str, int], str]) -> Claim:
+    if f.key is None and (f.noun, f.value) in stated:
         return Claim(sentence, "number", f.noun, f.value, f.value, "supported",
-                     f"receipt #{receipts[f.noun, f.value]} states it")
+                     f"{stated[f.noun, f.value]} states it")
     if f.key is None:
         return Claim(sentence, "number", f.noun, f.value, None, "unsupported",
                      f"no fact for {f.noun}: the chronicle does not count them")

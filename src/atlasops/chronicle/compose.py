@@ -166,7 +166,8 @@ def _built(ledger: LedgerDay | None, worklog_file: list[str] | None,
         if snaps:
             items.append(Line(f"{count(snaps, 'snapshot')} {were(snaps)} refreshed, each "
                               "with its job run and hash.", ref["ledger"]))
-        items += [Line(sentence(w["text"]), ref["ledger"], [w["id"]]) for w in ledger.worklog]
+        items += [Line(sentence(w["text"]), ref["ledger"], events=[w["id"]])
+                  for w in ledger.worklog]
     items += [Line(sentence(entry), ref.get("worklog", [])) for entry in worklog_file or []]
     return items
 
