@@ -1179,6 +1179,22 @@ def test_check_a_negated_fix_on_a_quiet_day_is_supported() -> None:
      "recovered", "contradicted"),
     ("The database broke, but it was restored from backup and everything is fine.",
      "recovered", "unsupported"),
+    # the restore in one section, its backup or boundary in another paragraph about it
+    ("## What Got Built\n\n- The lead database was restored from backup "
+     "hourly-20260624T225204Z.\n\n## What Broke\n\nThe live lead database was malformed. "
+     "Nothing was lost.", "recovered", "supported"),
+    ("## What Got Built\n\n- The lead database was restored from a known-good backup.\n\n"
+     "## What Broke\n\nAtlas used hourly-20260624T225204Z. Rows written after it could not "
+     "be recovered.", "recovered_with_loss", "supported"),
+    ("## What Got Built\n\n- The ledger was restored from hourly-20260624T225204Z.\n\n"
+     "## What Broke\n\nNo data was lost from the database.", "recovered_with_loss",
+     "contradicted"),
+    # ... but a boundary said of another thing is not this recovery's, wherever it is
+    ("## What Got Built\n\n- The database was restored from hourly-20260624T225204Z.\n\n"
+     "## What Broke\n\nThe releases page failed and was rebuilt; nothing was lost.",
+     "recovered", "unsupported"),
+    ("Restored the ledger from hourly-20260624T225204Z.\n\nThe releases route failed too. "
+     "It was rebuilt and nothing was lost.", "recovered", "unsupported"),
 ])
 def test_check_restore_claims_need_the_backup_and_the_boundary_nearby(
         post: str, outcome: str, status: str) -> None:

@@ -3,8 +3,8 @@
 It reads the post's numeric claims (``claims.py``) and its sent / posted / fixed /
 restored claims, matches each against the day's chronicle, and lists what is
 unsupported or contradicted. A post that says "restored from backup" without
-naming the backup (or the journal) and the loss boundary, in that paragraph or
-the rest of its section, is flagged: that is the claim that hides the most.
+naming the backup (or the journal) and the loss boundary of that recovery is
+flagged: that is the claim that hides the most.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ over into after before once until some more most how restored recovered atlas"""
 LEDGER_WORDS = {"database", "databases", "ledger", "db", "leads", "lead", "sqlite", "index",
                 "indexes", "indices", "journal", "file", "data", "table", "tables", "backup"}
 ROUTE_WORDS = re.compile(r"\b(?:page|pages|route|routes|site|sites|app|endpoint|url|service)\b")
+RECOVERY_NOUNS = re.compile(r"\b(?:database|databases|db|ledger|journal|backups?|sqlite|"
+                            r"leads\.db)\b")
 
 
 @dataclass
@@ -156,7 +158,8 @@ def check_post(text: str, chronicle: dict[str, Any]) -> list[Claim]:
             if key not in keys:
                 claims += _did(sentence, low, verb, what, known.get(key), owner)
         claims += _fixed(sentence, low, incidents, names)
-        claims += _restored(sentence, low, _window(said, s), chronicle["broke"], names)
+        claims += _restored(sentence, low, Window(said, s, incidents), chronicle["broke"],
+                            names)
     return claims
 
 
@@ -166,11 +169,38 @@ def _masked(low: str, found: list[Found]) -> str:
     return low
 
 
-def _window(said: list[Said], at: Said) -> str:
-    """Where a restore claim's backup and loss boundary may be named: its paragraph and
-    the rest of its section (the seed tells the boundary a few paragraphs later)."""
-    return " ".join(x.text for x in said if x.section == at.section
-                    and x.paragraph >= at.paragraph)
+@dataclass
+class Window:
+    """Where a restore claim's backup and loss boundary may be named. The backup: anywhere
+    in the post (its name is the recovery's own). The boundary: in a paragraph of the
+    claim's passage (its paragraph and the rest of its section: the seed tells the
+    boundary a few paragraphs later), or in any paragraph about the recovery (one that
+    names the database, the ledger, the journal, a backup, a restore or a recovery); never
+    in a paragraph about another thing (a page, a route, a repair's words) that names no
+    database, ledger, journal or backup."""
+
+    said: list[Said]
+    at: Said
+    incidents: list[dict[str, Any]]
+
+    def post(self) -> str:
+        return " ".join(x.text for x in self.said).lower()
+
+    def boundary(self, backup: str | None) -> str:
+        paragraphs: dict[tuple[int, int], list[str]] = {}
+        for x in self.said:
+            paragraphs.setdefault((x.section, x.paragraph), []).append(x.text)
+        repaired = set().union(*(_words(i) for i in self.incidents if i["kind"] == "repair"))
+        out = []
+        for (section, paragraph), texts in paragraphs.items():
+            text = " ".join(texts).lower()
+            passage = section == self.at.section and paragraph >= self.at.paragraph
+            strong = bool(RECOVERY_NOUNS.search(text)) or bool(backup and backup.lower()
+                                                               in text)
+            other = bool(ROUTE_WORDS.search(text) or _subject(text, set()) & repaired)
+            if (strong or not other) and (passage or strong or RESTORE.search(text)):
+                out.append(text)
+        return " ".join(out)
 
 
 def _negated(before: str) -> bool:
@@ -337,7 +367,7 @@ def _words(incident: dict[str, Any]) -> set[str]:
     return words | LEDGER_WORDS if incident["kind"] in ("recovery", "detection") else words
 
 
-def _restored(sentence: str, low: str, window: str, broke: dict[str, Any],
+def _restored(sentence: str, low: str, window: Window, broke: dict[str, Any],
               names: set[str]) -> list[Claim]:
     masked = LOSS.sub(lambda m: " " * len(m.group(0)), low)
     m = RESTORE.search(masked)
@@ -369,9 +399,10 @@ def _restored(sentence: str, low: str, window: str, broke: dict[str, Any],
                else "no recovery receipt on this day")
         return [Claim(sentence, "restored", "recovery", "restored", 0,
                       "contradicted" if recoveries else "unsupported", why)]
-    near = window.lower()
-    named = [r for r in done if (r["backup"] or "journal").lower() in near]
+    post = window.post()
+    named = [r for r in done if (r["backup"] or "journal").lower() in post]
     r = (named or done)[0]
+    near = window.boundary(r["backup"])
     source = r["backup"] or "the journal (no backup was used)"
     no_loss, loss = bool(NO_LOSS.search(near)), bool(LOSS.search(near))
     if no_loss and r["outcome"] == "recovered_with_loss":
@@ -380,15 +411,16 @@ def _restored(sentence: str, low: str, window: str, broke: dict[str, Any],
     if loss and not no_loss and r["outcome"] == "recovered":
         return [Claim(sentence, "restored", "recovery", "with loss", "no loss", "contradicted",
                       f"the recovery receipt says: {r['boundary']}")]
-    missing = [w for w, ok in ((f"the backup ({source})" if r["backup"] else
-                                "its source (the journal: no backup was used)", named),
-                               ("the loss boundary", no_loss or loss)) if not ok]
+    missing = [w for w, ok in (
+        ((f"the backup ({source})" if r["backup"] else "its source (the journal: no backup "
+          "was used)") + " anywhere in the post", named),
+        ("the loss boundary in a paragraph about this recovery or in the rest of its "
+         "section", no_loss or loss)) if not ok]
     if not missing:
         return [Claim(sentence, "restored", "recovery", "restored", source, "supported",
                       "names the recovery point and the loss boundary")]
     return [Claim(sentence, "restored", "recovery", "restored", source, "unsupported",
-                  "says it was restored without naming " + " or ".join(missing)
-                  + " in its paragraph or the rest of its section")]
+                  "says it was restored without naming " + ", or ".join(missing))]
 
 
 __all__ = ["Claim", "check_post", "facts"]
