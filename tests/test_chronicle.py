@@ -735,6 +735,32 @@ def test_the_headline_of_a_failed_recovery_says_it_failed(ws: Workspace) -> None
     assert "failed" in c["headline"]["text"] and "recovered" not in c["headline"]["text"]
 
 
+def test_the_headline_of_a_lossy_recovery_states_its_boundary(ws: Workspace) -> None:
+    """The journal's directory is lost after a backup: recovery keeps every event the
+    file holds but cannot prove where history ends. The headline says where, not "the
+    loss is stated in What Broke"."""
+    with Ledger.for_workspace(ws) as led:
+        led.append_many([NewEvent("note.added", "t", {"i": i}) for i in range(300)])
+        take_backup(ws, led, actor="t", label="hourly")
+        led.append_many([NewEvent("note.added", "t", {"i": i}) for i in range(100)])
+    for s in ("-wal", "-shm"):
+        Path(str(ws.db_path) + s).unlink(missing_ok=True)
+    conn = sqlite3.connect(ws.db_path)
+    last = conn.execute("SELECT max(id) FROM events").fetchone()[0]  # ground truth
+    conn.close()
+    shutil.rmtree(ws.journal_dir)
+    result = recover(ws, actor="t")
+    assert result.receipt["outcome"] == "recovered_with_loss"
+    c = compose(ws, TODAY)
+    headline = c["headline"]
+    assert headline["rule"] == "incident with loss"
+    assert headline["text"].endswith(f", but nothing after event {last} can be known.")
+    assert "What Broke" not in headline["text"]
+    md = render(ws, c, "md")
+    bad = [(x.text, x.status, x.why) for x in check_post(md, c) if x.status != "supported"]
+    assert not bad
+
+
 # -- the demo day: readable, sourced, and checkable ----------------------------------
 
 @pytest.fixture(scope="module")
@@ -1177,6 +1203,8 @@ def test_check_a_negated_fix_on_a_quiet_day_is_supported() -> None:
      "supported"),
     ("Restored from hourly-20260624T225204Z. Rows written after it could not be recovered.",
      "recovered", "contradicted"),
+    ("Restored from hourly-20260624T225204Z, but nothing after event 900 can be known.",
+     "recovered_with_loss", "supported"),
     ("The database broke, but it was restored from backup and everything is fine.",
      "recovered", "unsupported"),
     # the restore in one section, its backup or boundary in another paragraph about it

@@ -42,7 +42,8 @@ NO_LOSS = re.compile(r"\bnothing (?:was |is |has been )?lost\b|\bno (?:data |eve
 LOSS = re.compile(r"\blost events?\b|\bevents? [\d., ]+(?:were |was |are )?lost\b|"
                   r"\b(?:could|can|will)(?: not|n't) be recovered\b|\bcannot be recovered\b|"
                   r"\b(?:was|were) not recovered\b|\bnot recoverable\b|\bunrecoverable\b|"
-                  r"\brows written after\b|\bdata loss\b|\b(?:was|were) lost\b")
+                  r"\brows written after\b|\bdata loss\b|\b(?:was|were) lost\b|"
+                  r"\bnothing after (?:event )?[\d,]+ can be known\b")
 RESTORE = re.compile(r"\b(?:restored|recovered)\b")  # "can restore": not a claim
 FIX = re.compile(r"\b(?:fixed|repaired|back online|came back|comes back|working again|"
                  r"works again)\b")
