@@ -1143,8 +1143,15 @@ def test_check_reads_numbers(post: str, expected: list[tuple[str, Any, str]] | N
     ("We fixed nothing today.", "contradicted"),
     ("We fixed no billing bugs.", "supported"),
     ("We repaired no releases pages.", "contradicted"),
+    ("The deploy fixed the releases page.", "supported"),
+    ("Matt quickly fixed the releases page.", "supported"),
+    ("We fixed the releases page quickly today.", "supported"),
+    ("The deploy fixed the billing page.", "unsupported"),
     # a passive verb's subject is before it; what follows is not its object
     ("The releases page was fixed after the rebuild.", "supported"),
+    ("The billing page was finally fixed by Matt.", "unsupported"),
+    ("Releases page fixed after the rebuild.", "supported"),
+    ("Billing page repaired via a rebuild.", "unsupported"),
 ])
 def test_check_matches_fixed_claims_to_what_was_fixed(post: str, status: str | None) -> None:
     # the day also holds a database recovery, which must not support a claim about a page

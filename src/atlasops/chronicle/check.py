@@ -33,9 +33,17 @@ NEGATION_SCOPE = re.compile(r".*\b(?:and|then|so|while|after|before)\b")
 # a negation right after a verb, in its object: "sent no emails", "fixed nothing"
 NONE_AFTER = re.compile(r"\s+(?:out\s+)?(?:the\s+)?(?:no|zero|none|nothing|nobody|no one|"
                         r"not a single|not any)\b")
-# before a participle, these make it passive: its subject is before it, not after
+# before a participle (an adverb or two may come between), these make it passive: what
+# was fixed is before it ("the page was finally fixed"), never after it
 PASSIVE = re.compile(r"\b(?:is|are|was|were|be|been|being|get|gets|got|become|becomes|"
-                     r"became)\s*$")
+                     r"became)(?:\s+(?:[a-z]+ly|now|also|just|still|already|then|not|never|"
+                     r"all|both))*\s*$")
+# an active verb's object ("we fixed the billing route"): what follows it, unless that
+# starts with a preposition or an adverb ("fixed after the rebuild"), up to the first one
+_NOT_OBJECT = (r"(?:after|before|when|while|by|in|on|at|with|for|during|once|until|"
+               r"because|since|so|then|from|to|via|using|through|thanks|yesterday|today|"
+               r"tonight|overnight|again|now|finally|already|itself|themselves)")
+OBJECT = re.compile(rf"\s*(?=\S)(?!(?:{_NOT_OBJECT}|[a-z]+ly)\b)(.*?)(?=\b{_NOT_OBJECT}\b|$)")
 NO_LOSS = re.compile(r"\bnothing (?:was |is |has been )?lost\b|\bno (?:data |events? |rows? |"
                      r"records? )?(?:was |were |has been |have been )?lost\b|\bwithout (?:any )?"
                      r"(?:data )?loss\b|\bno (?:data )?loss\b|\blost nothing\b")
@@ -305,19 +313,28 @@ def _fixed(sentence: str, low: str, incidents: list[dict[str, Any]],
     negated = bool(NEGATION.search(before) or none_after)
     if negated and TEMPORAL.search(low):
         return []  # "it did not become fixed when the build completed": about timing
-    # the subject: before the verb ("the page came back"); after it when the verb is an
-    # adjective ("the repaired database"), or in the active voice when only who did it
-    # is before it ("we fixed the billing route", "Matt repaired the releases page")
-    if re.search(r"\b(?:the|a|an|its)\s*$", before):
-        subject = _subject(after, names)
-    else:
-        subject = _subject(before, names)
-        if not subject and m.group(0) in ("fixed", "repaired") and not PASSIVE.search(before):
-            subject = _subject(after, names)
+    subject = _fix_subject(before, after, m.group(0), names)
     if re.search(r"\b(?:nothing|none)\b", before) or (
             none_after and re.search(r"\b(?:nothing|none)\b", none_after.group(0))):
         subject = set()  # "nothing was fixed", "we fixed nothing": about every incident
     return [_fix_claim(sentence, subject, negated, incidents, "fixed")]
+
+
+def _fix_subject(before: str, after: str, verb: str, names: set[str]) -> set[str]:
+    """What a fix claim is about: after the verb when it is an adjective ("the repaired
+    database"); its object in the active voice ("we fixed the billing route", "the deploy
+    repaired the releases page": who did it is not what was fixed); otherwise before it
+    ("the page came back", "the page was fixed after the rebuild", "releases page
+    fixed")."""
+    if re.search(r"\b(?:the|a|an|its)\s*$", before):
+        return _subject(after, names)
+    obj = OBJECT.match(after)
+    if verb in ("fixed", "repaired") and not PASSIVE.search(before) and obj:
+        # "we fixed it quickly": an adverb is not what was fixed
+        found = {w for w in _subject(obj.group(1), names) if not w.endswith("ly")}
+        if found:
+            return found
+    return _subject(before, names)
 
 
 def _subject(text: str, names: set[str]) -> set[str]:
