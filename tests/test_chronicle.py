@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from atlasops.auth import Principal, authenticate
 from atlasops.chronicle import timeline as timeline_module
 from atlasops.chronicle.check import check_post
 from atlasops.chronicle.compose import compose
@@ -29,12 +30,15 @@ from atlasops.demo import DemoResult, run_demo
 from atlasops.durability import recover, take_backup
 from atlasops.durability.detect import record_detection
 from atlasops.errors import DatabaseCorrupt
+from atlasops.gates import drafts, lanes, outbox
+from atlasops.gates.effects import Capabilities
 from atlasops.leads import import_csv
 from atlasops.ledger import Ledger, NewEvent
 from atlasops.ops.records import add_content, record_deploy
 from atlasops.receipts import Effects, Receipt, list_receipts, record
 from atlasops.workspace import Workspace
-from tests.conftest import write_csv
+from tests.conftest import gate_workspace, owner_token, write_csv
+from tests.smtp_servers import DroppingServer
 
 TODAY = datetime.now(UTC).date()
 AGENT = ("Outreach Agent", "agent@bots.example")
@@ -235,6 +239,11 @@ def test_one_broken_repository_keeps_the_commits_of_the_others(day: Workspace,
     (low,) = check_post("2 commits landed.", c)
     (same,) = check_post("3 commits landed.", c)
     assert (low.status, same.status) == ("contradicted", "unsupported")
+    # ... and it can say "at least" as many as were read, in prose or as a label
+    said = [(x.claimed, x.status) for x in check_post(
+        "At least 3 commits landed. At least two commits landed. Commits: at least 4.", c)]
+    assert said == [("at least 3", "supported"), ("at least 2", "supported"),
+                    ("at least 4", "unsupported")]
 
 
 def test_stashes_are_not_commits_and_a_commit_is_counted_once(day: Workspace,
@@ -570,6 +579,27 @@ def test_worklog_add(cli: Any, ws: Workspace) -> None:
     assert any("Shipped the packet" in b["text"] for b in c["built"])
 
 
+def test_a_worklog_note_names_its_event_not_a_receipt(cli: Any, ws: Workspace) -> None:
+    assert cli("worklog", "add", "Called 12 partner firms").exit_code == 0
+    with Ledger.for_workspace(ws) as led:
+        (note,) = led.events(kind="worklog.added")
+    c = compose(ws, TODAY)
+    (line,) = [b for b in c["built"] if "12 partner firms" in b["text"]]
+    assert (line["events"], line["receipts"]) == ([note.id], [])
+    md, page = render(ws, c, "md"), render(ws, c, "html")
+    assert f"Called 12 partner firms. [1] (event #{note.id})" in md
+    assert f"(receipt #{note.id})" not in md and f"(receipt #{note.id})" not in page
+    assert f"(event #{note.id})" in page
+    # the id it names is the note's: `atlas events list` shows it
+    r = cli("events", "list", "--after", str(note.id - 1), "--limit", "1", "--json")
+    assert r.json()[0]["payload"]["text"] == "Called 12 partner firms"
+    assert cli("receipts", "show", str(note.id)).exit_code != 0
+    # a post may repeat the note's count; the check says where it was stated
+    (claim,) = check_post("We called 12 partner firms.", c)
+    assert (claim.status, claim.why) == ("supported", f"event #{note.id} (a work-log note) "
+                                                      "states it")
+
+
 def test_html_is_escaped(cli: Any, day: Workspace) -> None:
     assert cli("worklog", "add", "<script>alert(1)</script>", home=day.home).exit_code == 0
     assert cli("chronicle", "--format", "html", home=day.home).exit_code == 0
@@ -705,6 +735,32 @@ def test_the_headline_of_a_failed_recovery_says_it_failed(ws: Workspace) -> None
     assert "failed" in c["headline"]["text"] and "recovered" not in c["headline"]["text"]
 
 
+def test_the_headline_of_a_lossy_recovery_states_its_boundary(ws: Workspace) -> None:
+    """The journal's directory is lost after a backup: recovery keeps every event the
+    file holds but cannot prove where history ends. The headline says where, not "the
+    loss is stated in What Broke"."""
+    with Ledger.for_workspace(ws) as led:
+        led.append_many([NewEvent("note.added", "t", {"i": i}) for i in range(300)])
+        take_backup(ws, led, actor="t", label="hourly")
+        led.append_many([NewEvent("note.added", "t", {"i": i}) for i in range(100)])
+    for s in ("-wal", "-shm"):
+        Path(str(ws.db_path) + s).unlink(missing_ok=True)
+    conn = sqlite3.connect(ws.db_path)
+    last = conn.execute("SELECT max(id) FROM events").fetchone()[0]  # ground truth
+    conn.close()
+    shutil.rmtree(ws.journal_dir)
+    result = recover(ws, actor="t")
+    assert result.receipt["outcome"] == "recovered_with_loss"
+    c = compose(ws, TODAY)
+    headline = c["headline"]
+    assert headline["rule"] == "incident with loss"
+    assert headline["text"].endswith(f", but nothing after event {last} can be known.")
+    assert "What Broke" not in headline["text"]
+    md = render(ws, c, "md")
+    bad = [(x.text, x.status, x.why) for x in check_post(md, c) if x.status != "supported"]
+    assert not bad
+
+
 # -- the demo day: readable, sourced, and checkable ----------------------------------
 
 @pytest.fixture(scope="module")
@@ -761,10 +817,11 @@ def test_the_demo_day_reads_like_an_engineering_log(
 
 
 def test_the_chronicle_passes_its_own_check(
-        demo: tuple[DemoResult, dict[str, Any]], ws: Workspace) -> None:
+        demo: tuple[DemoResult, dict[str, Any]], ws: Workspace, tmp_path: Path) -> None:
     """Atlas's own chronicle, as written, is a post whose every claim the day's facts
     support: the demo day, a fresh workspace before its ledger exists (every ledger
-    number unknown), and its first, almost empty, day."""
+    number unknown), its first, almost empty, day, and that day again with one of its
+    two repositories unreadable (every commit count a lower bound)."""
     result, c = demo
     before = compose(ws, TODAY)
     assert source(before, "ledger")["available"] is False
@@ -772,13 +829,68 @@ def test_the_chronicle_passes_its_own_check(
         led.append("note.added", "t", {"text": "the first note"})
     fresh = compose(ws, TODAY)
     assert fresh["headline"]["rule"] == "quiet day"
-    for workspace, chronicle in ((result.workspace, c), (ws, before), (ws, fresh)):
+    make_repo(tmp_path / "repo", [(HUMAN, "one"), (AGENT, "two"), (HUMAN, "three")])
+    partly = configure(ws, f"""
+[chronicle]
+repos = [{repos_toml((tmp_path / 'repo', 'site'), (tmp_path / 'gone', 'gone'))}]
+agent_authors = ["{AGENT[1]}"]
+""")
+    unsure = compose(partly, TODAY)
+    assert number(unsure, "commits_total")["at_least"] is True
+    assert unsure["headline"]["text"] == "At least 3 commits landed."
+    assert unsure["lede"][0]["text"].startswith("At least 3 commits landed (git:gone ")
+    assert unsure["lede"][0]["text"].endswith(": at least 1 by agents and at least 2 by "
+                                              "people.")
+    assert "(at least 1 by agents, at least 2 by people)" in render(partly, unsure, "md")
+    for workspace, chronicle in ((result.workspace, c), (ws, before), (ws, fresh),
+                                 (partly, unsure)):
         claims = check_post(render(workspace, chronicle, "md"), chronicle)
         bad = [(x.text, x.fact, x.status, x.why) for x in claims if x.status != "supported"]
         assert not bad
     assert len(check_post(render(ws, fresh, "md"), fresh)) > 10  # "0 emails were sent", ...
+    claimed = {(x.fact, x.claimed) for x in check_post(render(partly, unsure, "md"), unsure)}
+    assert {("commits_total", "at least 3"), ("commits_agent", "at least 1"),
+            ("commits_human", "at least 2")} <= claimed
     kinds = {x.kind for x in check_post(render(result.workspace, c, "md"), c)}
     assert {"number", "emails", "fixed", "restored"} <= kinds
+
+
+def test_an_ambiguous_send_is_a_lower_bound_the_chronicle_and_its_check_agree_on(
+        ws: Workspace) -> None:
+    """A real SMTP server that takes the message and drops the connection: the send is
+    ambiguous, so the day's count is "at least", said so everywhere, and checkable."""
+    server = DroppingServer().start()
+    try:
+        gws = gate_workspace(ws, server.port)
+        with Ledger.for_workspace(gws) as led:
+            owner = authenticate(led, gws.config, owner_token(led))
+            lanes.record_posture(led, gws.config, owner, "outbound.prospect",
+                                 {"spf": "pass", "dkim": "pass", "dmarc": "pass"})
+            lanes.set_lane(led, gws.config, owner, "outbound.prospect", open_=True,
+                           reason="test window")
+            d = drafts.create(led, gws.config, Principal("agent", "outreach"),
+                              to="cpa@firm.example", subject="Partner intro",
+                              body="Hello.\n\nReply STOP to opt out.")
+            drafts.approve(led, gws.config, owner, [d["id"]])
+            report = outbox.run_once(gws, led, actor="agent:outbox", caps=Capabilities(),
+                                     env={})
+        assert report.ambiguous == [d["id"]] and len(server.messages) == 1
+    finally:
+        server.stop()
+    c = compose(gws, TODAY)
+    sent = number(c, "emails_sent")
+    assert (sent["value"], sent["at_least"]) == (0, True)
+    md = render(gws, c, "md")
+    assert "At least 0 emails were sent (1 more may have been sent: ambiguous" in md
+    claims = check_post(md, c)
+    assert not [(x.text, x.status, x.why) for x in claims if x.status != "supported"]
+    assert ("emails_sent", "at least 0") in {(x.fact, x.claimed) for x in claims}
+    assert c["headline"]["text"] == ("At least 0 emails were sent, and 1 more send may have "
+                                     "gone out: it is ambiguous until someone resolves it.")
+    assert "1 ambiguous send needs a human (`atlas outbox resolve`)." in md
+    # a post that says none went out cannot be proven; one that says one did, neither
+    for post in ("No emails were sent.", "1 email was sent."):
+        assert [x.status for x in check_post(post, c)] == ["unsupported"], post
 
 
 def test_every_number_of_the_gate_and_whats_next_has_a_source(
@@ -952,6 +1064,9 @@ ZERO_SENDS = {"emails_sent": 0, "prospects_added": 300, "checks_run": 2, "checks
     ("Eight commits landed today. All eight came from Matt. Two deploys landed.",
      [("commits_total", 8, "contradicted"), ("commits_by:matt", 8, "contradicted"),
       ("content_or_deploys", 2, "supported")]),
+    # "at least N" is a lower bound: true when the day's count reaches N
+    ("At least 2 commits landed.", [("commits_total", "at least 2", "supported")]),
+    ("Commits: at least 5.", [("commits_total", "at least 5", "contradicted")]),
     # the longest pattern wins: one claim per number
     ("1 check failed.", [("checks_failed", 1, "supported")]),
     ("Failing checks: 1.", [("checks_failed", 1, "supported")]),
@@ -968,6 +1083,17 @@ ZERO_SENDS = {"emails_sent": 0, "prospects_added": 300, "checks_run": 2, "checks
     ("No one was emailed today.", [("emails_sent", "none", "supported")]),
     ("Nothing broke and we sent the partner emails.", [("emails_sent", "some",
                                                          "contradicted")]),
+    # ... or right after the verb, in its object ("sent no emails", "sent nothing")
+    ("We sent no emails today.", [("emails_sent", "none", "supported")]),
+    ("We emailed no prospects.", [("emails_sent", "none", "supported")]),
+    ("Atlas sent no partner emails.", [("emails_sent", "none", "supported")]),
+    ("The outbox sent nothing.", [("emails_sent", "none", "supported")]),
+    ("We emailed nobody, and the outbox sent none of the drafts.",
+     [("emails_sent", "none", "supported")]),
+    ("The outbox sent the partner emails.", [("emails_sent", "some", "contradicted")]),
+    # an attempted or ambiguous send is not a send; "known" is about the count
+    ("All 2 attempted sends failed; 1 ambiguous.", [("attempted sends", 2, "unsupported")]),
+    ("No email is known to have been sent.", [("emails_sent", "none known", "supported")]),
     # a number before a send verb is the number sent, not a count of the noun
     ("0 prospects were emailed.", [("emails_sent", 0, "supported")]),
     ("300 prospects were emailed.", [("emails_sent", 300, "contradicted")]),
@@ -1006,9 +1132,32 @@ def test_check_reads_numbers(post: str, expected: list[tuple[str, Any, str]] | N
     ("The releases page was restored after the rebuild.", "supported"),
     ("Atlas restored the wimper releases route.", "supported"),
     ("The billing page was restored.", "unsupported"),
+    # in the active voice the subject is the verb's object; a person, an agent or a
+    # pronoun before the verb is who did it, not what was fixed
+    ("We fixed the billing route.", "unsupported"),
+    ("Atlas repaired the checkout page.", "unsupported"),
+    ("Matt fixed the releases page.", "supported"),
+    ("Bot repaired the WIMPER releases route today.", "supported"),
+    ("Matt has fixed the billing page.", "unsupported"),
+    ("We fixed the releases route.", "supported"),
+    ("We fixed nothing today.", "contradicted"),
+    ("We fixed no billing bugs.", "supported"),
+    ("We repaired no releases pages.", "contradicted"),
+    ("The deploy fixed the releases page.", "supported"),
+    ("Matt quickly fixed the releases page.", "supported"),
+    ("We fixed the releases page quickly today.", "supported"),
+    ("The deploy fixed the billing page.", "unsupported"),
+    # a passive verb's subject is before it; what follows is not its object
+    ("The releases page was fixed after the rebuild.", "supported"),
+    ("The billing page was finally fixed by Matt.", "unsupported"),
+    ("Releases page fixed after the rebuild.", "supported"),
+    ("Billing page repaired via a rebuild.", "unsupported"),
 ])
 def test_check_matches_fixed_claims_to_what_was_fixed(post: str, status: str | None) -> None:
-    claims = check_post(post, chronicle_of({}, incidents=[REPAIR]))
+    # the day also holds a database recovery, which must not support a claim about a page
+    commits = [{"author": "Matt", "agent": False}, {"author": "Bot", "agent": True}]
+    day = chronicle_of({}, incidents=[REPAIR, recovery("recovered")], commits=commits)
+    claims = check_post(post, day)
     assert [x.status for x in claims] == ([status] if status else [])
 
 
@@ -1061,8 +1210,26 @@ def test_check_a_negated_fix_on_a_quiet_day_is_supported() -> None:
      "supported"),
     ("Restored from hourly-20260624T225204Z. Rows written after it could not be recovered.",
      "recovered", "contradicted"),
+    ("Restored from hourly-20260624T225204Z, but nothing after event 900 can be known.",
+     "recovered_with_loss", "supported"),
     ("The database broke, but it was restored from backup and everything is fine.",
      "recovered", "unsupported"),
+    # the restore in one section, its backup or boundary in another paragraph about it
+    ("## What Got Built\n\n- The lead database was restored from backup "
+     "hourly-20260624T225204Z.\n\n## What Broke\n\nThe live lead database was malformed. "
+     "Nothing was lost.", "recovered", "supported"),
+    ("## What Got Built\n\n- The lead database was restored from a known-good backup.\n\n"
+     "## What Broke\n\nAtlas used hourly-20260624T225204Z. Rows written after it could not "
+     "be recovered.", "recovered_with_loss", "supported"),
+    ("## What Got Built\n\n- The ledger was restored from hourly-20260624T225204Z.\n\n"
+     "## What Broke\n\nNo data was lost from the database.", "recovered_with_loss",
+     "contradicted"),
+    # ... but a boundary said of another thing is not this recovery's, wherever it is
+    ("## What Got Built\n\n- The database was restored from hourly-20260624T225204Z.\n\n"
+     "## What Broke\n\nThe releases page failed and was rebuilt; nothing was lost.",
+     "recovered", "unsupported"),
+    ("Restored the ledger from hourly-20260624T225204Z.\n\nThe releases route failed too. "
+     "It was rebuilt and nothing was lost.", "recovered", "unsupported"),
 ])
 def test_check_restore_claims_need_the_backup_and_the_boundary_nearby(
         post: str, outcome: str, status: str) -> None:

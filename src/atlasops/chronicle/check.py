@@ -3,8 +3,8 @@
 It reads the post's numeric claims (``claims.py``) and its sent / posted / fixed /
 restored claims, matches each against the day's chronicle, and lists what is
 unsupported or contradicted. A post that says "restored from backup" without
-naming the backup (or the journal) and the loss boundary, in that paragraph or
-the rest of its section, is flagged: that is the claim that hides the most.
+naming the backup (or the journal) and the loss boundary of that recovery is
+flagged: that is the claim that hides the most.
 """
 
 from __future__ import annotations
@@ -30,13 +30,28 @@ NEGATION = re.compile(r"\b(?:not|never|no|zero|none|nothing|nobody|no one|neithe
                       r"without|didn't|did not|wasn't|weren't|hasn't|haven't|isn't)\b|n't\b")
 # a negation before a verb reaches it unless another clause starts in between
 NEGATION_SCOPE = re.compile(r".*\b(?:and|then|so|while|after|before)\b")
+# a negation right after a verb, in its object: "sent no emails", "fixed nothing"
+NONE_AFTER = re.compile(r"\s+(?:out\s+)?(?:the\s+)?(?:no|zero|none|nothing|nobody|no one|"
+                        r"not a single|not any)\b")
+# before a participle (an adverb or two may come between), these make it passive: what
+# was fixed is before it ("the page was finally fixed"), never after it
+PASSIVE = re.compile(r"\b(?:is|are|was|were|be|been|being|get|gets|got|become|becomes|"
+                     r"became)(?:\s+(?:[a-z]+ly|now|also|just|still|already|then|not|never|"
+                     r"all|both))*\s*$")
+# an active verb's object ("we fixed the billing route"): what follows it, unless that
+# starts with a preposition or an adverb ("fixed after the rebuild"), up to the first one
+_NOT_OBJECT = (r"(?:after|before|when|while|by|in|on|at|with|for|during|once|until|"
+               r"because|since|so|then|from|to|via|using|through|thanks|yesterday|today|"
+               r"tonight|overnight|again|now|finally|already|itself|themselves)")
+OBJECT = re.compile(rf"\s*(?=\S)(?!(?:{_NOT_OBJECT}|[a-z]+ly)\b)(.*?)(?=\b{_NOT_OBJECT}\b|$)")
 NO_LOSS = re.compile(r"\bnothing (?:was |is |has been )?lost\b|\bno (?:data |events? |rows? |"
                      r"records? )?(?:was |were |has been |have been )?lost\b|\bwithout (?:any )?"
                      r"(?:data )?loss\b|\bno (?:data )?loss\b|\blost nothing\b")
 LOSS = re.compile(r"\blost events?\b|\bevents? [\d., ]+(?:were |was |are )?lost\b|"
                   r"\b(?:could|can|will)(?: not|n't) be recovered\b|\bcannot be recovered\b|"
                   r"\b(?:was|were) not recovered\b|\bnot recoverable\b|\bunrecoverable\b|"
-                  r"\brows written after\b|\bdata loss\b|\b(?:was|were) lost\b")
+                  r"\brows written after\b|\bdata loss\b|\b(?:was|were) lost\b|"
+                  r"\bnothing after (?:event )?[\d,]+ can be known\b")
 RESTORE = re.compile(r"\b(?:restored|recovered)\b")  # "can restore": not a claim
 FIX = re.compile(r"\b(?:fixed|repaired|back online|came back|comes back|working again|"
                  r"works again)\b")
@@ -55,6 +70,8 @@ over into after before once until some more most how restored recovered atlas"""
 LEDGER_WORDS = {"database", "databases", "ledger", "db", "leads", "lead", "sqlite", "index",
                 "indexes", "indices", "journal", "file", "data", "table", "tables", "backup"}
 ROUTE_WORDS = re.compile(r"\b(?:page|pages|route|routes|site|sites|app|endpoint|url|service)\b")
+RECOVERY_NOUNS = re.compile(r"\b(?:database|databases|db|ledger|journal|backups?|sqlite|"
+                            r"leads\.db)\b")
 
 
 @dataclass
@@ -91,25 +108,29 @@ def facts(chronicle: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _stated(chronicle: dict[str, Any], authors: list[str]) -> dict[tuple[str, int], int]:
+def _stated(chronicle: dict[str, Any], authors: list[str]) -> dict[tuple[str, int], str]:
     """Counts no fact of the day covers, as the chronicle's sentences read from a receipt
-    state them ("0 new and 18 updated leads from agent-status-updates.csv"): (noun,
-    value) to the receipt. A post may repeat what a receipt says."""
-    texts = [(row["what"], row["receipts"][0]) for row in chronicle.get("timeline", [])
+    (or a work-log note) state them ("0 new and 18 updated leads from
+    agent-status-updates.csv"): (noun, value) to "receipt #N" or "event #N (a work-log
+    note)". A post may repeat what a receipt or a note says."""
+    texts = [(row["what"], f"receipt #{row['receipts'][0]}")
+             for row in chronicle.get("timeline", [])
              if row.get("count") == 1 and row.get("receipts")]
-    texts += [(x["text"], x["receipts"][0]) for x in [*chronicle.get("built", []),
-                                                      *chronicle["gate"].get("lines", [])]
-              if x.get("receipts")]
+    for x in [*chronicle.get("built", []), *chronicle["gate"].get("lines", [])]:
+        if x.get("receipts"):
+            texts.append((x["text"], f"receipt #{x['receipts'][0]}"))
+        elif x.get("events"):
+            texts.append((x["text"], f"event #{x['events'][0]} (a work-log note)"))
     for i in chronicle["broke"].get("incidents", []):
         if i.get("receipt"):
-            texts += [(str(t), i["receipt"]) for t in (
+            texts += [(str(t), f"receipt #{i['receipt']}") for t in (
                 *(i.get(k) for k in ("symptom", "recovery_point", "verified", "boundary")),
                 *i.get("steps", [])) if t]
-    out: dict[tuple[str, int], int] = {}
-    for text, receipt in texts:
+    out: dict[tuple[str, int], str] = {}
+    for text, where in texts:
         for f in numbers(text, authors):
             if f.key is None:
-                out.setdefault((f.noun, f.value), receipt)
+                out.setdefault((f.noun, f.value), where)
     return out
 
 
@@ -129,23 +150,25 @@ def _authors(chronicle: dict[str, Any]) -> list[str]:
 def check_post(text: str, chronicle: dict[str, Any]) -> list[Claim]:
     known = facts(chronicle)
     authors = _authors(chronicle)
-    receipts = _stated(chronicle, authors)
+    stated = _stated(chronicle, authors)
     incidents = chronicle["broke"].get("incidents", [])
     owner = chronicle.get("owner", {}).get("name", "").casefold().split(" ")[0]
+    names = _people(chronicle)
     said = read_post(text)
     claims: list[Claim] = []
     for s in said:
         sentence = s.text
         found = numbers(sentence, authors, owner)
-        claims += [_number(sentence, f, known, receipts) for f in found]
+        claims += [_number(sentence, f, known, stated) for f in found]
         keys = {f.key for f in found}
         low = _masked(sentence.lower(), found)  # a number's words are its claim alone
         for verb, key, what in ((SENT, "emails_sent", "emails"),
                                 (POSTED, "social_posts", "posts")):
             if key not in keys:
                 claims += _did(sentence, low, verb, what, known.get(key), owner)
-        claims += _fixed(sentence, low, incidents)
-        claims += _restored(sentence, low, _window(said, s), chronicle["broke"])
+        claims += _fixed(sentence, low, incidents, names)
+        claims += _restored(sentence, low, Window(said, s, incidents), chronicle["broke"],
+                            names)
     return claims
 
 
@@ -155,11 +178,38 @@ def _masked(low: str, found: list[Found]) -> str:
     return low
 
 
-def _window(said: list[Said], at: Said) -> str:
-    """Where a restore claim's backup and loss boundary may be named: its paragraph and
-    the rest of its section (the seed tells the boundary a few paragraphs later)."""
-    return " ".join(x.text for x in said if x.section == at.section
-                    and x.paragraph >= at.paragraph)
+@dataclass
+class Window:
+    """Where a restore claim's backup and loss boundary may be named. The backup: anywhere
+    in the post (its name is the recovery's own). The boundary: in a paragraph of the
+    claim's passage (its paragraph and the rest of its section: the seed tells the
+    boundary a few paragraphs later), or in any paragraph about the recovery (one that
+    names the database, the ledger, the journal, a backup, a restore or a recovery); never
+    in a paragraph about another thing (a page, a route, a repair's words) that names no
+    database, ledger, journal or backup."""
+
+    said: list[Said]
+    at: Said
+    incidents: list[dict[str, Any]]
+
+    def post(self) -> str:
+        return " ".join(x.text for x in self.said).lower()
+
+    def boundary(self, backup: str | None) -> str:
+        paragraphs: dict[tuple[int, int], list[str]] = {}
+        for x in self.said:
+            paragraphs.setdefault((x.section, x.paragraph), []).append(x.text)
+        repaired = set().union(*(_words(i) for i in self.incidents if i["kind"] == "repair"))
+        out = []
+        for (section, paragraph), texts in paragraphs.items():
+            text = " ".join(texts).lower()
+            passage = section == self.at.section and paragraph >= self.at.paragraph
+            strong = bool(RECOVERY_NOUNS.search(text)) or bool(backup and backup.lower()
+                                                               in text)
+            other = bool(ROUTE_WORDS.search(text) or _subject(text, set()) & repaired)
+            if (strong or not other) and (passage or strong or RESTORE.search(text)):
+                out.append(text)
+        return " ".join(out)
 
 
 def _negated(before: str) -> bool:
@@ -170,10 +220,10 @@ def _negated(before: str) -> bool:
 
 
 def _number(sentence: str, f: Found, known: dict[str, dict[str, Any]],
-            receipts: dict[tuple[str, int], int]) -> Claim:
-    if f.key is None and (f.noun, f.value) in receipts:
+            stated: dict[tuple[str, int], str]) -> Claim:
+    if f.key is None and (f.noun, f.value) in stated:
         return Claim(sentence, "number", f.noun, f.value, f.value, "supported",
-                     f"receipt #{receipts[f.noun, f.value]} states it")
+                     f"{stated[f.noun, f.value]} states it")
     if f.key is None:
         return Claim(sentence, "number", f.noun, f.value, None, "unsupported",
                      f"no fact for {f.noun}: the chronicle does not count them")
@@ -185,6 +235,16 @@ def _number(sentence: str, f: Found, known: dict[str, dict[str, Any]],
     if actual is None:
         return Claim(sentence, "number", f.key, f.value, None, "unsupported", fact["display"])
     where = f"{fact['label']} was {actual} ({fact['source']}: {fact['how']})"
+    if f.at_least:  # "at least 4": true whenever the day's count (or its bound) reaches 4
+        claimed = f"at least {f.value}"
+        if f.value <= actual:
+            return Claim(sentence, "number", f.key, claimed, actual, "supported",
+                         f"{fact['label']} was {fact['display']} ({fact['source']}: "
+                         f"{fact['how']})")
+        if fact.get("at_least"):
+            return Claim(sentence, "number", f.key, claimed, actual, "unsupported",
+                         f"{fact['label']} is at least {actual}: {fact['reason']}")
+        return Claim(sentence, "number", f.key, claimed, actual, "contradicted", where)
     if fact.get("at_least"):
         if f.value < actual:
             return Claim(sentence, "number", f.key, f.value, actual, "contradicted",
@@ -204,8 +264,8 @@ def _did(sentence: str, low: str, verb: str, what: str, fact: dict[str, Any] | N
         before = clause_before(low, m.start())
         clause = before + low[m.start():]
         if what == "emails" and not re.search(r"prospect|e-?mail|outreach|lead|partner|"
-                                              r"campaign|sequence|draft|nobody|no one",
-                                              clause):
+                                              r"campaign|sequence|draft|outbox|nobody|"
+                                              r"no one", clause):
             continue
         if to_the_owner(clause, owner):
             continue  # a mail to the owner, for review, is not a send
@@ -213,10 +273,13 @@ def _did(sentence: str, low: str, verb: str, what: str, fact: dict[str, Any] | N
             continue  # "Emails sent: unknown (source unavailable: ...)" claims nothing
         negated = _negated(before)
         if m.group(0) == "send" and not negated:
-            continue  # "we will send", "to send": not a claim about the day
+            continue  # "we will send", "to send", "we send none unapproved": no claim
+        negated = negated or bool(NONE_AFTER.match(low, m.end()))
         if NOT_NOW.search(before):
             continue
-        return [_judge(sentence, what, "none" if negated else "some", fact)]
+        known = negated and bool(re.search(r"\b(?:known|confirmed)\b", before))
+        return [_judge(sentence, what, "none known" if known else
+                       "none" if negated else "some", fact)]
     return []
 
 
@@ -228,35 +291,63 @@ def _judge(sentence: str, what: str, claimed: str, fact: dict[str, Any] | None) 
     actual = fact["value"]
     if claimed == "none" and fact.get("at_least"):
         return Claim(sentence, what, key, claimed, actual, "unsupported", fact["display"])
-    if (claimed == "none") == (actual == 0):
+    # "no email is known to have been sent": a claim about the count, which is a lower
+    # bound while a send is ambiguous
+    if claimed.startswith("none") == (actual == 0):
         return Claim(sentence, what, key, claimed, actual, "supported",
                      f"{fact['label']}: {fact['display']}")
     return Claim(sentence, what, key, claimed, actual, "contradicted",
                  f"{fact['label']} was {fact['display']} ({fact['source']}: {fact['how']})")
 
 
-def _fixed(sentence: str, low: str, incidents: list[dict[str, Any]]) -> list[Claim]:
+def _fixed(sentence: str, low: str, incidents: list[dict[str, Any]],
+           names: set[str]) -> list[Claim]:
     m = FIX.search(low)
     if m is None:
         return []
     before = clause_before(low, m.start())
     if NOT_NOW.search(before) and not NEGATION.search(before):
         return []
-    negated = bool(NEGATION.search(before))
+    after = clause_after(low, m.end())
+    none_after = NONE_AFTER.match(after)
+    negated = bool(NEGATION.search(before) or none_after)
     if negated and TEMPORAL.search(low):
         return []  # "it did not become fixed when the build completed": about timing
-    # the subject: before the verb ("the page came back"), or after it when the verb is
-    # an adjective ("the repaired database")
-    about = (clause_after(low, m.end()) if re.search(r"\b(?:the|a|an|its)\s*$", before)
-             else before)
-    subject = _subject(about)
-    if re.search(r"\b(?:nothing|none)\b", before):
-        subject = set()  # "nothing was fixed": about every incident
+    subject = _fix_subject(before, after, m.group(0), names)
+    if re.search(r"\b(?:nothing|none)\b", before) or (
+            none_after and re.search(r"\b(?:nothing|none)\b", none_after.group(0))):
+        subject = set()  # "nothing was fixed", "we fixed nothing": about every incident
     return [_fix_claim(sentence, subject, negated, incidents, "fixed")]
 
 
-def _subject(text: str) -> set[str]:
-    return set(re.findall(r"[a-z][a-z0-9]+", denoise(text))) - STOPWORDS
+def _fix_subject(before: str, after: str, verb: str, names: set[str]) -> set[str]:
+    """What a fix claim is about: after the verb when it is an adjective ("the repaired
+    database"); its object in the active voice ("we fixed the billing route", "the deploy
+    repaired the releases page": who did it is not what was fixed); otherwise before it
+    ("the page came back", "the page was fixed after the rebuild", "releases page
+    fixed")."""
+    if re.search(r"\b(?:the|a|an|its)\s*$", before):
+        return _subject(after, names)
+    obj = OBJECT.match(after)
+    if verb in ("fixed", "repaired") and not PASSIVE.search(before) and obj:
+        # "we fixed it quickly": an adverb is not what was fixed
+        found = {w for w in _subject(obj.group(1), names) if not w.endswith("ly")}
+        if found:
+            return found
+    return _subject(before, names)
+
+
+def _subject(text: str, names: set[str]) -> set[str]:
+    """The content words of ``text``: not stopwords, and not the name of a person or an
+    agent (who did something, not what it was done to)."""
+    return set(re.findall(r"[a-z][a-z0-9]+", denoise(text))) - STOPWORDS - names
+
+
+def _people(chronicle: dict[str, Any]) -> set[str]:
+    """The words of the owner's name and of every commit author's, agents' too."""
+    authors = [chronicle.get("owner", {}).get("name", ""),
+               *(c["author"] for c in chronicle["commits"])]
+    return {w for a in authors for w in re.findall(r"[a-z][a-z0-9]+", a.casefold())}
 
 
 def _fix_claim(sentence: str, subject: set[str], negated: bool,
@@ -294,7 +385,8 @@ def _words(incident: dict[str, Any]) -> set[str]:
     return words | LEDGER_WORDS if incident["kind"] in ("recovery", "detection") else words
 
 
-def _restored(sentence: str, low: str, window: str, broke: dict[str, Any]) -> list[Claim]:
+def _restored(sentence: str, low: str, window: Window, broke: dict[str, Any],
+              names: set[str]) -> list[Claim]:
     masked = LOSS.sub(lambda m: " " * len(m.group(0)), low)
     m = RESTORE.search(masked)
     if m is None:
@@ -305,9 +397,10 @@ def _restored(sentence: str, low: str, window: str, broke: dict[str, Any]) -> li
     if not broke.get("known", True):
         return [Claim(sentence, "restored", "recovery", "restored", None, "unsupported",
                       f"the ledger could not be read ({broke.get('reason')})")]
-    negated = _negated(before)
-    clause = before + clause_after(masked, m.end())
-    subject = _subject(clause)
+    after = clause_after(masked, m.end())
+    negated = _negated(before) or bool(NONE_AFTER.match(after))
+    clause = before + after
+    subject = _subject(clause, names)
     incidents = broke.get("incidents", [])
     if not subject & LEDGER_WORDS and (ROUTE_WORDS.search(clause) or any(
             subject & _words(i) for i in incidents if i["kind"] == "repair")):
@@ -324,9 +417,10 @@ def _restored(sentence: str, low: str, window: str, broke: dict[str, Any]) -> li
                else "no recovery receipt on this day")
         return [Claim(sentence, "restored", "recovery", "restored", 0,
                       "contradicted" if recoveries else "unsupported", why)]
-    near = window.lower()
-    named = [r for r in done if (r["backup"] or "journal").lower() in near]
+    post = window.post()
+    named = [r for r in done if (r["backup"] or "journal").lower() in post]
     r = (named or done)[0]
+    near = window.boundary(r["backup"])
     source = r["backup"] or "the journal (no backup was used)"
     no_loss, loss = bool(NO_LOSS.search(near)), bool(LOSS.search(near))
     if no_loss and r["outcome"] == "recovered_with_loss":
@@ -335,15 +429,16 @@ def _restored(sentence: str, low: str, window: str, broke: dict[str, Any]) -> li
     if loss and not no_loss and r["outcome"] == "recovered":
         return [Claim(sentence, "restored", "recovery", "with loss", "no loss", "contradicted",
                       f"the recovery receipt says: {r['boundary']}")]
-    missing = [w for w, ok in ((f"the backup ({source})" if r["backup"] else
-                                "its source (the journal: no backup was used)", named),
-                               ("the loss boundary", no_loss or loss)) if not ok]
+    missing = [w for w, ok in (
+        ((f"the backup ({source})" if r["backup"] else "its source (the journal: no backup "
+          "was used)") + " anywhere in the post", named),
+        ("the loss boundary in a paragraph about this recovery or in the rest of its "
+         "section", no_loss or loss)) if not ok]
     if not missing:
         return [Claim(sentence, "restored", "recovery", "restored", source, "supported",
                       "names the recovery point and the loss boundary")]
     return [Claim(sentence, "restored", "recovery", "restored", source, "unsupported",
-                  "says it was restored without naming " + " or ".join(missing)
-                  + " in its paragraph or the rest of its section")]
+                  "says it was restored without naming " + ", or ".join(missing))]
 
 
 __all__ = ["Claim", "check_post", "facts"]

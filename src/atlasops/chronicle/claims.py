@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
         "fourteen fifteen sixteen seventeen eighteen nineteen twenty").split()
@@ -88,7 +88,11 @@ UNITS = {"seconds", "minutes", "hours", "days", "weeks", "months", "years", "tim
          "dollars", "kb", "mb", "gb", "steps", "ways", "parts", "others", "ones", "things"}
 # Words ending in s that are not plural nouns ("one was fixed", "one has", "its")
 NOT_NOUNS = ("was|has|is|its|this|thus|does|his|hers|ours|yours|theirs|us|as|plus|less|"
-             "unless|across|always|perhaps|besides|whereas|yes|towards|afterwards")
+             "unless|across|always|perhaps|besides|whereas|yes|towards|afterwards|"
+             "[a-z]+ous")  # "1 ambiguous", "2 previous"
+# "2 attempted sends", "1 ambiguous email": not a count of emails sent
+NOT_SENT = {"attempted", "failed", "ambiguous", "held", "refused", "queued", "approved",
+            "pending", "blocked", "unsent", "retried", "retrying", "planned", "scheduled"}
 # Before a claim in its clause, these make it a plan, a condition or a wish, not a fact
 NOT_NOW = re.compile(r"\b(?:will|would|should|could|might|shall|plans? to|planning to|"
                      r"going to|needs? to|needed to|wants? to|to be|if|once|until|unless|"
@@ -127,6 +131,7 @@ class Found:
     key: str | None
     value: int
     noun: str
+    at_least: bool = False  # "at least 4 commits", "Commits: at least 4": a lower bound
 
 
 def unquote(text: str) -> str:
@@ -204,6 +209,7 @@ def value(token: str) -> int:
 
 
 SEPARATORS = (",", ";", ":", "(", ")", " — ", " but ")
+AT_LEAST = re.compile(r"\bat least\s+$")
 
 
 def clause_before(low: str, at: int) -> str:
@@ -229,7 +235,9 @@ def numbers(sentence: str, authors: list[str], owner: str = "") -> list[Found]:
             chosen.append(c)
     chosen += [u for u in _uncovered(low) if all(u.end <= k.start or u.start >= k.end
                                                  for k in chosen)]
-    return sorted((c for c in chosen if not NOT_NOW.search(clause_before(low, c.start))),
+    return sorted((replace(c, at_least=bool(AT_LEAST.search(low, 0, c.start) or
+                                            "at least" in low[c.start:c.end]))
+                   for c in chosen if not NOT_NOW.search(clause_before(low, c.start))),
                   key=lambda c: c.start)
 
 
@@ -239,9 +247,10 @@ SENDABLE = r"(?:e-?mails?|messages?|drafts?|prospects?|leads?|contacts?|people|r
 
 def _candidates(low: str, authors: list[str], owner: str) -> Iterator[Found]:
     for key, noun in NOUNS:
-        for m in re.finditer(rf"{NUM}\s+(?:{MOD}\s+)?(?:{noun})\b", low):
-            yield Found(m.start(), m.end(), key, value(m.group(1)), m.group(0))
-        for m in re.finditer(rf"\b(?:{noun})\s*:\s*{NUM}", low):
+        for m in re.finditer(rf"{NUM}\s+(?:(?P<mod>{MOD})\s+)?(?:{noun})\b", low):
+            if key != "emails_sent" or m.group("mod") not in NOT_SENT:
+                yield Found(m.start(), m.end(), key, value(m.group(1)), m.group(0))
+        for m in re.finditer(rf"\b(?:{noun})\s*:\s*(?:at least\s+)?{NUM}", low):
             if not re.search(rf"{NUM}\s*$", low[:m.start()]):  # "3 commits landed: 1 by"
                 yield Found(m.start(), m.end(), key, value(m.group(1)), m.group(0))
     # a number before or after a send verb is the number sent ("0 prospects were emailed"

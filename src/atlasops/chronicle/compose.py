@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import InputError
 from ..workspace import Workspace
 from .files import read_status_files, read_worklog_file
-from .gitlog import Commit, read_git
+from .gitlog import read_git
 from .incidents import incidents
 from .numbers import Number, git_numbers, held_numbers, is_builtin, ledger_numbers, waiting_numbers
 from .prose import Line, age, are, clock, count, join, sentence, were
@@ -83,7 +83,7 @@ def _confidence(needed: tuple[str, ...], groups: dict[str, list[SourceInfo]]
 # -- the headline and the opening lines -----------------------------------------
 
 def _headline(ledger: LedgerDay | None, found: list[dict[str, Any]],
-              commits: list[Commit] | None, info: SourceInfo) -> dict[str, str]:
+              numbers: dict[str, Number], info: SourceInfo) -> dict[str, str]:
     if ledger is None:
         if info.reason.startswith(NO_RECORD):
             return {"text": f"Atlas has no record of this day: the ledger starts on "
@@ -98,17 +98,30 @@ def _headline(ledger: LedgerDay | None, found: list[dict[str, Any]],
         sites = sorted({d.subject.removeprefix("site:") for d in deploys})
         return {"text": f"{count(len(deploys), 'deploy')} landed: {join(sites[:5])}.",
                 "rule": "deploy"}
-    if ledger.emails_sent:
-        return {"text": f"{count(ledger.emails_sent, 'email')} {were(ledger.emails_sent)} "
-                        "sent.", "rule": "sends"}
-    if commits:
-        return {"text": f"{count(len(commits), 'commit')} landed.", "rule": "commits"}
+    sent, commits = numbers["emails_sent"], numbers["commits_total"]
+    if ledger.emails_sent or ledger.emails_ambiguous:
+        return {"text": sentence(f"{_counted(sent, 'email')} {were(ledger.emails_sent)} sent"
+                                 + (f", and {_may_have(ledger.emails_ambiguous)}"
+                                    if ledger.emails_ambiguous else "")), "rule": "sends"}
+    if commits.value:
+        return {"text": sentence(f"{_counted(commits, 'commit')} landed"), "rule": "commits"}
     if ledger.events_total == 0:
         return {"text": "Nothing happened: no event was recorded on this day.",
                 "rule": "empty day"}
     return {"text": f"A quiet day: {count(ledger.events_total, 'event')} "
                     f"{were(ledger.events_total)} recorded and nothing broke.",
             "rule": "quiet day"}
+
+
+def _may_have(n: int) -> str:
+    they, them = ("it", "it") if n == 1 else ("they", "them")
+    return (f"{count(n, 'more send')} may have gone out: {they} {are(n)} ambiguous until "
+            f"someone resolves {them}")
+
+
+def _counted(n: Number, one: str) -> str:
+    """``"4 commits"``, or ``"at least 4 commits"`` when the number is a lower bound."""
+    return f"{n.amount} {one if n.value == 1 else one + 's'}"
 
 
 def _lede(numbers: dict[str, Number]) -> list[Line]:
@@ -118,17 +131,16 @@ def _lede(numbers: dict[str, Number]) -> list[Line]:
     if total.value is None:
         out.append(Line(sentence(f"Commits: {total.display}"), total.refs))
     else:
-        lead = (f"at least {total.value}" if total.at_least else str(total.value))
         unsure = f" ({total.reason})" if total.at_least else ""
-        out.append(Line(sentence(f"{lead} {'commit' if total.value == 1 else 'commits'} "
-                                 f"landed{unsure}: {agent.value} by agents and {human.value} "
-                                 "by people"), total.refs))
+        out.append(Line(sentence(f"{_counted(total, 'commit')} landed{unsure}: "
+                                 f"{agent.amount} by agents and {human.amount} by people"),
+                        total.refs))
     sent = numbers["emails_sent"]
     if sent.value is None:
         out.append(Line(sentence(f"Emails sent: {sent.display}"), sent.refs))
     else:
-        out.append(Line(f"{count(sent.value, 'email')} {were(sent.value)} sent"
-                        + (f" ({sent.reason})" if sent.at_least else "") + ".", sent.refs))
+        out.append(Line(sentence(f"{_counted(sent, 'email')} {were(sent.value)} sent"
+                                 + (f" ({sent.reason})" if sent.at_least else "")), sent.refs))
     return out
 
 
@@ -154,7 +166,8 @@ def _built(ledger: LedgerDay | None, worklog_file: list[str] | None,
         if snaps:
             items.append(Line(f"{count(snaps, 'snapshot')} {were(snaps)} refreshed, each "
                               "with its job run and hash.", ref["ledger"]))
-        items += [Line(sentence(w["text"]), ref["ledger"], [w["id"]]) for w in ledger.worklog]
+        items += [Line(sentence(w["text"]), ref["ledger"], events=[w["id"]])
+                  for w in ledger.worklog]
     items += [Line(sentence(entry), ref.get("worklog", [])) for entry in worklog_file or []]
     return items
 
@@ -203,11 +216,10 @@ def _gate(ledger: LedgerDay | None, info: SourceInfo, sent: Number,
           refs: list[int]) -> dict[str, Any]:
     if ledger is None:
         return {"known": False, "reason": info.reason, "lines": [], "numbers": []}
-    lines = [Line(f"{count(sent.value or 0, 'email')} {were(sent.value or 0)} sent.", refs)]
+    lines = [Line(sentence(f"{_counted(sent, 'email')} {were(sent.value or 0)} sent"), refs)]
     if ledger.emails_ambiguous:
-        n = ledger.emails_ambiguous
-        lines.append(Line(f"{count(n, 'more send')} may have gone out: {are(n)} ambiguous "
-                          "until someone resolves them (`atlas outbox resolve`).", refs))
+        lines.append(Line(sentence(_may_have(ledger.emails_ambiguous)
+                                   + " (`atlas outbox resolve`)"), refs))
     held, run = held_numbers(ledger)
     for number, why in held:
         number.refs = refs
@@ -219,7 +231,8 @@ def _gate(ledger: LedgerDay | None, info: SourceInfo, sent: Number,
     refused = ledger.of_kind("effect.refused")
     if refused:
         lines.append(Line(f"{count(len(refused), 'side effect')} {were(len(refused))} "
-                          "refused, each with a receipt.", refs,
+                          f"refused, {'with its' if len(refused) == 1 else 'each with a'} "
+                          "receipt.", refs,
                           [r.id for r in refused][:GROUP_OVER]))
     return {"known": True, "reason": "", "lines": [x.to_dict() for x in lines],
             "numbers": [sent.to_dict(), *(n.to_dict() for n, _ in held)]}
@@ -239,8 +252,9 @@ def _next(ledger: LedgerDay | None, info: SourceInfo, stale_hours: float,
         "approved_waiting": f"{count(v['approved_waiting'], 'approved draft')} "
                             f"{are(v['approved_waiting'])} waiting; they go out only through "
                             "an open lane and the outbox.",
-        "ambiguous_sends": f"{count(v['ambiguous_sends'], 'send')} {are(v['ambiguous_sends'])}"
-                           " ambiguous and need a human (`atlas outbox resolve`).",
+        "ambiguous_sends": f"{count(v['ambiguous_sends'], 'ambiguous send')} "
+                           f"{'needs' if v['ambiguous_sends'] == 1 else 'need'} a human "
+                           "(`atlas outbox resolve`).",
         "touches_due": f"{count(v['touches_due'], 'touch', 'touches')} "
                        f"{are(v['touches_due'])} due.",
     }
@@ -324,7 +338,7 @@ def compose(ws: Workspace, day: date) -> dict[str, Any]:
         "date": day.isoformat(),
         "workspace": str(ws.home),
         "owner": {"name": ws.config.owner.name},
-        "headline": _headline(ledger, found, commits, ledger_info),
+        "headline": _headline(ledger, found, by_key, ledger_info),
         "lede": [x.to_dict() for x in _lede(by_key)],
         "confidence": {"overall": overall, "missing": overall_missing,
                        "sections": sections},

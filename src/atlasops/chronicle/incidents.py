@@ -142,10 +142,20 @@ def _recovery_headline(outcome: str, body: dict[str, Any]) -> str:
                 "every check and was kept; nothing was lost.")
     if outcome == "recovered":
         return f"The ledger was damaged and was restored from {source}; nothing was lost."
-    ranges = (body.get("loss") or {}).get("lost_event_ranges") or []
-    lost = (f"events {', '.join(f'{a}..{b}' for a, b in ranges)} could not be recovered"
-            if ranges else "the loss is stated in What Broke")
-    return f"The ledger was damaged and was restored from {source}, but {lost}."
+    return f"The ledger was damaged and was restored from {source}, but {_lost(body)}."
+
+
+def _lost(body: dict[str, Any]) -> str:
+    """The loss boundary in a few words: the lost events, and where history stops being
+    known (from the receipt's ``loss``)."""
+    loss = body.get("loss") or {}
+    ranges = loss.get("lost_event_ranges") or []
+    unknown = loss.get("unknown_after") or {}
+    parts = [f"events {', '.join(f'{a}..{b}' for a, b in ranges)} could not be recovered"
+             ] if ranges else []
+    if unknown.get("id") is not None:
+        parts.append(f"nothing after event {unknown['id']} can be known")
+    return join(parts) or "its receipt does not say what was lost"
 
 
 def _symptom(body: dict[str, Any]) -> str:

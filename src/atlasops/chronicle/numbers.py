@@ -32,6 +32,13 @@ class Number:
     refs: list[int] = field(default_factory=list)  # footnotes into the Sources list
 
     @property
+    def amount(self) -> str:
+        """The value as a sentence says it: "4", or "at least 4" for a lower bound."""
+        if self.value is None:
+            return "unknown"
+        return ("at least " if self.at_least else "") + str(self.value)
+
+    @property
     def display(self) -> str:
         if self.value is None:
             return f"unknown (source unavailable: {self.reason})"
@@ -41,8 +48,8 @@ class Number:
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "label": self.label, "value": self.value,
-                "display": self.display, "source": self.source, "how": self.how,
-                "reason": self.reason or None, "at_least": self.at_least,
+                "display": self.display, "amount": self.amount, "source": self.source,
+                "how": self.how, "reason": self.reason or None, "at_least": self.at_least,
                 "part_of": self.part_of, "short": self.short, "refs": self.refs}
 
 

@@ -69,14 +69,17 @@ def plurals(text: str) -> str:
 @dataclass
 class Line:
     """A sentence of the chronicle, with what it rests on: ``refs`` point into the
-    Sources list, ``receipts`` name the ledger receipts it was read from."""
+    Sources list, ``receipts`` name the ledger receipts it was read from, ``events`` the
+    events (a work-log note is an event, not a receipt)."""
 
     text: str
     refs: list[int] = field(default_factory=list)
     receipts: list[int] = field(default_factory=list)
+    events: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "refs": self.refs, "receipts": self.receipts}
+        return {"text": self.text, "refs": self.refs, "receipts": self.receipts,
+                "events": self.events}
 
 
 __all__ = ["Line", "age", "are", "clock", "count", "join", "plurals", "sentence", "were", "who"]

@@ -48,7 +48,7 @@ def phrase(r: DayReceipt) -> str:
     """A receipt as a Timeline row: its own summary, said in plain words for the kinds
     whose summaries are terse (job runs, route checks, approvals, lane changes)."""
     say = {"job.run": _job, "route.check": _route_check, "lane.change": lane_change,
-           "approval": _approval}.get(r.kind)
+           "approval": _approval, "outbox.run": _outbox}.get(r.kind)
     said = say(r) if say else None
     return sentence(plurals(said)) if said else plurals(r.summary)
 
@@ -64,6 +64,16 @@ def lane_change(r: DayReceipt) -> str:
 def _approval(r: DayReceipt) -> str | None:
     actor = str(r.body.get("actor", ""))
     return r.summary.replace(f"approved by {actor},", f"approved by {who(actor)},")
+
+
+def _outbox(r: DayReceipt) -> str | None:
+    """An outbox run that left a send ambiguous does not know that no email was sent."""
+    ev = r.body.get("evidence", {})
+    unsure = bool(ev.get("ambiguous") or ev.get("found_ambiguous"))
+    none = "No email was sent"
+    if not unsure or not r.summary.startswith(none):
+        return None
+    return "No email is known to have been sent" + r.summary.removeprefix(none)
 
 
 def _job(r: DayReceipt) -> str | None:
