@@ -538,7 +538,10 @@ def _run_receipt(ledger: Ledger, actor: str, started: str, report: OutboxReport,
         parts = [f"Nothing was sent: {report.config_error}. Approved drafts wait until "
                  "atlas.toml is fixed"]
     else:
-        parts = [f"No email was sent: all {failures} attempted send(s) failed"
+        parts = [(f"No email is known to have been sent: {failures} attempted send(s) did "
+                  f"not complete ({len(report.ambiguous)} of them may have reached the "
+                  "server)" if report.ambiguous else
+                  f"No email was sent: all {failures} attempted send(s) failed")
                  if failures and not report.sent else
                  f"No email was sent: all {len(report.refused)} draft(s) tried were refused"
                  if report.outcome == "refused" else f"{len(report.sent)} email(s) sent"]
