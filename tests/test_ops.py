@@ -991,7 +991,9 @@ def test_forged_or_finished_job_runs_are_refused(cli: Any, ws: Workspace, packet
     assert cli("jobs", "run", "db-check").exit_code == 8
     monkeypatch.delenv("ATLAS_JOB_RUN")
     assert cli("snapshot", "list", "--json").json() == [] and maildir_count(ws) == 0
-    assert len(cli("receipts", "list", "--kind", "effect.refused", "--json").json()) == 1
+    # the side effects (the send, the deploy record) leave a refusal; records do not
+    assert sorted(r["evidence"]["attempted"]["kind"] for r in refusals(cli)) == [
+        "deploy", "email"]
     # a run that has finished cannot be borrowed either
     done = cli("jobs", "run", "db-check", "--json").json()["evidence"]["run_id"]
     monkeypatch.setenv("ATLAS_JOB_RUN", done)
@@ -1048,6 +1050,67 @@ def test_a_job_cannot_borrow_another_running_jobs_run(cli: Any, ws: Workspace, p
                for x in cli("receipts", "list", "--kind", "effect.refused", "--json").json()]
     assert sorted(refused, key=str) == sorted([rec["evidence"]["run_id"], None], key=str)
 
+
+
+def refusals(cli: Any) -> list[dict[str, Any]]:
+    """Every effect.refused receipt, in full, oldest first."""
+    return [cli("receipts", "show", str(x["id"]), "--json").json()
+            for x in cli("receipts", "list", "--kind", "effect.refused", "--json").json()]
+
+
+def test_a_forged_or_borrowed_run_on_publish_or_deploy_is_refused_with_a_receipt(
+        cli: Any, ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`content publish` and `deploy record` under a made-up run id, or under another
+    running job's id, leave a refusal receipt tagged with the caller's own run: a read-only
+    job's attempt is a violation, never a quiet exit 8."""
+    article = tmp_path / "a.md"
+    article.write_text("# Market data\n")
+    item = cli("content", "add", "--business", "wimper", "--title", "Market data", "--file",
+               str(article), "--json").json()["id"]
+    add_config(ws, PUBLISHING.format(approval="false") + '''
+[jobs.victim]
+command = "sleep 60"
+lanes = ["social.post", "deploy"]
+''')
+    with Ledger.for_workspace(ws) as led:
+        monkeypatch.setenv("ATLAS_TOKEN", owner_token(led))
+    assert cli("lane", "open", "social.post", "--reason", "posts").exit_code == 0
+    monkeypatch.delenv("ATLAS_TOKEN")
+    attempts = (f"{ATLAS} content publish {item}; {ATLAS} deploy record --site s "
+                "--provider p --url https://s.example")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    victim = subprocess.Popen([*ATLAS.split(), "jobs", "run", "victim", "--json",
+                               "--home", str(ws.home)], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        borrowed = wait_running(cli, "victim")
+        add_config(ws, f"""
+[jobs.forger]
+command = "export ATLAS_JOB_RUN=forged-2; {attempts}"
+read_only = true
+
+[jobs.borrower]
+command = "export ATLAS_JOB_RUN={borrowed}; {attempts}"
+read_only = true
+""")
+        runs = {}
+        for name, why in (("forger", "not a job run of this workspace"),
+                          ("borrower", "is not this process's job run")):
+            rec = cli("jobs", "run", name, "--json").json()
+            runs[name] = rec["evidence"]["run_id"]
+            assert rec["outcome"] == "failed" and rec["evidence"]["violation"] is True, name
+            assert rec["evidence"]["refused_attempts"] == 2, (name, rec["summary"])
+            assert rec["evidence"]["output_tail"].count(why) == 2, name
+    finally:
+        victim.send_signal(signal.SIGTERM)
+        stdout, _ = victim.communicate(timeout=30)
+    # ground truth, read apart from the receipts: nothing was published or recorded
+    assert not (ws.home / "published").exists() or not list((ws.home / "published").iterdir())
+    assert cli("deploy", "list", "--json").json() == []
+    assert json.loads(stdout)["evidence"]["refused_attempts"] == 0  # not the victim's
+    tagged = sorted((r["evidence"]["job_run"], r["evidence"]["attempted"]["kind"])
+                    for r in refusals(cli))
+    assert tagged == sorted((runs[n], k) for n in runs for k in ("post", "deploy"))
 
 
 def test_a_nested_job_cannot_act_as_its_parent_run(cli: Any, ws: Workspace,

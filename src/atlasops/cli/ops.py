@@ -50,6 +50,18 @@ def _acting(ledger: Ledger) -> tuple[str, Capabilities]:
     return running_job(ledger, caps.job_run).actor, caps
 
 
+def _acting_for_effect(ledger: Ledger) -> tuple[str, Capabilities]:
+    """:func:`_acting`, for a command that asks for a side effect (repair, publish,
+    deploy record). A job run that does not verify (made up, finished, another job's)
+    gives no identity: the plain actor, with the capabilities as declared, so that the
+    effect's own capability check refuses it *with a receipt*, tagged with the run the
+    caller really belongs to (a violation for a read-only job), never only an error."""
+    try:
+        return _acting(ledger)
+    except UnknownJobRun:
+        return actor(), capabilities()
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(snapshot_app, name="snapshot")
@@ -233,11 +245,7 @@ def repair(
     """
     with open_ledger(home) as (ws, ledger), err.status(f"Repairing {route}: read, run, "
                                                        "read back..."):
-        caps = capabilities()
-        try:
-            who, caps = _acting(ledger)
-        except UnknownJobRun:  # the repair's own capability check refuses it, with a receipt
-            who = actor()
+        who, caps = _acting_for_effect(ledger)
         result = repair_lib(ledger, ws.config, ws.home, route, actor=who, env=os.environ,
                             caps=caps, dry_run=dry_run, force=force)
     if as_json:
@@ -326,7 +334,7 @@ def content_publish(
     published items are refused (exit 7); a refusal is a receipt (exit 8).
     """
     with open_ledger(home) as (ws, ledger):
-        who, caps = _acting(ledger)
+        who, caps = _acting_for_effect(ledger)
         person = principal(ws, ledger)
         result = records.publish_content(
             ledger, ws.config, ws.home, content_id, lane=lane,
@@ -355,7 +363,7 @@ def deploy_record(
     The provider's output is kept with secrets redacted. A read-only context, or a job
     without the `deploy` capability, is refused (exit 8, with a receipt)."""
     with open_ledger(home) as (ws, ledger):
-        who, caps = _acting(ledger)
+        who, caps = _acting_for_effect(ledger)
         result = records.record_deploy(ledger, ws.config, site=site, provider=provider,
                                        url=url, actor=who, caps=caps, env=os.environ,
                                        commit=commit, evidence_file=file)
