@@ -1113,6 +1113,30 @@ read_only = true
     assert tagged == sorted((runs[n], k) for n in runs for k in ("post", "deploy"))
 
 
+def test_library_calls_from_a_job_act_as_its_run(cli: Any, ws: Workspace, pages: str,
+                                                 tmp_path: Path) -> None:
+    """An entry-point job that calls `record_deploy` and `repair` without passing
+    capabilities acts under its run's recorded capabilities: read-only, both refused."""
+    marker = tmp_path / "ran"
+    add_config(ws, f'''
+[runbooks.mark]
+steps = [{{ name = "mark", command = "touch {marker}" }}]
+
+[jobs.library]
+entry = "tests.job_helpers:library_side_effects"
+cwd = "{ROOT}"
+read_only = true
+''')
+    routes(ws, dead=f'url = "{pages}/flap/F"\nrunbook = "mark"\nreadback_deadline = 0.5')
+    rec = cli("jobs", "run", "library", "--json").json()
+    assert "deploy refused" in rec["evidence"]["output_tail"], rec["evidence"]["output_tail"]
+    assert "repair refused" in rec["evidence"]["output_tail"]
+    assert rec["evidence"]["violation"] is True and rec["evidence"]["refused_attempts"] == 2
+    # ground truth, read apart from the receipt: no deploy, and the runbook never ran
+    assert cli("deploy", "list", "--json").json() == [] and not marker.exists()
+    assert [r["evidence"]["job_run"] for r in refusals(cli)] == [rec["evidence"]["run_id"]] * 2
+
+
 def test_a_nested_job_cannot_act_as_its_parent_run(cli: Any, ws: Workspace,
                                                    packet: str) -> None:
     """The outer runner is an ancestor of the inner job too, but the inner job belongs to

@@ -239,17 +239,19 @@ def record_deploy(ledger: Ledger, config: Config | None = None, *, site: str, pr
                   evidence_file: Path | None = None) -> dict[str, Any]:
     """Record a deploy a provider performed, with its output (secrets redacted: the
     journal is append-only, so nothing unredacted may ever reach it). The secrets are those
-    of ``env`` (default: this process's environment) and the variables ``config`` names;
-    ``caps`` default to unrestricted (an operator's own call)."""
+    of ``env`` (default: this process's environment) and the variables ``config`` names.
+    ``caps`` default to what ``env`` declares (``ATLAS_JOB_RUN``, ``ATLAS_CAPABILITIES``),
+    checked against the ledger like every capability: a job's library call is its run's."""
     if not url.startswith(("http://", "https://")):
         raise InputError("--url must start with http:// or https://")
-    secrets = secret_values(os.environ if env is None else env,
-                            config_secret_names(config) if config is not None else [])
+    env = os.environ if env is None else env
+    secrets = secret_values(env, config_secret_names(config) if config is not None else [])
     evidence: dict[str, Any] = {}
     raw = _read(evidence_file) if evidence_file is not None else None
-    caps = authorize(ledger, actor, caps or Capabilities(), Effect(
-        "deploy", "deploy", f"record a deploy of {site} by {provider}",
-        detail={"site": site, "provider": provider, "url": redact(url, secrets)}))
+    effect = Effect("deploy", "deploy", f"record a deploy of {site} by {provider}",
+                    detail={"site": site, "provider": provider, "url": redact(url, secrets)})
+    caps = authorize(ledger, actor, Capabilities.from_env(env) if caps is None else caps,
+                     effect)
     if raw is not None:
         try:
             evidence = {"provider_output": _redacted(json.loads(raw), secrets)}

@@ -156,7 +156,9 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
 
     Running a runbook is a side effect (a restart): work with capabilities (a job) needs
     the ``repair`` capability; a read-only context, or a job run that is not the caller's
-    own, is refused with a receipt. ``--dry-run`` only reads, so it is not checked."""
+    own, is refused with a receipt. ``caps`` default to what ``env`` declares
+    (``ATLAS_JOB_RUN``, ``ATLAS_CAPABILITIES``), checked against the ledger. ``--dry-run``
+    only reads, so it is not checked."""
     route = _route(config, name)
     if route.runbook is None:
         raise InputError(f"route {name} has no runbook", hint=f"Set routes.{name}.runbook.")
@@ -170,9 +172,10 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
         return {"dry_run": True, "route": name, "broken": not before.passed,
                 "symptom": _symptom(route, before), "plan": plan,
                 "would_run": bool(force or not before.passed)}
-    caps = authorize(ledger, actor, caps or Capabilities(), Effect(
-        "repair", "repair", f"run runbook {route.runbook} to repair route {name}",
-        detail={"route": name, "runbook": route.runbook}))
+    effect = Effect("repair", "repair", f"run runbook {route.runbook} to repair route {name}",
+                    detail={"route": name, "runbook": route.runbook})
+    caps = authorize(ledger, actor, Capabilities.from_env(env) if caps is None else caps,
+                     effect)
     started = utc_now()
     what = describe_route(route)
     before = read_or_fail(name, route, env)
