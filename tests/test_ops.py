@@ -638,6 +638,38 @@ def test_route_auth_kinds_and_redaction(cli: Any, ws: Workspace, pages: str,
     assert "Cookie=[REDACTED]" in cookie["snippet"]
 
 
+
+def test_a_cookie_follows_redirects_on_its_origin_only(cli: Any, ws: Workspace, pages: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cookie credential is re-sent on every redirect hop back to the route's origin (the
+    trailing-slash one included), so a signed-in page behind a redirect reads as signed
+    in, in a check and in a repair's readback; it is never sent to another host or port.
+    The server says what it received: `must_contain` on the cookie's name proves it."""
+    monkeypatch.setenv("SITE_SESSION", "sid=cookie-value-12345")
+    cookie = '\nauth = { type = "cookie", env = "SITE_SESSION" }'
+    port = pages.rsplit(":", 1)[1]
+    add_config(ws, NOOP)
+    with route_server() as other:
+        away = {"other_host": f"http://localhost:{port}/reflect", "other_port": f"{other}/reflect"}
+        routes(ws, slash=f'url = "{pages}/dir"{cookie}\nmust_contain = ["Cookie=sid="]',
+               hop=f'url = "{pages}/x?redirect=/reflect"{cookie}\nmust_contain = ["Cookie=sid="]'
+                   '\nallow_redirect_to = ["/reflect"]\nrunbook = "noop"\nhealthy_after = 2'
+                   '\nreadback_interval = 0.05',
+               **{name: f'url = "{pages}/x?redirect={url}"{cookie}\nmust_contain = ["Releases"]'
+                        f'\nallow_redirect_to = ["{url}"]' for name, url in away.items()})
+        for name in ("slash", "hop"):
+            reading = check(cli, name)
+            assert reading["passed"] is True and reading["redirects"], (name, reading["checks"])
+            assert "Cookie=[REDACTED]" in reading["snippet"], name
+        for name in away:
+            reading = check(cli, name)
+            assert reading["passed"] is True and reading["redirects"], (name, reading["checks"])
+            assert "Cookie= user=" in reading["snippet"], name  # nothing was sent there
+    # the readback's client (one for all readings) sends it on each hop too
+    rec = cli("repair", "hop", "--force", "--json").json()
+    assert rec["outcome"] == "not_broken", rec["summary"]
+    assert [r["passed"] for r in rec["readback"]["readings"]] == [True, True]
+
 NOOP = '\n[runbooks.noop]\nsteps = [{ name = "noop", command = "true" }]\n'
 
 

@@ -83,7 +83,7 @@ def readback(name: str, route: Route, env: Mapping[str, str]) -> Readback:
     streak = 0
     deadline = time.monotonic() + route.readback_deadline
     try:
-        with client_for(route) as client:
+        with client_for(route, env) as client:
             while True:
                 left = max(deadline - time.monotonic(), 0.001)
                 r = read_or_fail(name, route, env, client, timeout=left)
