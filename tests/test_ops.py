@@ -1476,3 +1476,43 @@ def test_snapshot_provenance(cli: Any, ws: Workspace, tmp_path: Path) -> None:
     assert expected in shown and run in shown
     assert cli("snapshot", "record", "x", "--file", str(path), "--business", "nope"
                ).exit_code == 2
+
+
+def test_crafted_json_files_are_refused_whole(cli: Any, ws: Workspace, tmp_path: Path) -> None:
+    """JSON that the ledger cannot keep (nested past the limit or past the parser's
+    recursion, NaN, Infinity, a number too large for a double, a lone surrogate) is refused
+    with exit 2 and a reason, by `snapshot record` and `deploy record` alike, and nothing
+    is recorded; at the limit it is kept, and `snapshot show --json` prints strict JSON."""
+    crafted = {
+        "parser": ("[" * 200_000 + "]" * 200_000, "nested more than 100 levels deep"),
+        "limit": ("[" * 101 + "1" + "]" * 101, "nested more than 100 levels deep"),
+        "nan": ('{"a": NaN}', "not finite (nan)"),
+        "infinity": ('{"a": -Infinity}', "not finite (-inf)"),
+        "huge": ('{"a": 1e400}', "not finite (inf)"),
+        "surrogate": ('{"a": ["ok", "\\ud800"]}', "a lone surrogate: '\\ud800'"),
+        "surrogate_key": ('{"\\udfff": 1}', "a lone surrogate: '\\udfff'"),
+    }
+    deploy = ("deploy", "record", "--site", "s", "--provider", "p", "--url", "https://s.example")
+    for name, (text, why) in crafted.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(text)
+        for command in (("snapshot", "record", "x", "--file", str(path)),
+                        (*deploy, "--file", str(path))):
+            r = cli(*command)
+            assert r.exit_code == 2 and why in r.stderr, (name, command, r.stderr)
+    assert cli("snapshot", "list", "--json").json() == []
+    assert cli("deploy", "list", "--json").json() == []
+    assert cli("receipts", "list", "--json").json() == []
+    # at the limit, and a big integer (exact, not a double): kept, and shown as strict JSON
+    kept = tmp_path / "kept.json"
+    value = {"deep": json.loads("[" * 99 + "1" + "]" * 99), "big": 10**30}
+    kept.write_text(json.dumps(value))
+    snap = cli("snapshot", "record", "x", "--file", str(kept), "--json").json()
+    shown = cli("snapshot", "show", str(snap["id"]), "--json").stdout
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    assert json.loads(shown, parse_constant=strict)["data"] == value
+    assert cli(*deploy, "--file", str(kept)).exit_code == 0
+
