@@ -393,18 +393,24 @@ lanes = ["social.post"]
 [jobs.outer]
 command = "{atlas} jobs run opener"
 read_only = true
+
+[jobs.dropping-outer]
+command = "env -u ATLAS_JOB_RUN -u ATLAS_CAPABILITIES {atlas} jobs run opener"
+read_only = true
 """)
     rec = cli("jobs", "run", "opener", "--json").json()
     assert rec["outcome"] == "failed" and "only the owner" in rec["evidence"]["output_tail"]
     lanes = {x["name"]: x for x in cli("lane", "list", "--json").json()}
     assert lanes["social.post"]["open"] is False
-    outer = cli("jobs", "run", "outer", "--json").json()
-    runs = cli("jobs", "runs", "--json").json()
-    inner = [r for r in runs if r["name"] == "opener"][-1]
-    started = cli("events", "list", "--kind", "job.started", "--json").json()
-    caps = {e["payload"]["run_id"]: e["payload"] for e in started}
-    assert caps[inner["run_id"]]["capabilities"] == "read_only"  # narrowed by its parent
-    assert caps[inner["run_id"]]["parent_run"] == outer["evidence"]["run_id"]
+    # a nested job is narrowed by its parent, also when it dropped the parent's variables
+    for name in ("outer", "dropping-outer"):
+        outer = cli("jobs", "run", name, "--json").json()
+        runs = cli("jobs", "runs", "--json").json()
+        inner = [r for r in runs if r["name"] == "opener"][-1]
+        started = cli("events", "list", "--kind", "job.started", "--json").json()
+        caps = {e["payload"]["run_id"]: e["payload"] for e in started}
+        assert caps[inner["run_id"]]["capabilities"] == "read_only", name
+        assert caps[inner["run_id"]]["parent_run"] == outer["evidence"]["run_id"], name
 
 
 def test_configured_secrets_are_redacted_in_job_output(cli: Any, ws: Workspace,
@@ -837,8 +843,13 @@ lanes = ["outbound.review"]
 command = "{ATLAS} repair dead"
 lanes = ["repair"]
 
-[jobs.operator-shell]
+[jobs.dropper]
 command = "env -u ATLAS_JOB_RUN -u ATLAS_CAPABILITIES {ATLAS} repair dead"
+read_only = true
+
+[jobs.daemon]
+command = "{detached(f'env -u ATLAS_JOB_RUN -u ATLAS_CAPABILITIES {ATLAS} repair dead',
+                     tmp_path / 'done')}"
 read_only = true
 """)
     rec = cli("jobs", "run", "watcher", "--json").json()
@@ -861,8 +872,12 @@ read_only = true
     shown = cli("receipts", "show", str(repair["id"]), "--json").json()
     assert shown["evidence"]["job_run"] == rec["evidence"]["run_id"]
     assert shown["actor"] == f"job:fixer#{rec['evidence']['run_id']}"
-    # a repair made outside any run while a job runs is counted apart, not attributed
-    rec = cli("jobs", "run", "operator-shell", "--json").json()
+    # a job's process that drops the variables is still the job's: refused
+    rec = cli("jobs", "run", "dropper", "--json").json()
+    assert rec["evidence"]["violation"] is True and rec["evidence"]["refused_attempts"] == 1
+    assert marker.read_text() == "x\n"
+    # a daemon that forked twice is no longer the job's: its repair is counted apart
+    rec = cli("jobs", "run", "daemon", "--json").json()
     assert marker.read_text() == "x\nx\n" and rec["evidence"]["repairs_run"] == 0
     assert rec["evidence"]["untagged_effects_in_window"] == 1
 
@@ -930,18 +945,52 @@ lanes = ["outbound.review"]
     assert review["actor"] == f"job:reviewer#{rec['evidence']['run_id']}"
 
 
-def test_dropping_the_job_run_escapes_tagging_and_the_receipt_says_so(
-        cli: Any, ws: Workspace, packet: str) -> None:
-    """Not a sandbox: a process that drops both variables acts outside the job's
-    accounting. The receipt does not attribute the effect, but it does say one happened."""
-    add_config(ws, f'\n[jobs.escape]\ncommand = "env -u ATLAS_CAPABILITIES -u ATLAS_JOB_RUN '
-               f'{ATLAS} packet send-review p"\nread_only = true\n')
+def detached(command: str, done: Path) -> str:
+    """A job command that runs ``command`` in a daemon that forks twice: its parent exits
+    first (it waits for that), so it is no longer a descendant of the job's runner. The job
+    waits for it to finish (``done``), so it is not killed as a leftover first."""
+    return (f"sh -c '(while kill -0 $$ 2>/dev/null; do sleep 0.05; done; {command}; "
+            f"touch {done}) &'; while [ ! -e {done} ]; do sleep 0.05; done")
+
+
+def test_a_job_process_that_drops_its_run_is_still_the_jobs(
+        cli: Any, ws: Workspace, packet: str, tmp_path: Path) -> None:
+    """Unsetting ATLAS_JOB_RUN and ATLAS_CAPABILITIES does not leave the job: the run is
+    found by ancestry (its runner), so the send and the deploy record are refused and
+    counted as the read-only run's violation, and the snapshot carries the run."""
+    data = tmp_path / "s.json"
+    data.write_text('{"x": 1}')
+    bare = f"env -u ATLAS_CAPABILITIES -u ATLAS_JOB_RUN {ATLAS}"
+    deploy = "deploy record --site s --provider p --url https://s.example"
+    add_config(ws, f"""
+[jobs.dropper]
+command = "{bare} packet send-review p; {bare} {deploy}; {bare} snapshot record x --file {data}"
+read_only = true
+""")
+    rec = cli("jobs", "run", "dropper", "--json").json()
+    run = rec["evidence"]["run_id"]
+    assert rec["evidence"]["violation"] is True and rec["evidence"]["refused_attempts"] == 2
+    assert rec["evidence"]["untagged_effects_in_window"] == 0
+    # ground truth, read apart from the receipt
+    assert maildir_count(ws) == 0 and cli("deploy", "list", "--json").json() == []
+    assert [r["evidence"]["job_run"] for r in refusals(cli)] == [run, run]
+    snap = cli("snapshot", "list", "--json").json()[0]
+    assert snap["job_run"] == run and snap["actor"] == f"job:dropper#{run}"
+
+
+def test_a_double_forked_daemon_escapes_attribution_and_the_receipt_says_so(
+        cli: Any, ws: Workspace, packet: str, tmp_path: Path) -> None:
+    """Not a sandbox: a daemon that forks twice (orphaned, so no longer its runner's
+    descendant) and drops both variables acts outside the job's accounting. The receipt
+    does not attribute the effect, but it does say one happened."""
+    bare = f"env -u ATLAS_CAPABILITIES -u ATLAS_JOB_RUN {ATLAS}"
+    command = detached(f"{bare} packet send-review p", tmp_path / "done")
+    add_config(ws, f'\n[jobs.escape]\ncommand = "{command}"\nread_only = true\n')
     rec = cli("jobs", "run", "escape", "--json").json()
     assert maildir_count(ws) == 1  # the mail went out: this cannot be prevented in-process
     assert rec["evidence"]["violation"] is False
     assert rec["evidence"]["untagged_effects_in_window"] == 1
     assert "not attributed to it" in rec["summary"]
-
 
 
 def test_untagged_deploys_and_publishes_are_counted_once_each(
@@ -954,7 +1003,7 @@ def test_untagged_deploys_and_publishes_are_counted_once_each(
     deploy = "deploy record --site s --provider p --url https://s.example"
     add_config(ws, PUBLISHING.format(approval="false") + f"""
 [jobs.escape]
-command = "{bare} {deploy} && {bare} content publish {item}"
+command = "{detached(f'{bare} {deploy} && {bare} content publish {item}', tmp_path / 'done')}"
 read_only = true
 """)
     with Ledger.for_workspace(ws) as led:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..gates.effects import Capabilities, UnknownJobRun, running_job
+from ..gates.effects import Capabilities, UnknownJobRun, acting_run
 from ..ledger import Ledger
 from ..ops import jobs as jobs_lib
 from ..ops import records
@@ -42,12 +43,14 @@ deploy_app = typer.Typer(help="Deploy receipts.", no_args_is_help=True)
 
 def _acting(ledger: Ledger) -> tuple[str, Capabilities]:
     """Who acts, and with what capabilities. Work that says it is a job run
-    (``ATLAS_JOB_RUN``) must be one that is running (else exit 8), and acts as
-    ``job:NAME#RUN``."""
+    (``ATLAS_JOB_RUN``) must be one that is running, and its own (else exit 8); work that
+    does not say so but runs inside a job (it dropped the variable) is that job's. A job
+    run acts as ``job:NAME#RUN``."""
     caps = capabilities()
-    if caps.job_run is None:
+    run = acting_run(ledger, caps.job_run)
+    if run is None:
         return actor(), caps
-    return running_job(ledger, caps.job_run).actor, caps
+    return run.actor, replace(caps, job_run=run.run_id)
 
 
 def _acting_for_effect(ledger: Ledger) -> tuple[str, Capabilities]:
