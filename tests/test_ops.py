@@ -725,6 +725,10 @@ def test_repair_without_credentials_leaves_a_not_fixed_receipt(
     marker = tmp_path / "ran"
     configure(ws, app, '{{ name = "mark", command = "touch ' + str(marker) + '" }},')
     monkeypatch.delenv("DEMO_SITE_TOKEN")
+    plan = cli("repair", "releases", "--dry-run", "--json").json()  # says what the run does
+    assert plan["would_run"] is False and "DEMO_SITE_TOKEN" in plan["why_not"]
+    printed = cli("repair", "releases", "--dry-run").stdout
+    assert "Nothing would run: " in printed and "would run mark" not in printed
     r = cli("repair", "releases", "--json")
     rec = r.json()
     assert r.exit_code == 1 and rec["outcome"] == "not_fixed" and rec["receipt_id"]

@@ -255,10 +255,11 @@ def repair(
         print_json(result)
     elif dry_run:
         out.print(f"Symptom: {result['symptom']['summary']}")
+        verb = "would run" if result["would_run"] else "runbook step"
         for step in result["plan"]:
-            out.print(f"  would run {step['name']}: {step['command']}")
+            out.print(f"  {verb} {step['name']}: {step['command']}")
         if not result["would_run"]:
-            out.print("The route passes: nothing would run (use --force).")
+            out.print(f"Nothing would run: {result['why_not']}.")
     else:
         _print_repair(result)
     if not dry_run and result["outcome"] == "not_fixed":

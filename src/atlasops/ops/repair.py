@@ -169,9 +169,14 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
         plan = [{"name": s.name, "command": process.redact(s.command,
                                                            step_secrets(s, env, names)),
                  "cwd": s.cwd, "timeout": s.timeout} for s in book.steps]
+        missing = _missing_credentials(before)
+        would_run = missing is None and (force or not before.passed)
+        why_not = None if would_run else (
+            f"{missing} (a runbook cannot fix credentials)" if missing else
+            "the route passes (--force runs the runbook anyway)")
         return {"dry_run": True, "route": name, "broken": not before.passed,
                 "symptom": _symptom(route, before), "plan": plan,
-                "would_run": bool(force or not before.passed)}
+                "would_run": would_run, "why_not": why_not}
     effect = Effect("repair", "repair", f"run runbook {route.runbook} to repair route {name}",
                     detail={"route": name, "runbook": route.runbook})
     caps = authorize(ledger, actor, Capabilities.from_env(env) if caps is None else caps,
@@ -184,11 +189,11 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
                       symptom=_symptom(route, before), checks=before.checks,
                       evidence={**before.evidence(), "runbook": route.runbook,
                                 "job_run": caps.job_run})
-    missing = [c.detail for c in before.checks if c.name == "credentials"]
+    missing = _missing_credentials(before)
     if missing:  # the runbook cannot fix credentials: say so, run nothing
         return _recorded(ledger, receipt.model_copy(update={
             "finished_at": utc_now(), "outcome": "not_fixed",
-            "summary": f"Not fixed: nothing was run, because {missing[0]}."}), None)
+            "summary": f"Not fixed: nothing was run, because {missing}."}), None)
     if before.passed and not force:
         return _recorded(ledger, receipt.model_copy(update={
             "finished_at": utc_now(),
@@ -216,6 +221,12 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
         return _recorded(ledger, done, {"passed": back.healthy,
                                         "readings": [r.to_dict() for r in back.readings[-5:]],
                                         "needed_consecutive": route.healthy_after})
+
+
+def _missing_credentials(before: Reading) -> str | None:
+    """Why the symptom reading had no credentials, if it had none: then nothing is run."""
+    missing = [c.detail for c in before.checks if c.name == "credentials"]
+    return missing[0] if missing else None
 
 
 def _symptom(route: Route, before: Reading) -> dict[str, Any]:
