@@ -588,6 +588,7 @@ def test_a_redirect_must_stay_on_the_routes_origin(cli: Any, ws: Workspace,
                 name, reading["checks"])
 
 def test_routes_that_cannot_be_judged_are_refused_at_load(cli: Any, ws: Workspace) -> None:
+    base = ws.config_path.read_text()
     with open(ws.config_path, "a") as fh:
         fh.write('\n[routes.head]\nurl = "http://127.0.0.1:1/"\nmethod = "HEAD"\n'
                  'must_contain = ["Releases"]\n')
@@ -604,6 +605,30 @@ def test_routes_that_cannot_be_judged_are_refused_at_load(cli: Any, ws: Workspac
                                            'method = "HEAD"'))
     r = cli("check", "routes")
     assert r.exit_code == 4 and "a route with auth cannot use HEAD" in r.stderr
+
+    # allow_redirect_to entries that could never match, and urls that cannot be read
+    never = {'"login"': 'entry \'login\' can never match: it is neither an absolute path',
+             '"/done?x=1"': "entry '/done?x=1' can never match: it is a path with a query",
+             '"/done#top"': "entry '/done#top' can never match: it is a path with a query or "
+                            "fragment",
+             '"ftp://a.example/x"': "entry 'ftp://a.example/x' can never match: it is not an "
+                                    "http:// or https:// URL",
+             '"https:///x"': "entry 'https:///x' can never match: it has no host",
+             '"https://a.example:99999/x"': "it has an invalid port (Port out of range"}
+    for entry, why in never.items():
+        ws.config_path.write_text(base + f'\n[routes.r]\nurl = "http://127.0.0.1:1/"\n'
+                                  f"allow_redirect_to = [\"/ok\", {entry}]\n")
+        r = cli("check", "routes")
+        assert r.exit_code == 4 and "key routes.r.allow_redirect_to" in r.stderr, r.stderr
+        assert why in r.stderr, (entry, r.stderr)
+    for url, why in {"http://:8080/x": "has no host", "http://a.example:0/": "has port 0",
+                     "mailto:a@example.com": "is not an http:// or https:// URL"}.items():
+        ws.config_path.write_text(base + f'\n[routes.r]\nurl = "{url}"\n')
+        r = cli("check", "routes")
+        assert r.exit_code == 4 and "key routes.r.url: " in r.stderr and why in r.stderr, url
+    ws.config_path.write_text(base + '\n[routes.r]\nurl = "http://127.0.0.1:1/"\n'
+                              'allow_redirect_to = ["/done", "https://sso.example/app?x=1"]\n')
+    assert cli("check", "routes", "r").exit_code == 1  # accepted: read (and unreachable)
 
 
 def test_tls_errors_timeouts_and_latency(cli: Any, ws: Workspace, pages: str,
