@@ -9,7 +9,7 @@ make route checks go wrong:
     /flap/SEQ         the n-th request answers 200 "Releases" if SEQ[n] is P, else 500
     /reflect          200 "Releases" and what the request said about who it is
     ANY?redirect=URL  302 to URL (any path: a redirect from the route's own path)
-    /dir              302 to /dir/, which answers like /page
+    /dir              302 to /dir/, which answers like /reflect
 
     python -m tests.route_server PORT [CERT KEY]    (HTTPS when a cert is given)
 """
@@ -58,7 +58,7 @@ def main() -> None:
                 self._send(302, "", target[0])
             elif url.path == "/dir":
                 self._send(302, "", "/dir/")
-            elif url.path in ("/page", "/dir/"):
+            elif url.path == "/page":
                 self._send(200, PAGE)
             elif url.path == "/login":
                 self._send(200, LOGIN)
@@ -76,7 +76,7 @@ def main() -> None:
                 sequence = url.path.rsplit("/", 1)[1]
                 good = n < len(sequence) and sequence[n] == "P"
                 self._send(200 if good else 500, PAGE if good else "Internal Server Error")
-            elif url.path == "/reflect":
+            elif url.path in ("/reflect", "/dir/"):
                 auth = self.headers.get("Authorization", "")
                 user = ""
                 if auth.startswith("Basic "):

@@ -393,18 +393,24 @@ lanes = ["social.post"]
 [jobs.outer]
 command = "{atlas} jobs run opener"
 read_only = true
+
+[jobs.dropping-outer]
+command = "env -u ATLAS_JOB_RUN -u ATLAS_CAPABILITIES {atlas} jobs run opener"
+read_only = true
 """)
     rec = cli("jobs", "run", "opener", "--json").json()
     assert rec["outcome"] == "failed" and "only the owner" in rec["evidence"]["output_tail"]
     lanes = {x["name"]: x for x in cli("lane", "list", "--json").json()}
     assert lanes["social.post"]["open"] is False
-    outer = cli("jobs", "run", "outer", "--json").json()
-    runs = cli("jobs", "runs", "--json").json()
-    inner = [r for r in runs if r["name"] == "opener"][-1]
-    started = cli("events", "list", "--kind", "job.started", "--json").json()
-    caps = {e["payload"]["run_id"]: e["payload"] for e in started}
-    assert caps[inner["run_id"]]["capabilities"] == "read_only"  # narrowed by its parent
-    assert caps[inner["run_id"]]["parent_run"] == outer["evidence"]["run_id"]
+    # a nested job is narrowed by its parent, also when it dropped the parent's variables
+    for name in ("outer", "dropping-outer"):
+        outer = cli("jobs", "run", name, "--json").json()
+        runs = cli("jobs", "runs", "--json").json()
+        inner = [r for r in runs if r["name"] == "opener"][-1]
+        started = cli("events", "list", "--kind", "job.started", "--json").json()
+        caps = {e["payload"]["run_id"]: e["payload"] for e in started}
+        assert caps[inner["run_id"]]["capabilities"] == "read_only", name
+        assert caps[inner["run_id"]]["parent_run"] == outer["evidence"]["run_id"], name
 
 
 def test_configured_secrets_are_redacted_in_job_output(cli: Any, ws: Workspace,
@@ -582,6 +588,7 @@ def test_a_redirect_must_stay_on_the_routes_origin(cli: Any, ws: Workspace,
                 name, reading["checks"])
 
 def test_routes_that_cannot_be_judged_are_refused_at_load(cli: Any, ws: Workspace) -> None:
+    base = ws.config_path.read_text()
     with open(ws.config_path, "a") as fh:
         fh.write('\n[routes.head]\nurl = "http://127.0.0.1:1/"\nmethod = "HEAD"\n'
                  'must_contain = ["Releases"]\n')
@@ -598,6 +605,30 @@ def test_routes_that_cannot_be_judged_are_refused_at_load(cli: Any, ws: Workspac
                                            'method = "HEAD"'))
     r = cli("check", "routes")
     assert r.exit_code == 4 and "a route with auth cannot use HEAD" in r.stderr
+
+    # allow_redirect_to entries that could never match, and urls that cannot be read
+    never = {'"login"': 'entry \'login\' can never match: it is neither an absolute path',
+             '"/done?x=1"': "entry '/done?x=1' can never match: it is a path with a query",
+             '"/done#top"': "entry '/done#top' can never match: it is a path with a query or "
+                            "fragment",
+             '"ftp://a.example/x"': "entry 'ftp://a.example/x' can never match: it is not an "
+                                    "http:// or https:// URL",
+             '"https:///x"': "entry 'https:///x' can never match: it has no host",
+             '"https://a.example:99999/x"': "it has an invalid port (Port out of range"}
+    for entry, why in never.items():
+        ws.config_path.write_text(base + f'\n[routes.r]\nurl = "http://127.0.0.1:1/"\n'
+                                  f"allow_redirect_to = [\"/ok\", {entry}]\n")
+        r = cli("check", "routes")
+        assert r.exit_code == 4 and "key routes.r.allow_redirect_to" in r.stderr, r.stderr
+        assert why in r.stderr, (entry, r.stderr)
+    for url, why in {"http://:8080/x": "has no host", "http://a.example:0/": "has port 0",
+                     "mailto:a@example.com": "is not an http:// or https:// URL"}.items():
+        ws.config_path.write_text(base + f'\n[routes.r]\nurl = "{url}"\n')
+        r = cli("check", "routes")
+        assert r.exit_code == 4 and "key routes.r.url: " in r.stderr and why in r.stderr, url
+    ws.config_path.write_text(base + '\n[routes.r]\nurl = "http://127.0.0.1:1/"\n'
+                              'allow_redirect_to = ["/done", "https://sso.example/app?x=1"]\n')
+    assert cli("check", "routes", "r").exit_code == 1  # accepted: read (and unreachable)
 
 
 def test_tls_errors_timeouts_and_latency(cli: Any, ws: Workspace, pages: str,
@@ -637,6 +668,38 @@ def test_route_auth_kinds_and_redaction(cli: Any, ws: Workspace, pages: str,
     assert cookie["passed"] is True and "cookie-value-12345" not in cookie["snippet"]
     assert "Cookie=[REDACTED]" in cookie["snippet"]
 
+
+
+def test_a_cookie_follows_redirects_on_its_origin_only(cli: Any, ws: Workspace, pages: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cookie credential is re-sent on every redirect hop back to the route's origin (the
+    trailing-slash one included), so a signed-in page behind a redirect reads as signed
+    in, in a check and in a repair's readback; it is never sent to another host or port.
+    The server says what it received: `must_contain` on the cookie's name proves it."""
+    monkeypatch.setenv("SITE_SESSION", "sid=cookie-value-12345")
+    cookie = '\nauth = { type = "cookie", env = "SITE_SESSION" }'
+    port = pages.rsplit(":", 1)[1]
+    add_config(ws, NOOP)
+    with route_server() as other:
+        away = {"other_host": f"http://localhost:{port}/reflect", "other_port": f"{other}/reflect"}
+        routes(ws, slash=f'url = "{pages}/dir"{cookie}\nmust_contain = ["Cookie=sid="]',
+               hop=f'url = "{pages}/x?redirect=/reflect"{cookie}\nmust_contain = ["Cookie=sid="]'
+                   '\nallow_redirect_to = ["/reflect"]\nrunbook = "noop"\nhealthy_after = 2'
+                   '\nreadback_interval = 0.05',
+               **{name: f'url = "{pages}/x?redirect={url}"{cookie}\nmust_contain = ["Releases"]'
+                        f'\nallow_redirect_to = ["{url}"]' for name, url in away.items()})
+        for name in ("slash", "hop"):
+            reading = check(cli, name)
+            assert reading["passed"] is True and reading["redirects"], (name, reading["checks"])
+            assert "Cookie=[REDACTED]" in reading["snippet"], name
+        for name in away:
+            reading = check(cli, name)
+            assert reading["passed"] is True and reading["redirects"], (name, reading["checks"])
+            assert "Cookie= user=" in reading["snippet"], name  # nothing was sent there
+    # the readback's client (one for all readings) sends it on each hop too
+    rec = cli("repair", "hop", "--force", "--json").json()
+    assert rec["outcome"] == "not_broken", rec["summary"]
+    assert [r["passed"] for r in rec["readback"]["readings"]] == [True, True]
 
 NOOP = '\n[runbooks.noop]\nsteps = [{ name = "noop", command = "true" }]\n'
 
@@ -687,6 +750,10 @@ def test_repair_without_credentials_leaves_a_not_fixed_receipt(
     marker = tmp_path / "ran"
     configure(ws, app, '{{ name = "mark", command = "touch ' + str(marker) + '" }},')
     monkeypatch.delenv("DEMO_SITE_TOKEN")
+    plan = cli("repair", "releases", "--dry-run", "--json").json()  # says what the run does
+    assert plan["would_run"] is False and "DEMO_SITE_TOKEN" in plan["why_not"]
+    printed = cli("repair", "releases", "--dry-run").stdout
+    assert "Nothing would run: " in printed and "would run mark" not in printed
     r = cli("repair", "releases", "--json")
     rec = r.json()
     assert r.exit_code == 1 and rec["outcome"] == "not_fixed" and rec["receipt_id"]
@@ -805,8 +872,13 @@ lanes = ["outbound.review"]
 command = "{ATLAS} repair dead"
 lanes = ["repair"]
 
-[jobs.operator-shell]
+[jobs.dropper]
 command = "env -u ATLAS_JOB_RUN -u ATLAS_CAPABILITIES {ATLAS} repair dead"
+read_only = true
+
+[jobs.daemon]
+command = "{detached(f'env -u ATLAS_JOB_RUN -u ATLAS_CAPABILITIES {ATLAS} repair dead',
+                     tmp_path / 'done')}"
 read_only = true
 """)
     rec = cli("jobs", "run", "watcher", "--json").json()
@@ -829,8 +901,12 @@ read_only = true
     shown = cli("receipts", "show", str(repair["id"]), "--json").json()
     assert shown["evidence"]["job_run"] == rec["evidence"]["run_id"]
     assert shown["actor"] == f"job:fixer#{rec['evidence']['run_id']}"
-    # a repair made outside any run while a job runs is counted apart, not attributed
-    rec = cli("jobs", "run", "operator-shell", "--json").json()
+    # a job's process that drops the variables is still the job's: refused
+    rec = cli("jobs", "run", "dropper", "--json").json()
+    assert rec["evidence"]["violation"] is True and rec["evidence"]["refused_attempts"] == 1
+    assert marker.read_text() == "x\n"
+    # a daemon that forked twice is no longer the job's: its repair is counted apart
+    rec = cli("jobs", "run", "daemon", "--json").json()
     assert marker.read_text() == "x\nx\n" and rec["evidence"]["repairs_run"] == 0
     assert rec["evidence"]["untagged_effects_in_window"] == 1
 
@@ -898,18 +974,52 @@ lanes = ["outbound.review"]
     assert review["actor"] == f"job:reviewer#{rec['evidence']['run_id']}"
 
 
-def test_dropping_the_job_run_escapes_tagging_and_the_receipt_says_so(
-        cli: Any, ws: Workspace, packet: str) -> None:
-    """Not a sandbox: a process that drops both variables acts outside the job's
-    accounting. The receipt does not attribute the effect, but it does say one happened."""
-    add_config(ws, f'\n[jobs.escape]\ncommand = "env -u ATLAS_CAPABILITIES -u ATLAS_JOB_RUN '
-               f'{ATLAS} packet send-review p"\nread_only = true\n')
+def detached(command: str, done: Path) -> str:
+    """A job command that runs ``command`` in a daemon that forks twice: its parent exits
+    first (it waits for that), so it is no longer a descendant of the job's runner. The job
+    waits for it to finish (``done``), so it is not killed as a leftover first."""
+    return (f"sh -c '(while kill -0 $$ 2>/dev/null; do sleep 0.05; done; {command}; "
+            f"touch {done}) &'; while [ ! -e {done} ]; do sleep 0.05; done")
+
+
+def test_a_job_process_that_drops_its_run_is_still_the_jobs(
+        cli: Any, ws: Workspace, packet: str, tmp_path: Path) -> None:
+    """Unsetting ATLAS_JOB_RUN and ATLAS_CAPABILITIES does not leave the job: the run is
+    found by ancestry (its runner), so the send and the deploy record are refused and
+    counted as the read-only run's violation, and the snapshot carries the run."""
+    data = tmp_path / "s.json"
+    data.write_text('{"x": 1}')
+    bare = f"env -u ATLAS_CAPABILITIES -u ATLAS_JOB_RUN {ATLAS}"
+    deploy = "deploy record --site s --provider p --url https://s.example"
+    add_config(ws, f"""
+[jobs.dropper]
+command = "{bare} packet send-review p; {bare} {deploy}; {bare} snapshot record x --file {data}"
+read_only = true
+""")
+    rec = cli("jobs", "run", "dropper", "--json").json()
+    run = rec["evidence"]["run_id"]
+    assert rec["evidence"]["violation"] is True and rec["evidence"]["refused_attempts"] == 2
+    assert rec["evidence"]["untagged_effects_in_window"] == 0
+    # ground truth, read apart from the receipt
+    assert maildir_count(ws) == 0 and cli("deploy", "list", "--json").json() == []
+    assert [r["evidence"]["job_run"] for r in refusals(cli)] == [run, run]
+    snap = cli("snapshot", "list", "--json").json()[0]
+    assert snap["job_run"] == run and snap["actor"] == f"job:dropper#{run}"
+
+
+def test_a_double_forked_daemon_escapes_attribution_and_the_receipt_says_so(
+        cli: Any, ws: Workspace, packet: str, tmp_path: Path) -> None:
+    """Not a sandbox: a daemon that forks twice (orphaned, so no longer its runner's
+    descendant) and drops both variables acts outside the job's accounting. The receipt
+    does not attribute the effect, but it does say one happened."""
+    bare = f"env -u ATLAS_CAPABILITIES -u ATLAS_JOB_RUN {ATLAS}"
+    command = detached(f"{bare} packet send-review p", tmp_path / "done")
+    add_config(ws, f'\n[jobs.escape]\ncommand = "{command}"\nread_only = true\n')
     rec = cli("jobs", "run", "escape", "--json").json()
     assert maildir_count(ws) == 1  # the mail went out: this cannot be prevented in-process
     assert rec["evidence"]["violation"] is False
     assert rec["evidence"]["untagged_effects_in_window"] == 1
     assert "not attributed to it" in rec["summary"]
-
 
 
 def test_untagged_deploys_and_publishes_are_counted_once_each(
@@ -922,7 +1032,7 @@ def test_untagged_deploys_and_publishes_are_counted_once_each(
     deploy = "deploy record --site s --provider p --url https://s.example"
     add_config(ws, PUBLISHING.format(approval="false") + f"""
 [jobs.escape]
-command = "{bare} {deploy} && {bare} content publish {item}"
+command = "{detached(f'{bare} {deploy} && {bare} content publish {item}', tmp_path / 'done')}"
 read_only = true
 """)
     with Ledger.for_workspace(ws) as led:
@@ -991,7 +1101,9 @@ def test_forged_or_finished_job_runs_are_refused(cli: Any, ws: Workspace, packet
     assert cli("jobs", "run", "db-check").exit_code == 8
     monkeypatch.delenv("ATLAS_JOB_RUN")
     assert cli("snapshot", "list", "--json").json() == [] and maildir_count(ws) == 0
-    assert len(cli("receipts", "list", "--kind", "effect.refused", "--json").json()) == 1
+    # the side effects (the send, the deploy record) leave a refusal; records do not
+    assert sorted(r["evidence"]["attempted"]["kind"] for r in refusals(cli)) == [
+        "deploy", "email"]
     # a run that has finished cannot be borrowed either
     done = cli("jobs", "run", "db-check", "--json").json()["evidence"]["run_id"]
     monkeypatch.setenv("ATLAS_JOB_RUN", done)
@@ -1048,6 +1160,91 @@ def test_a_job_cannot_borrow_another_running_jobs_run(cli: Any, ws: Workspace, p
                for x in cli("receipts", "list", "--kind", "effect.refused", "--json").json()]
     assert sorted(refused, key=str) == sorted([rec["evidence"]["run_id"], None], key=str)
 
+
+
+def refusals(cli: Any) -> list[dict[str, Any]]:
+    """Every effect.refused receipt, in full, oldest first."""
+    return [cli("receipts", "show", str(x["id"]), "--json").json()
+            for x in cli("receipts", "list", "--kind", "effect.refused", "--json").json()]
+
+
+def test_a_forged_or_borrowed_run_on_publish_or_deploy_is_refused_with_a_receipt(
+        cli: Any, ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`content publish` and `deploy record` under a made-up run id, or under another
+    running job's id, leave a refusal receipt tagged with the caller's own run: a read-only
+    job's attempt is a violation, never a quiet exit 8."""
+    article = tmp_path / "a.md"
+    article.write_text("# Market data\n")
+    item = cli("content", "add", "--business", "wimper", "--title", "Market data", "--file",
+               str(article), "--json").json()["id"]
+    add_config(ws, PUBLISHING.format(approval="false") + '''
+[jobs.victim]
+command = "sleep 60"
+lanes = ["social.post", "deploy"]
+''')
+    with Ledger.for_workspace(ws) as led:
+        monkeypatch.setenv("ATLAS_TOKEN", owner_token(led))
+    assert cli("lane", "open", "social.post", "--reason", "posts").exit_code == 0
+    monkeypatch.delenv("ATLAS_TOKEN")
+    attempts = (f"{ATLAS} content publish {item}; {ATLAS} deploy record --site s "
+                "--provider p --url https://s.example")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    victim = subprocess.Popen([*ATLAS.split(), "jobs", "run", "victim", "--json",
+                               "--home", str(ws.home)], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        borrowed = wait_running(cli, "victim")
+        add_config(ws, f"""
+[jobs.forger]
+command = "export ATLAS_JOB_RUN=forged-2; {attempts}"
+read_only = true
+
+[jobs.borrower]
+command = "export ATLAS_JOB_RUN={borrowed}; {attempts}"
+read_only = true
+""")
+        runs = {}
+        for name, why in (("forger", "not a job run of this workspace"),
+                          ("borrower", "is not this process's job run")):
+            rec = cli("jobs", "run", name, "--json").json()
+            runs[name] = rec["evidence"]["run_id"]
+            assert rec["outcome"] == "failed" and rec["evidence"]["violation"] is True, name
+            assert rec["evidence"]["refused_attempts"] == 2, (name, rec["summary"])
+            assert rec["evidence"]["output_tail"].count(why) == 2, name
+    finally:
+        victim.send_signal(signal.SIGTERM)
+        stdout, _ = victim.communicate(timeout=30)
+    # ground truth, read apart from the receipts: nothing was published or recorded
+    assert not (ws.home / "published").exists() or not list((ws.home / "published").iterdir())
+    assert cli("deploy", "list", "--json").json() == []
+    assert json.loads(stdout)["evidence"]["refused_attempts"] == 0  # not the victim's
+    tagged = sorted((r["evidence"]["job_run"], r["evidence"]["attempted"]["kind"])
+                    for r in refusals(cli))
+    assert tagged == sorted((runs[n], k) for n in runs for k in ("post", "deploy"))
+
+
+def test_library_calls_from_a_job_act_as_its_run(cli: Any, ws: Workspace, pages: str,
+                                                 tmp_path: Path) -> None:
+    """An entry-point job that calls `record_deploy` and `repair` without passing
+    capabilities acts under its run's recorded capabilities: read-only, both refused."""
+    marker = tmp_path / "ran"
+    add_config(ws, f'''
+[runbooks.mark]
+steps = [{{ name = "mark", command = "touch {marker}" }}]
+
+[jobs.library]
+entry = "tests.job_helpers:library_side_effects"
+cwd = "{ROOT}"
+read_only = true
+''')
+    routes(ws, dead=f'url = "{pages}/flap/F"\nrunbook = "mark"\nreadback_deadline = 0.5')
+    rec = cli("jobs", "run", "library", "--json").json()
+    assert "deploy refused" in rec["evidence"]["output_tail"], rec["evidence"]["output_tail"]
+    assert "repair refused" in rec["evidence"]["output_tail"]
+    assert rec["evidence"]["violation"] is True and rec["evidence"]["refused_attempts"] == 2
+    # ground truth, read apart from the receipt: no deploy, and the runbook never ran
+    assert cli("deploy", "list", "--json").json() == [] and not marker.exists()
+    assert [r["evidence"]["job_run"] for r in refusals(cli)] == [rec["evidence"]["run_id"]] * 2
 
 
 def test_a_nested_job_cannot_act_as_its_parent_run(cli: Any, ws: Workspace,
@@ -1357,3 +1554,43 @@ def test_snapshot_provenance(cli: Any, ws: Workspace, tmp_path: Path) -> None:
     assert expected in shown and run in shown
     assert cli("snapshot", "record", "x", "--file", str(path), "--business", "nope"
                ).exit_code == 2
+
+
+def test_crafted_json_files_are_refused_whole(cli: Any, ws: Workspace, tmp_path: Path) -> None:
+    """JSON that the ledger cannot keep (nested past the limit or past the parser's
+    recursion, NaN, Infinity, a number too large for a double, a lone surrogate) is refused
+    with exit 2 and a reason, by `snapshot record` and `deploy record` alike, and nothing
+    is recorded; at the limit it is kept, and `snapshot show --json` prints strict JSON."""
+    crafted = {
+        "parser": ("[" * 200_000 + "]" * 200_000, "nested more than 100 levels deep"),
+        "limit": ("[" * 101 + "1" + "]" * 101, "nested more than 100 levels deep"),
+        "nan": ('{"a": NaN}', "not finite (nan)"),
+        "infinity": ('{"a": -Infinity}', "not finite (-inf)"),
+        "huge": ('{"a": 1e400}', "not finite (inf)"),
+        "surrogate": ('{"a": ["ok", "\\ud800"]}', "a lone surrogate: '\\ud800'"),
+        "surrogate_key": ('{"\\udfff": 1}', "a lone surrogate: '\\udfff'"),
+    }
+    deploy = ("deploy", "record", "--site", "s", "--provider", "p", "--url", "https://s.example")
+    for name, (text, why) in crafted.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(text)
+        for command in (("snapshot", "record", "x", "--file", str(path)),
+                        (*deploy, "--file", str(path))):
+            r = cli(*command)
+            assert r.exit_code == 2 and why in r.stderr, (name, command, r.stderr)
+    assert cli("snapshot", "list", "--json").json() == []
+    assert cli("deploy", "list", "--json").json() == []
+    assert cli("receipts", "list", "--json").json() == []
+    # at the limit, and a big integer (exact, not a double): kept, and shown as strict JSON
+    kept = tmp_path / "kept.json"
+    value = {"deep": json.loads("[" * 99 + "1" + "]" * 99), "big": 10**30}
+    kept.write_text(json.dumps(value))
+    snap = cli("snapshot", "record", "x", "--file", str(kept), "--json").json()
+    shown = cli("snapshot", "show", str(snap["id"]), "--json").stdout
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    assert json.loads(shown, parse_constant=strict)["data"] == value
+    assert cli(*deploy, "--file", str(kept)).exit_code == 0
+

@@ -13,6 +13,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -131,6 +132,21 @@ class RouteAuth(_Strict):
     env: str  # bearer: the token; basic: "user:password"; cookie: "name=value"
 
 
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be read or matched as an http(s) page (None when it can)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    if not parts.hostname:
+        return "has no host"
+    try:
+        if parts.port == 0:
+            return "has port 0"
+    except ValueError as exc:  # out of range, or not a number
+        return f"has an invalid port ({exc})"
+    return None
+
+
 class Route(_Strict):
     url: str
     method: Literal["GET", "HEAD", "POST"] = "GET"
@@ -155,8 +171,29 @@ class Route(_Strict):
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("a route url starts with http:// or https://")
+        why = _url_problem(value)
+        if why is not None:
+            raise ValueError(f"the url {value!r} {why}")
+        return value
+
+    @field_validator("allow_redirect_to")
+    @classmethod
+    def _matchable(cls, value: list[str]) -> list[str]:
+        """Each entry must be able to match a final URL (see ``ops.routes._allowed``): an
+        absolute path, compared with the path alone, or an http(s) URL prefix."""
+        for target in value:
+            if "://" in target:
+                why = _url_problem(target)
+            elif not target.startswith("/"):
+                why = f"is neither an absolute path (\"/{target}\") nor an http(s) URL"
+            elif "?" in target or "#" in target:
+                why = ("is a path with a query or fragment; a path entry is compared with "
+                       "the path alone (any query passes): to require a query, give the "
+                       "full URL")
+            else:
+                why = None
+            if why is not None:
+                raise ValueError(f"entry {target!r} can never match: it {why}")
         return value
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from .config import Business
 from .durability import RecoveryResult, recover
 from .errors import Conflict
 from .gates import drafts, lanes, outbox, packets
-from .gates.effects import Capabilities, running_job
+from .gates.effects import Capabilities, acting_run
 from .gates.status import gate_status
 from .integrity import replay_check, verify_workspace
 from .leads import ImportReport, import_csv, list_leads
@@ -231,9 +231,9 @@ def _free_port() -> int:
 def radar_job() -> None:
     """The demo's read-only job: refresh four revenue-radar snapshots (no side effects)."""
     ws = Workspace.open(Path(os.environ["ATLAS_HOME"]))
-    caps = Capabilities.from_env(os.environ)
     with Ledger.for_workspace(ws) as ledger, tempfile.TemporaryDirectory() as tmp:
-        who = running_job(ledger, caps.job_run).actor if caps.job_run else "agent:radar"
+        run = acting_run(ledger, Capabilities.from_env(os.environ).job_run)
+        who, job_run = (run.actor, run.run_id) if run else ("agent:radar", None)
         leads = list_leads(ledger)
         outputs = {
             "portfolio": {"date": "2026-06-27", "businesses": len(ws.config.businesses),
@@ -246,7 +246,7 @@ def radar_job() -> None:
             path = Path(tmp) / f"{name}.json"
             path.write_text(json.dumps(data), encoding="utf-8")
             record_snapshot(ledger, ws.config, name=name, path=path,
-                            actor=who, job_run=caps.job_run,
+                            actor=who, job_run=job_run,
                             business="wimper" if name != "identity-metrics"
                             else "humannaturefile")
     print(f"refreshed {len(outputs)} snapshots")

@@ -21,7 +21,7 @@ from rich.text import Text
 from ..auth import Principal, authenticate
 from ..durability.detect import record_if_confirmed
 from ..errors import AtlasError, Conflict, DatabaseCorrupt, InputError, StorageError
-from ..gates.effects import Capabilities, UnknownJobRun, running_job
+from ..gates.effects import Capabilities, UnknownJobRun, acting_run
 from ..ledger import Ledger
 from ..ledger.store import storage_error
 from ..workspace import Workspace
@@ -74,17 +74,17 @@ def actor() -> str:
 def principal(ws: Workspace, ledger: Ledger) -> Principal:
     """Who is acting, from ``$ATLAS_TOKEN`` (never from an argument). Work run by
     `atlas jobs run` has no token: it acts as its job run (``job:NAME#RUN``) once the run
-    is verified against the ledger. A run that does not verify gives no identity (the
+    is verified against the ledger (the declared one, or the one it belongs to when it
+    dropped ``ATLAS_JOB_RUN``). A run that does not verify gives no identity (the
     local user, as without a token); any side effect it asks for is refused, with a
     receipt naming the run it claimed (see ``gates.effects.capability_check``)."""
     token = os.environ.get("ATLAS_TOKEN")
-    job_run = os.environ.get("ATLAS_JOB_RUN")
-    if not token and job_run:
+    if not token:
         try:
-            run = running_job(ledger, job_run)
+            run = acting_run(ledger, os.environ.get("ATLAS_JOB_RUN") or None)
         except UnknownJobRun:
-            pass
-        else:
+            run = None
+        if run is not None:
             return Principal("job", f"{run.name}#{run.run_id}")
     return authenticate(ledger, ws.config, token, local_name=getpass.getuser())
 

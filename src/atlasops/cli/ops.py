@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..gates.effects import Capabilities, UnknownJobRun, running_job
+from ..gates.effects import Capabilities, UnknownJobRun, acting_run
 from ..ledger import Ledger
 from ..ops import jobs as jobs_lib
 from ..ops import records
@@ -42,12 +43,26 @@ deploy_app = typer.Typer(help="Deploy receipts.", no_args_is_help=True)
 
 def _acting(ledger: Ledger) -> tuple[str, Capabilities]:
     """Who acts, and with what capabilities. Work that says it is a job run
-    (``ATLAS_JOB_RUN``) must be one that is running (else exit 8), and acts as
-    ``job:NAME#RUN``."""
+    (``ATLAS_JOB_RUN``) must be one that is running, and its own (else exit 8); work that
+    does not say so but runs inside a job (it dropped the variable) is that job's. A job
+    run acts as ``job:NAME#RUN``."""
     caps = capabilities()
-    if caps.job_run is None:
+    run = acting_run(ledger, caps.job_run)
+    if run is None:
         return actor(), caps
-    return running_job(ledger, caps.job_run).actor, caps
+    return run.actor, replace(caps, job_run=run.run_id)
+
+
+def _acting_for_effect(ledger: Ledger) -> tuple[str, Capabilities]:
+    """:func:`_acting`, for a command that asks for a side effect (repair, publish,
+    deploy record). A job run that does not verify (made up, finished, another job's)
+    gives no identity: the plain actor, with the capabilities as declared, so that the
+    effect's own capability check refuses it *with a receipt*, tagged with the run the
+    caller really belongs to (a violation for a read-only job), never only an error."""
+    try:
+        return _acting(ledger)
+    except UnknownJobRun:
+        return actor(), capabilities()
 
 
 def register(app: typer.Typer) -> None:
@@ -233,21 +248,18 @@ def repair(
     """
     with open_ledger(home) as (ws, ledger), err.status(f"Repairing {route}: read, run, "
                                                        "read back..."):
-        caps = capabilities()
-        try:
-            who, caps = _acting(ledger)
-        except UnknownJobRun:  # the repair's own capability check refuses it, with a receipt
-            who = actor()
+        who, caps = _acting_for_effect(ledger)
         result = repair_lib(ledger, ws.config, ws.home, route, actor=who, env=os.environ,
                             caps=caps, dry_run=dry_run, force=force)
     if as_json:
         print_json(result)
     elif dry_run:
         out.print(f"Symptom: {result['symptom']['summary']}")
+        verb = "would run" if result["would_run"] else "runbook step"
         for step in result["plan"]:
-            out.print(f"  would run {step['name']}: {step['command']}")
+            out.print(f"  {verb} {step['name']}: {step['command']}")
         if not result["would_run"]:
-            out.print("The route passes: nothing would run (use --force).")
+            out.print(f"Nothing would run: {result['why_not']}.")
     else:
         _print_repair(result)
     if not dry_run and result["outcome"] == "not_fixed":
@@ -326,7 +338,7 @@ def content_publish(
     published items are refused (exit 7); a refusal is a receipt (exit 8).
     """
     with open_ledger(home) as (ws, ledger):
-        who, caps = _acting(ledger)
+        who, caps = _acting_for_effect(ledger)
         person = principal(ws, ledger)
         result = records.publish_content(
             ledger, ws.config, ws.home, content_id, lane=lane,
@@ -355,7 +367,7 @@ def deploy_record(
     The provider's output is kept with secrets redacted. A read-only context, or a job
     without the `deploy` capability, is refused (exit 8, with a receipt)."""
     with open_ledger(home) as (ws, ledger):
-        who, caps = _acting(ledger)
+        who, caps = _acting_for_effect(ledger)
         result = records.record_deploy(ledger, ws.config, site=site, provider=provider,
                                        url=url, actor=who, caps=caps, env=os.environ,
                                        commit=commit, evidence_file=file)

@@ -107,6 +107,8 @@ def own_runs(ledger: Ledger, pid: int | None = None) -> list[str]:
             start = started.get("runner_start")
             runners.setdefault(int(started["runner_pid"]), []).append(
                 (None if start is None else int(start), str(row["run_id"])))
+    if not runners:  # no job runs: no need to walk /proc
+        return []
     for proc in process.ancestry(os.getpid() if pid is None else pid):
         runs = [run for start, run in runners.get(proc.pid, ())
                 if start is None or start == proc.start]
@@ -149,6 +151,21 @@ def running_job(ledger: Ledger, run_id: str, pid: int | None = None) -> RunningJ
                             actual_run=actual)
     return RunningJob(run_id, str(rows[0]["name"]), str(started["capabilities"]),
                       bool(started.get("builtin", False)))
+
+
+def acting_run(ledger: Ledger, declared: str | None, pid: int | None = None
+               ) -> RunningJob | None:
+    """The job run the caller (``pid``, default this process) acts for: the one it declares
+    (``ATLAS_JOB_RUN``), checked by :func:`running_job`; without a declaration, the run it
+    belongs to by ancestry (:func:`own_runs`), so a job's process that dropped the variable
+    is still the job's. None outside every job run. Raises :class:`UnknownJobRun` like
+    :func:`running_job`."""
+    if declared is None:
+        own = own_runs(ledger, pid)
+        if not own:
+            return None
+        declared = own[0]
+    return running_job(ledger, declared, pid)
 
 
 @dataclass(frozen=True)
@@ -198,11 +215,13 @@ class Capabilities:
 
     def verified(self, ledger: Ledger) -> Capabilities:
         """A job run's capabilities come from its own ``job.started`` event in the ledger;
-        what the process declares can only narrow them, never widen them. Raises
-        :class:`UnknownJobRun` when the declared run does not exist or is not running."""
-        if self.job_run is None:
+        what the process declares can only narrow them, never widen them. The run is the
+        declared one or, when none is declared, the one this process belongs to
+        (:func:`acting_run`). Raises :class:`UnknownJobRun` when the declared run does not
+        exist or is not running."""
+        run = acting_run(ledger, self.job_run)
+        if run is None:
             return self
-        run = running_job(ledger, self.job_run)
         return Capabilities.parse(run.capabilities, run.run_id).narrow(self)
 
     def describe(self) -> str:
@@ -453,6 +472,7 @@ def known_not_happened(actor: str, attempt: int, payload: Mapping[str, Any],
 
 
 __all__ = ["RUN_GRACE", "AttemptStatus", "Capabilities", "Deliver", "Effect", "EffectRefused",
-           "RunningJob", "UnknownJobRun", "attempt_status", "authorize", "capability_check",
-           "failure_event", "known_not_happened", "only_to_owner", "own_runs", "perform",
-           "recipient_keys", "refusal_event", "refuse", "runner_alive", "running_job"]
+           "RunningJob", "UnknownJobRun", "acting_run", "attempt_status", "authorize",
+           "capability_check", "failure_event", "known_not_happened", "only_to_owner",
+           "own_runs", "perform", "recipient_keys", "refusal_event", "refuse", "runner_alive",
+           "running_job"]

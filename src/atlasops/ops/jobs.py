@@ -13,9 +13,10 @@ When the job's own process exits, what it left running in its session is
 killed (jobs may not leave daemons), and only then is the receipt written: it
 counts every effect tagged with the run (performed, refused, or cut off in flight),
 the deploys it recorded and the repairs it ran. A read-only run with any performed,
-refused or in-flight effect is a *violation*. A process that drops both variables
-is outside this accounting: capabilities bind cooperating processes that go through
-Atlas; they are not a sandbox.
+refused or in-flight effect is a *violation*. A job's process that drops the variables
+is still found by ancestry (its runner); only a daemon that forks twice *and* drops them
+is outside this accounting (counted apart as untagged): capabilities bind processes that
+go through Atlas; they are not a sandbox.
 
 Built-in jobs (backup, db check, route checks, backup prune, chronicle) are jobs
 too, so the number of jobs run in a day is honest; their receipts say
@@ -116,13 +117,15 @@ def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str
     job = config.jobs.get(name)
     if job is None and name not in BUILTIN_JOBS:
         raise NotFound(f"no job named {name!r}", hint="`atlas jobs list` shows them.")
-    declared = Capabilities.from_env(env)
-    caps = _capabilities(job).narrow(declared.verified(ledger))  # a forged parent: refused
+    # the parent run: the declared one (a forged one is refused) or, when the variable was
+    # dropped, the one this runner belongs to
+    parent = Capabilities.from_env(env).verified(ledger)
+    caps = _capabilities(job).narrow(parent)
     timeout = _timeout(config, name, job)
     run_id = f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{pysecrets.token_hex(3)}"
     ledger.append("job.started", actor, {
         "run_id": run_id, "name": name, "capabilities": caps.spelled(),
-        "parent_run": declared.job_run, "builtin": job is None, "timeout": timeout,
+        "parent_run": parent.job_run, "builtin": job is None, "timeout": timeout,
         **_runner()}, subject=f"job:{name}")
     started = utc_now()
     # The job never inherits the caller's identity (an owner's token in the operator's
@@ -139,7 +142,7 @@ def run_job(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str
     if not cwd.is_absolute():
         cwd = home / cwd
     run = _Run(name, run_id, job, caps, _command(name, job, home), timeout,
-               declared.job_run, started, actor, secrets)
+               parent.job_run, started, actor, secrets)
     with process.stop_signals_interrupt():  # SIGTERM: kill the job, still write the receipt
         try:
             ran = process.run(run.command, cwd=cwd, env=child_env, timeout=timeout,

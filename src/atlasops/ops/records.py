@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ ADDABLE = ("draft", "review")  # approving and publishing are decisions, not inp
 PUBLISHABLE = ("draft", "review", "approved")
 MAX_BYTES = 5 * 1024 * 1024
 PROVIDER_TEXT = 4000  # characters of a text provider output kept as evidence
+MAX_DEPTH = 100  # levels of nesting kept in a JSON file (SQLite's JSON allows 1000)
 
 
 def _read(path: Path) -> bytes:
@@ -50,6 +52,35 @@ def _read(path: Path) -> bytes:
     if len(data) > MAX_BYTES:
         raise InputError(f"{path} is larger than {MAX_BYTES} bytes")
     return data
+
+
+def _load_json(raw: bytes, path: Path) -> Any:
+    """The JSON in ``raw``, if it is JSON the ledger can keep: finite numbers, text that is
+    valid Unicode (no lone surrogate such as ``"\\ud800"``), nested at most MAX_DEPTH
+    levels. Raises ValueError when ``raw`` is not JSON at all, and :class:`InputError`
+    when it is JSON that Atlas refuses to keep."""
+    try:
+        value = json.loads(raw)
+    except RecursionError as exc:
+        raise InputError(f"{path} is nested more than {MAX_DEPTH} levels deep") from exc
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:  # not recursive: the data may be as deep as the parser allowed
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InputError(f"{path} holds a number that is not finite ({item}): NaN, "
+                             "Infinity and numbers too large for a double are refused")
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(f"{path} holds text that is not valid Unicode (a lone "
+                                 f"surrogate: {item[exc.start:exc.end]!a})") from exc
+        children = [*item, *item.values()] if isinstance(item, dict) else (
+            item if isinstance(item, list) else [])
+        if children and depth >= MAX_DEPTH:
+            raise InputError(f"{path} is nested more than {MAX_DEPTH} levels deep")
+        stack += [(child, depth + 1) for child in children]
+    return value
 
 
 def parse_since(value: str | None) -> str | None:
@@ -75,7 +106,7 @@ def record_snapshot(ledger: Ledger, config: Config, *, name: str, path: Path, ac
                     business: str | None = None, job_run: str | None = None) -> dict[str, Any]:
     raw = _read(path)
     try:
-        data = json.loads(raw)
+        data = _load_json(raw, path)
     except ValueError as exc:
         raise InputError(f"{path} is not JSON: {exc}") from exc
     if business is not None and business not in config.businesses:
@@ -239,24 +270,26 @@ def record_deploy(ledger: Ledger, config: Config | None = None, *, site: str, pr
                   evidence_file: Path | None = None) -> dict[str, Any]:
     """Record a deploy a provider performed, with its output (secrets redacted: the
     journal is append-only, so nothing unredacted may ever reach it). The secrets are those
-    of ``env`` (default: this process's environment) and the variables ``config`` names;
-    ``caps`` default to unrestricted (an operator's own call)."""
+    of ``env`` (default: this process's environment) and the variables ``config`` names.
+    ``caps`` default to what ``env`` declares (``ATLAS_JOB_RUN``, ``ATLAS_CAPABILITIES``),
+    checked against the ledger like every capability: a job's library call is its run's."""
     if not url.startswith(("http://", "https://")):
         raise InputError("--url must start with http:// or https://")
-    secrets = secret_values(os.environ if env is None else env,
-                            config_secret_names(config) if config is not None else [])
+    env = os.environ if env is None else env
+    secrets = secret_values(env, config_secret_names(config) if config is not None else [])
     evidence: dict[str, Any] = {}
-    raw = _read(evidence_file) if evidence_file is not None else None
-    caps = authorize(ledger, actor, caps or Capabilities(), Effect(
-        "deploy", "deploy", f"record a deploy of {site} by {provider}",
-        detail={"site": site, "provider": provider, "url": redact(url, secrets)}))
-    if raw is not None:
+    if evidence_file is not None:  # read, checked and redacted before anything is recorded
+        raw = _read(evidence_file)
         try:
-            evidence = {"provider_output": _redacted(json.loads(raw), secrets)}
-        except ValueError:
+            evidence["provider_output"] = _redacted(_load_json(raw, evidence_file), secrets)
+        except ValueError:  # not JSON: kept as text
             text = redact(raw.decode("utf-8", "replace"), secrets)
-            evidence = {"provider_output": cut_tail(text, PROVIDER_TEXT)}
+            evidence["provider_output"] = cut_tail(text, PROVIDER_TEXT)
         evidence["sha256"] = hashlib.sha256(raw).hexdigest()
+    effect = Effect("deploy", "deploy", f"record a deploy of {site} by {provider}",
+                    detail={"site": site, "provider": provider, "url": redact(url, secrets)})
+    caps = authorize(ledger, actor, Capabilities.from_env(env) if caps is None else caps,
+                     effect)
     url = redact(url, secrets)
     now = utc_now()
     receipt = Receipt(kind="deploy", subject=f"site:{site}", actor=actor, started_at=now,

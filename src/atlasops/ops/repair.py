@@ -83,7 +83,7 @@ def readback(name: str, route: Route, env: Mapping[str, str]) -> Readback:
     streak = 0
     deadline = time.monotonic() + route.readback_deadline
     try:
-        with client_for(route) as client:
+        with client_for(route, env) as client:
             while True:
                 left = max(deadline - time.monotonic(), 0.001)
                 r = read_or_fail(name, route, env, client, timeout=left)
@@ -156,7 +156,9 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
 
     Running a runbook is a side effect (a restart): work with capabilities (a job) needs
     the ``repair`` capability; a read-only context, or a job run that is not the caller's
-    own, is refused with a receipt. ``--dry-run`` only reads, so it is not checked."""
+    own, is refused with a receipt. ``caps`` default to what ``env`` declares
+    (``ATLAS_JOB_RUN``, ``ATLAS_CAPABILITIES``), checked against the ledger. ``--dry-run``
+    only reads, so it is not checked."""
     route = _route(config, name)
     if route.runbook is None:
         raise InputError(f"route {name} has no runbook", hint=f"Set routes.{name}.runbook.")
@@ -167,12 +169,18 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
         plan = [{"name": s.name, "command": process.redact(s.command,
                                                            step_secrets(s, env, names)),
                  "cwd": s.cwd, "timeout": s.timeout} for s in book.steps]
+        missing = _missing_credentials(before)
+        would_run = missing is None and (force or not before.passed)
+        why_not = None if would_run else (
+            f"{missing} (a runbook cannot fix credentials)" if missing else
+            "the route passes (--force runs the runbook anyway)")
         return {"dry_run": True, "route": name, "broken": not before.passed,
                 "symptom": _symptom(route, before), "plan": plan,
-                "would_run": bool(force or not before.passed)}
-    caps = authorize(ledger, actor, caps or Capabilities(), Effect(
-        "repair", "repair", f"run runbook {route.runbook} to repair route {name}",
-        detail={"route": name, "runbook": route.runbook}))
+                "would_run": would_run, "why_not": why_not}
+    effect = Effect("repair", "repair", f"run runbook {route.runbook} to repair route {name}",
+                    detail={"route": name, "runbook": route.runbook})
+    caps = authorize(ledger, actor, Capabilities.from_env(env) if caps is None else caps,
+                     effect)
     started = utc_now()
     what = describe_route(route)
     before = read_or_fail(name, route, env)
@@ -181,11 +189,11 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
                       symptom=_symptom(route, before), checks=before.checks,
                       evidence={**before.evidence(), "runbook": route.runbook,
                                 "job_run": caps.job_run})
-    missing = [c.detail for c in before.checks if c.name == "credentials"]
+    missing = _missing_credentials(before)
     if missing:  # the runbook cannot fix credentials: say so, run nothing
         return _recorded(ledger, receipt.model_copy(update={
             "finished_at": utc_now(), "outcome": "not_fixed",
-            "summary": f"Not fixed: nothing was run, because {missing[0]}."}), None)
+            "summary": f"Not fixed: nothing was run, because {missing}."}), None)
     if before.passed and not force:
         return _recorded(ledger, receipt.model_copy(update={
             "finished_at": utc_now(),
@@ -213,6 +221,12 @@ def repair(ledger: Ledger, config: Config, home: Path, name: str, *, actor: str,
         return _recorded(ledger, done, {"passed": back.healthy,
                                         "readings": [r.to_dict() for r in back.readings[-5:]],
                                         "needed_consecutive": route.healthy_after})
+
+
+def _missing_credentials(before: Reading) -> str | None:
+    """Why the symptom reading had no credentials, if it had none: then nothing is run."""
+    missing = [c.detail for c in before.checks if c.name == "credentials"]
+    return missing[0] if missing else None
 
 
 def _symptom(route: Route, before: Reading) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +57,8 @@ class Reading:
 
 
 def _auth_headers(route: Route, env: Mapping[str, str]) -> dict[str, str]:
+    """The Authorization header (httpx keeps it on same-origin hops and drops it on
+    others). A cookie goes with each request instead: see :func:`client_for`."""
     if route.auth is None:
         return {}
     value = env.get(route.auth.env)
@@ -68,7 +70,7 @@ def _auth_headers(route: Route, env: Mapping[str, str]) -> dict[str, str]:
         return {"Authorization": f"Bearer {value}"}
     if route.auth.type == "basic":
         return {"Authorization": "Basic " + base64.b64encode(value.encode()).decode()}
-    return {"Cookie": value}
+    return {}
 
 
 def describe_route(route: Route) -> str:
@@ -76,10 +78,6 @@ def describe_route(route: Route) -> str:
     path = urlsplit(route.url).path or "/"
     who = " for an authenticated user" if route.auth else ""
     return f"{route.method} {path} returns {route.expect_status}{who}"
-
-
-def client_for(route: Route) -> httpx.Client:
-    return httpx.Client(timeout=route.timeout, follow_redirects=route.follow_redirects)
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -94,6 +92,34 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 def _path(url: str) -> str:
     return urlsplit(url).path.rstrip("/") or "/"
+
+
+def _cookie_hook(route_url: str, cookie: str) -> Callable[[httpx.Request], None]:
+    """Put the route's cookie (``name=value; ...``) on a request to the route's own origin
+    (scheme, host and port), ahead of any cookie the site set itself under another name."""
+    origin = _origin(route_url)
+    names = {part.partition("=")[0].strip() for part in cookie.split(";")}
+
+    def add(request: httpx.Request) -> None:
+        if _origin(str(request.url)) != origin:
+            return
+        theirs = [part for part in request.headers.get("Cookie", "").split("; ")
+                  if part and part.partition("=")[0] not in names]
+        request.headers["Cookie"] = "; ".join([cookie, *theirs])
+
+    return add
+
+
+def client_for(route: Route, env: Mapping[str, str]) -> httpx.Client:
+    """The client that reads ``route``. A cookie credential is sent with every request to
+    the route's own origin, the first one and each redirect hop back to it (httpx drops a
+    Cookie header on every hop, and its cookie jar would also send it to subdomains,
+    other ports and plain http), and never to another origin."""
+    hooks: dict[str, list[Callable[[httpx.Request], None]]] = {}
+    if route.auth is not None and route.auth.type == "cookie" and env.get(route.auth.env):
+        hooks["request"] = [_cookie_hook(route.url, env[route.auth.env])]
+    return httpx.Client(timeout=route.timeout, follow_redirects=route.follow_redirects,
+                        event_hooks=hooks)
 
 
 def _same_place(a: str, b: str) -> bool:
@@ -135,7 +161,7 @@ def read(name: str, route: Route, env: Mapping[str, str],
     secrets = secret_values(env, [route.auth.env] if route.auth else [])
     headers = _auth_headers(route, env)
     own = client is None
-    client = client or client_for(route)
+    client = client or client_for(route, env)
     limit = min(route.timeout, timeout) if timeout is not None else route.timeout
     t0 = time.perf_counter()
     hops: list[dict[str, Any]] = []
