@@ -27,7 +27,7 @@ from ..config import BackupSettings
 from ..errors import DatabaseCorrupt, InputError, NotFound, StorageError
 from ..fsutil import fsync_dir, fsync_file, replace_durably
 from ..ledger import Ledger, utc_now
-from ..ledger.chain import read_gaps
+from ..ledger.chain import Gap, gaps_in, merge_gaps, read_gaps
 from ..receipts import Action, Check, Receipt, record
 from ..workspace import Workspace
 from . import checks as ck
@@ -83,8 +83,11 @@ def write_json_durably(path: Path, data: dict[str, Any]) -> None:
 
 
 def validate_copy(db: Path, journal_dir: Path) -> tuple[list[Check], ck.Facts | None, str | None]:
-    """Run every check on a database copy, in parallel. Returns (checks, facts, sha256)."""
-    gaps = read_gaps(journal_dir)
+    """Run every check on a database copy, in parallel. Returns (checks, facts, sha256).
+
+    The hash chain is checked with the gaps the copy itself holds (``ledger_gaps``),
+    and those in the journal's ``gaps.jsonl`` (declared before the table existed)."""
+    gaps = merge_gaps(_gaps_of(db), read_gaps(journal_dir))
     quick, integrity, fk, sha, facts_o, chain = ck.run_parallel([
         lambda: ck.sqlite_check(db, "quick_check", immutable=True),
         lambda: ck.sqlite_check(db, "integrity_check", immutable=True),
@@ -98,6 +101,18 @@ def validate_copy(db: Path, journal_dir: Path) -> tuple[list[Check], ck.Facts | 
     digest = sha.value if sha.check.passed else None
     checks = [quick.check, integrity.check, fk.check, sha.check, facts_o.check, chain.check]
     return checks, facts, digest
+
+
+def _gaps_of(db: Path) -> list[Gap]:
+    """The gaps a database copy holds; none when it cannot be read (its checks say why)."""
+    try:
+        conn = ck.open_ro(db, immutable=True)
+        try:
+            return gaps_in(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
 
 
 # What a manifest claims about its file that the file itself can show: (key, label).

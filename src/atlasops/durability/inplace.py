@@ -93,7 +93,7 @@ def try_in_place(ws: Workspace, found: Inspection, unclosed: list[int], steps: S
     loss: dict[str, Any] = {
         "none": True, "lost_event_ranges": [], "unknown_after": None,
         "salvaged_unmerged": {"count": 0, "path": None},
-        "recovery_point": {"event_id": end, "ts": ts},
+        "recovery_point": {"event_id": end, "ts": ts}, "earlier_gaps": [], "unapplied": [],
         "statement": _statement(end, others, closes)}
     outcome: Outcome = "recovered" if others else "not_broken"
     # the ledger lost committed events: keep the WAL (which the next write reuses) first
