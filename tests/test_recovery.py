@@ -189,12 +189,17 @@ def test_header_overwritten(scenario: Any) -> None:
 
 
 def test_file_truncated(scenario: Any) -> None:
+    """Every event is back, but the file's newest pages are gone: it is the one witness
+    of records the journal might have lost at its end, so "none" is not claimed."""
     ws, acked, _ = scenario
     size = ws.db_path.stat().st_size
     with open(ws.db_path, "r+b") as fh:
         fh.truncate(size // 2)
     r = run(ws)
-    assert r["exit_code"] == 0 and assert_exact(r, acked, ws.db_path) == set()
+    assert assert_exact(r, acked, ws.db_path) == set()
+    assert r["loss"]["unknown_after"]["id"] == max(acked) and r["exit_code"] == 3
+    assert f"cannot be read beyond the journal's end ({max(acked)})" in r["loss"][
+        "unknown_after"]["why"]
 
 
 def test_file_deleted(scenario: Any) -> None:
@@ -1257,3 +1262,44 @@ def test_a_later_recovery_names_an_earlier_gap_apart_from_its_own_loss(
     assert assert_exact(r, truth, ws.db_path) == {900}
     assert r["exit_code"] == 3 and r["loss"]["lost_event_ranges"] == [[900, 900]]
     assert r["loss"]["earlier_gaps"] == [[800, 800]] and verifies(ws)
+
+
+def cut_journal_records(ws: Workspace, count: int) -> None:
+    """Cut the newest segment's last ``count`` records at a record boundary: the
+    journal then looks as if it simply ended there."""
+    newest = sorted(ws.journal_dir.glob("*.journal"))[-1]
+    lines = newest.read_bytes().split(b"\n")
+    newest.write_bytes(b"\n".join(lines[:-1 - count]) + b"\n")
+
+
+@pytest.mark.parametrize("where", ["their pages", "the schema page"])
+def test_a_file_unreadable_beyond_the_journals_end_is_unknown_not_none(
+        scenario: Any, where: str) -> None:
+    """The journal lost its last 30 records at a record boundary, and the database file,
+    the one witness of them, cannot be read there: "nothing lost" is never claimed."""
+    ws, acked, _ = scenario
+    cut_journal_records(ws, 30)
+    end = max(acked) - 30
+    if where == "their pages":
+        pages = {event_page(ws.db_path, acked[i]) for i in range(end + 1, max(acked) + 1)}
+        for page in pages:
+            zero_pages(ws.db_path, page, 1)
+    else:
+        zero_pages(ws.db_path, 0, 1)  # page 1: the header and the schema's root
+    r = run(ws)
+    assert assert_exact(r, acked, ws.db_path) == set(range(end + 1, max(acked) + 1))
+    assert r["loss"]["unknown_after"]["id"] == end and r["exit_code"] == 3
+    assert "cannot be read" in r["loss"]["unknown_after"]["why"]
+
+
+def test_a_damaged_last_journal_record_is_described_as_it_is(scenario: Any) -> None:
+    """Only the journal's last record is damaged; the database is healthy and holds it.
+    The statement says so (not "a journal segment is missing")."""
+    ws, acked, _ = scenario
+    damage_journal_record(ws, max(acked))
+    r = run(ws)
+    assert assert_exact(r, acked, ws.db_path) == set()
+    why = r["loss"]["unknown_after"]["why"]
+    assert why.startswith(f"the journal's tail is damaged after event {max(acked) - 1}, "
+                          f"and the database file holds events up to {max(acked)}")
+    assert "segment" not in why and "damaged database" not in why

@@ -139,7 +139,7 @@ def _journal_after(ws: Workspace, steps: Steps, head: int, end: int
     place with "nothing lost" proven (the same rules as a full recovery), if so."""
     t0 = time.perf_counter()
     jr = read_window(Journal(ws.journal_dir, ws.config.journal.segment_bytes), head)
-    why = why_unknown(jr, marks(ws), Salvage(max_id_seen=head, readable=True))
+    why = why_unknown(jr, marks(ws), Salvage(max_id_seen=head, readable=True), head)
     steps.actions.append(Action(
         name="read journal after the ledger", ms=elapsed_ms(t0),
         command=f"read journal records after event {head}",

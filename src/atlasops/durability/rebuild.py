@@ -313,7 +313,7 @@ def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: St
         conn.close()
     last_id = int(last[0]) if last else 0
     last_ts = str(last[1]) if last else None
-    why = why_unknown(jr, marks, salvage)
+    why = why_unknown(jr, marks, salvage, hwm)
     unknown_after = None if why is None else {
         "id": max_known, "ts": last_ts if last_id == max_known else None, "why": why}
     rewrite = (bool(m.gaps) or bool(m.salvaged) or declared or not jr.intact
@@ -436,12 +436,13 @@ def probe_max_id(path: Path) -> int | None:
     return 0 if row is None or row[0] is None else int(row[0])
 
 
-def why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage
-                 ) -> str | None:
+def why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage, hwm: int = 0
+                ) -> str | None:
     """Why nothing after the last known event can be known, or None when the journal
     proves where history ends."""
     reasons: list[str] = []
     mark = max(marks, key=lambda b: b.hwm_event_id or 0, default=None)
+    end = max(hwm, jr.last_id)
     if jr.missing_dir:
         reasons.append("the journal directory was missing")
     elif mark is not None and jr.last_id <= (mark.hwm_event_id or 0):
@@ -455,16 +456,45 @@ def why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage
             f"segment after a full one: either nothing was written after event "
             f"{jr.last_id}, or a newer segment is missing")
     if salvage.max_id_seen > jr.last_id and not jr.missing_dir:
-        reasons.append(f"the damaged database holds events up to {salvage.max_id_seen}, "
-                       f"beyond the journal's end ({jr.last_id}): a journal segment is "
-                       "missing")
-    if not jr.tail_clean and not (salvage.readable and not salvage.unreadable):
+        reasons.append(_beyond_the_journal(jr, salvage.max_id_seen))
+    elif not jr.tail_clean and not (salvage.readable and not salvage.unreadable):
         reasons.append("the journal's tail is damaged")
+    unread = _unreadable_beyond(salvage, end)
+    if unread is not None and not jr.missing_dir:
+        reasons.append(unread)
     if not reasons:
         return None
     return "; ".join([*reasons, *jr.missing_segments,
                       *([f"{len(jr.problems)} damaged journal record(s)"] if jr.problems
                         else [])])
+
+
+def _beyond_the_journal(jr: JournalWindow, max_seen: int) -> str:
+    """What is true when the database file holds events the journal does not."""
+    held = f"the database file holds events up to {max_seen}"
+    if not jr.tail_clean:
+        return (f"the journal's tail is damaged after event {jr.last_id}, and {held}: "
+                "the damaged tail may have held more")
+    if jr.last_segment_full:
+        return (f"{held}, beyond the journal's end ({jr.last_id}) in a full segment: a "
+                "newer journal segment is missing")
+    return (f"{held}, beyond the journal's end ({jr.last_id}): the journal lost its newest "
+            "records")
+
+
+def _unreadable_beyond(salvage: Salvage, end: int) -> str | None:
+    """The damaged file is the one witness of events the journal may have lost at its
+    end (records cut at a record boundary leave no trace in the journal): when it is
+    there but cannot be read after ``end``, nothing proves where history ended."""
+    if salvage.tried and not salvage.readable:
+        return (f"the database file's events cannot be read at all, so events after "
+                f"the journal's end ({end}) may be there")
+    beyond = [(max(a, end + 1), b) for a, b in salvage.unreadable if b > end]
+    if not beyond:
+        return None
+    return (f"the database file cannot be read beyond the journal's end ({end}): "
+            f"{sum(b - a + 1 for a, b in beyond)} ids from {beyond[0][0]} on are unreadable, "
+            "so events the journal lost may be there")
 
 
 def _as_ranges(ids: list[int]) -> list[tuple[int, int | None]]:

@@ -47,6 +47,7 @@ class Salvage:
     bad_rows: list[dict[str, Any]] = field(default_factory=list)
     unreadable: list[tuple[int, int]] = field(default_factory=list)
     max_id_seen: int = 0
+    tried: bool = False  # a damaged file was there to read
     readable: bool = False
     notes: list[str] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)  # the file's ledger_gaps, when readable
@@ -187,6 +188,7 @@ def salvage_events(damaged: Path, scratch_dir: Path, ranges: list[tuple[int, int
     if not damaged.exists():
         out.notes.append(f"{damaged.name} does not exist: nothing to salvage")
         return out
+    out.tried = True
     scratch = scratch_dir / "salvage-scratch.db"
     out.notes += prepare_copy(damaged, scratch, header_donor=header_donor)
     try:
