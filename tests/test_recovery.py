@@ -1109,7 +1109,8 @@ def lose_a_lead_with_dependents(ws: Workspace) -> tuple[dict[int, str], int, dic
     return acked, x.id, ids
 
 
-def test_events_that_depend_on_a_lost_event_are_recorded_not_applied(scenario: Any) -> None:
+def test_events_that_depend_on_a_lost_event_are_recorded_not_applied(
+        scenario: Any, cli: Any, tmp_path: Path) -> None:
     """The journal record of lead X is damaged and the database deleted: X is lost.
     The events that name X (its lead.updated, a touch.created for it) cannot be applied;
     they are recorded (ledger == journal), not applied, and named in the receipt. The
@@ -1138,6 +1139,11 @@ def test_events_that_depend_on_a_lost_event_are_recorded_not_applied(scenario: A
     from atlasops.integrity import replay_differences
 
     assert replay_differences(ws)[1] == []
+    rebuilt = cli("ledger", "rebuild", "--into", str(tmp_path / "a.db"), "--json")
+    assert [u["id"] for u in rebuilt.json()["unapplied"]] == sorted(unapplied)
+    rebuilt = cli("ledger", "rebuild", "--into", str(tmp_path / "b.db"))
+    assert f"after a declared gap: event(s) {ids['update_x']} (lead.updated)" in rebuilt.stderr
+    assert read_tables(tmp_path / "a.db") == read_tables(tmp_path / "b.db")
     with Ledger.for_workspace(ws) as led:
         led.append("note.added", "t", {"after": "recovery"})
     before = read_tables(ws.db_path)
