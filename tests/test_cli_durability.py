@@ -351,3 +351,53 @@ def test_recover_dry_run_prints_a_plan(cli: Any, ledger: Ledger, ws: Workspace) 
         assert line in r.stdout, line
     assert "applied" not in r.stdout and "copied" not in r.stdout
     assert list(ws.quarantine_dir.iterdir()) == []
+
+
+def test_malformed_and_unfinished_newer_backups_are_named_never_a_traceback(
+        cli: Any, ledger: Ledger, ws: Workspace) -> None:
+    """Newer backups whose manifest has the wrong shape (a number for a time, a JSON
+    list), cannot be parsed, or that never finished: every command lists them as failed
+    or incomplete with the reason; recovery uses the older good one and names each
+    newer one it skipped, in order (by the time in their names)."""
+    import shutil
+
+    fill(ledger, 300)
+    good = cli("backup", "--label", "hourly", "--json").json()["name"]
+    fill(ledger, 100)
+    ledger.close()
+    drop_wal(ws)
+    taken = datetime.strptime(good.split("-", 1)[1], "%Y%m%dT%H%M%SZ")
+    later = [f"{label}-{(taken + timedelta(minutes=m)).strftime('%Y%m%dT%H%M%SZ')}"
+             for m, label in ((1, "daily"), (2, "daily"), (3, "weekly"), (4, ".tmp-hourly"))]
+    for name in later:
+        shutil.copytree(ws.backups_dir / good, ws.backups_dir / name)
+    wrong_type, a_list, unparsable, unfinished = later
+    manifest = json.loads((ws.backups_dir / good / "manifest.json").read_text())
+    (ws.backups_dir / wrong_type / "manifest.json").write_text(
+        json.dumps({**manifest, "created_at": 5}))
+    (ws.backups_dir / a_list / "manifest.json").write_text(json.dumps([manifest]))
+    (ws.backups_dir / unparsable / "manifest.json").write_text("{not json")
+    r = cli("backups", "list", "--json")
+    assert r.exit_code == 0
+    listed = r.json()
+    assert [b["name"] for b in listed] == [unfinished, unparsable, a_list, wrong_type, good]
+    by_name = {b["name"]: b for b in listed}
+    assert by_name[wrong_type]["status"] == "failed"
+    assert by_name[wrong_type]["problem"].startswith("manifest.json is malformed (created_at:")
+    assert by_name[a_list]["status"] == "failed"
+    assert "malformed (the top level" in by_name[a_list]["problem"]
+    assert {by_name[unparsable]["status"], by_name[unfinished]["status"]} == {"incomplete"}
+    assert "backup(s)" in cli("backups", "list").stdout
+    r = cli("backups", "verify", "--all")
+    assert r.exit_code == 1 and all(n in r.stderr for n in later)
+    assert cli("backups", "prune", "--dry-run").exit_code == 0
+    status = cli("status", "--json")
+    assert status.exit_code == 0 and status.json()["latest_backup"]["name"] == good
+    zero(ws, root_page(ws, "leads_segment") - 1, 1)
+    r = cli("recover", "--json")
+    assert r.exit_code == 0, r.stderr
+    rec = r.json()
+    assert rec["backup"]["name"] == good
+    assert [s["name"] for s in rec["skipped_backups"]] == [unfinished, unparsable, a_list,
+                                                           wrong_type]
+    assert "malformed" in rec["skipped_backups"][3]["why"]

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -114,6 +115,20 @@ def zero_pages(db: Path, first: int, count: int, *, random_bytes: bool = False) 
         fh.write(data)
 
 
+def damage_middle(db: Path, count: int = 12, *, random_bytes: bool = False) -> None:
+    """Zero (or randomise) ``count`` pages of the events table's rows, from the page
+    holding the event a third of the way in: damage in the middle of the file that
+    spares the schema (whose pages move when a migration adds a table)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
+    try:
+        top = int(conn.execute("SELECT max(id) FROM events").fetchone()[0])
+        row = conn.execute("SELECT hash FROM events WHERE id >= ? ORDER BY id LIMIT 1",
+                           (top // 3,)).fetchone()
+    finally:
+        conn.close()
+    zero_pages(db, event_page(db, str(row[0])), count, random_bytes=random_bytes)
+
+
 def root_page(db: Path, name: str) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
     try:
@@ -145,7 +160,7 @@ def run(ws: Workspace, **kw: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("random_bytes", [False, True])
 def test_pages_damaged_in_the_middle(scenario: Any, random_bytes: bool) -> None:
     ws, acked, name = scenario
-    zero_pages(ws.db_path, 30, 12, random_bytes=random_bytes)
+    damage_middle(ws.db_path, random_bytes=random_bytes)
     r = run(ws)
     five_parts(r)
     assert r["outcome"] == "recovered" and r["exit_code"] == 0
@@ -174,12 +189,17 @@ def test_header_overwritten(scenario: Any) -> None:
 
 
 def test_file_truncated(scenario: Any) -> None:
+    """Every event is back, but the file's newest pages are gone: it is the one witness
+    of records the journal might have lost at its end, so "none" is not claimed."""
     ws, acked, _ = scenario
     size = ws.db_path.stat().st_size
     with open(ws.db_path, "r+b") as fh:
         fh.truncate(size // 2)
     r = run(ws)
-    assert r["exit_code"] == 0 and assert_exact(r, acked, ws.db_path) == set()
+    assert assert_exact(r, acked, ws.db_path) == set()
+    assert r["loss"]["unknown_after"]["id"] == max(acked) and r["exit_code"] == 3
+    assert f"cannot be read beyond the journal's end ({max(acked)})" in r["loss"][
+        "unknown_after"]["why"]
 
 
 def test_file_deleted(scenario: Any) -> None:
@@ -232,7 +252,7 @@ def test_newest_backup_damaged_falls_back_and_names_it(scenario: Any) -> None:
     acked |= append(ws, 50, start=2000)
     drop_wal(ws)
     zero_pages(ws.backups_dir / newer / "leads.db", 5, 3)
-    zero_pages(ws.db_path, 30, 12)
+    damage_middle(ws.db_path)
     r = run(ws)
     five_parts(r)
     assert r["backup"]["name"] == older
@@ -244,7 +264,7 @@ def test_newest_backup_damaged_falls_back_and_names_it(scenario: Any) -> None:
 def test_no_backup_recovers_from_a_complete_journal(ws: Workspace) -> None:
     acked = append(ws, 500)
     drop_wal(ws)
-    zero_pages(ws.db_path, 20, 10)
+    damage_middle(ws.db_path, 10)
     r = run(ws)
     five_parts(r)
     assert r["backup"] is None
@@ -255,7 +275,7 @@ def test_no_backup_recovers_from_a_complete_journal(ws: Workspace) -> None:
 def test_no_backup_and_incomplete_journal_changes_nothing(ws: Workspace) -> None:
     append(ws, 300)
     drop_wal(ws)
-    zero_pages(ws.db_path, 20, 10)
+    damage_middle(ws.db_path, 10)
     first = sorted(ws.journal_dir.glob("*.journal"))[0]
     lines = first.read_bytes().split(b"\n")
     lines[0] = lines[0][:20] + b"X" + lines[0][21:]
@@ -335,7 +355,7 @@ def test_newest_journal_segment_missing(ws: Workspace) -> None:
 
 def test_dry_run_changes_nothing(scenario: Any) -> None:
     ws, _acked, name = scenario
-    zero_pages(ws.db_path, 30, 12)
+    damage_middle(ws.db_path)
     before = sha(ws.db_path)
     r = run(ws, dry_run=True)
     assert r["plan"]["backup"] == name
@@ -394,7 +414,7 @@ def test_sigkill_during_backup_never_counts_as_validated(ws: Workspace) -> None:
 
 def test_sigkill_during_recover_then_rerun_finishes(scenario: Any) -> None:
     ws, acked, _ = scenario
-    zero_pages(ws.db_path, 30, 12)
+    damage_middle(ws.db_path)
     code = (
         "import sys, os, signal\n"
         "from atlasops.workspace import Workspace\n"
@@ -421,7 +441,7 @@ def test_sigkill_during_recover_then_rerun_finishes(scenario: Any) -> None:
 def test_random_kills_during_recover_always_converge(scenario: Any) -> None:
     """SIGKILL at a random moment; rerunning recover always ends verified and exact."""
     ws, acked, _ = scenario
-    zero_pages(ws.db_path, 30, 12)
+    damage_middle(ws.db_path)
     code = (
         "import sys\n"
         "from atlasops.workspace import Workspace\n"
@@ -545,7 +565,7 @@ def test_chain_check_split_over_processes_equals_one_pass(
 def test_every_recovery_step_is_timed_and_salvage_is_skipped_when_not_needed(
         scenario: Any) -> None:
     ws, acked, name = scenario
-    zero_pages(ws.db_path, 30, 12)
+    damage_middle(ws.db_path)
     r = run(ws)
     five_parts(r)
     steps = {a["name"]: a for a in r["actions"]}
@@ -575,7 +595,7 @@ def test_journal_damaged_before_the_backup_is_rewritten(ws: Workspace) -> None:
     drop_wal(ws)
     assert len(sorted(ws.journal_dir.glob("*.journal"))) > 3
     damage_journal_record(ws, 5)
-    zero_pages(ws.db_path, 30, 4)
+    damage_middle(ws.db_path, 4)
     r = run(ws)
     five_parts(r)
     assert any("where recovery did not need it" in a["result"] for a in r["actions"]
@@ -593,7 +613,7 @@ def test_backup_and_recovery_run_quick_check_for_real(scenario: Any) -> None:
     manifest = json.loads((ws.backups_dir / name / "manifest.json").read_text())
     quick = next(c for c in manifest["checks"] if c["name"] == "quick_check")
     assert quick["passed"] and quick["detail"] == "ok" and quick["ms"] > 0
-    zero_pages(ws.db_path, 30, 12)
+    damage_middle(ws.db_path)
     r = run(ws)
     quick = next(c for c in r["checks"] if c["name"] == "quick_check")
     assert quick["passed"] and quick["detail"] == "ok" and quick["ms"] > 0
@@ -707,7 +727,7 @@ def test_manifest_drift_is_skipped_and_named(scenario: Any, field: str) -> None:
     ws, acked, name = scenario
     manifest = json.loads((ws.backups_dir / name / "manifest.json").read_text())
     tamper_manifest(ws, name, **{field: 517 if field == "hwm_event_id" else "0" * 64})
-    zero_pages(ws.db_path, 30, 12)
+    damage_middle(ws.db_path)
     listing = {p.name for p in ws.quarantine_dir.iterdir()}
     r = run(ws)
     five_parts(r)
@@ -723,7 +743,7 @@ def test_forced_backup_that_cannot_be_used_stops_without_falling_back(scenario: 
                                                                       ) -> None:
     ws, _acked, name = scenario
     tamper_manifest(ws, name, hwm_hash="0" * 64)
-    zero_pages(ws.db_path, 30, 12)
+    damage_middle(ws.db_path)
     before = sha(ws.db_path)
     with pytest.raises(RecoveryFailed) as info:
         run(ws, backup_name=name)
@@ -741,7 +761,7 @@ def test_no_validated_backup_when_failed_and_incomplete_backups_exist(ws: Worksp
         "created_at": "2026-01-01T00:00:00.000000Z"}))
     (ws.backups_dir / ".tmp-hourly-20260102T000000Z").mkdir()
     drop_wal(ws)
-    zero_pages(ws.db_path, 20, 10)
+    damage_middle(ws.db_path, 10)
     r = run(ws)
     assert r["backup"] is None and "journal alone" in r["loss"]["statement"]
     assert {s["name"]: s["why"] for s in r["skipped_backups"]} == {
@@ -750,7 +770,7 @@ def test_no_validated_backup_when_failed_and_incomplete_backups_exist(ws: Worksp
     assert r["exit_code"] == 0 and assert_exact(r, acked, ws.db_path) == set()
     # and when the journal is not complete from event 1 either: exit 2, nothing changed
     damage_journal_record(ws, 1)
-    zero_pages(ws.db_path, 20, 10)
+    damage_middle(ws.db_path, 10)
     before, listing = sha(ws.db_path), sorted(p.name for p in ws.db_dir.rglob("*"))
     with pytest.raises(RecoveryFailed) as info:
         run(ws)
@@ -772,7 +792,7 @@ def test_dry_run_reports_a_failing_verification_with_exit_2(scenario: Any) -> No
     conn.commit()
     conn.close()
     tamper_manifest(ws, name, sha256=sha(db), size=db.stat().st_size)
-    zero_pages(ws.db_path, 30, 12)
+    damage_middle(ws.db_path)
     before = sha(ws.db_path)
     r = run(ws, dry_run=True)
     assert r["outcome"] == "failed" and r["exit_code"] == 2
@@ -973,7 +993,7 @@ def test_a_live_file_changed_during_recovery_is_kept_beside_the_quarantine(
     import atlasops.durability.recovery as rec
 
     ws, acked, _ = scenario
-    zero_pages(ws.db_path, 30, 12)
+    damage_middle(ws.db_path)
     real = rec._verify
 
     def outsider_writes(*a: Any, **k: Any) -> Any:
@@ -1043,3 +1063,249 @@ def test_the_sqlite3_recover_probe_is_recorded_when_salvage_runs(scenario: Any) 
     assert probe["result"].startswith(sqlite_recover_probe()[1])
     assert "salvage reads rowid ranges in Python" in probe["result"]
     assert assert_exact(r, acked, ws.db_path) == set()
+
+
+# -- after a declared loss: dependent events, gaps kept in the ledger ---------------
+
+def read_tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table but the events (plain sqlite3): the projections, for comparing."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        names = [str(r[0]) for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT IN "
+            "('events', 'schema_migrations') ORDER BY name")]
+        return {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
+                for t in names}
+    finally:
+        conn.close()
+
+
+def lose_a_lead_with_dependents(ws: Workspace) -> tuple[dict[int, str], int, dict[str, int]]:
+    """After the scenario: a lead X, a lead W, then events that depend on them:
+    ``lead.updated`` and ``touch.created`` of X, ``touch.done`` of that touch (it then
+    updates nothing), and a ``lead.updated`` of W. Returns (acknowledged {id: hash},
+    X, {name: id} of the dependent events)."""
+    acked: dict[int, str] = {}
+    with Ledger.for_workspace(ws) as led:
+        x, w = led.append_many([
+            NewEvent("lead.created", "t", {"email": "lost@dep.example", "name": "Lost"}),
+            NewEvent("lead.created", "t", {"email": "kept@dep.example", "name": "Kept"})])
+        acked |= {x.id: x.hash, w.id: w.hash}
+        ids: dict[str, int] = {}
+        for name, new in (
+                ("update_x", NewEvent("lead.updated", "t", {"id": x.id, "changes": {
+                    "status": "contacted"}})),
+                ("touch_x", NewEvent("touch.created", "t", {
+                    "lead_id": x.id, "sequence": "s", "step": 1,
+                    "due_at": "2026-12-01T00:00:00Z", "lane": "outbound.prospect"})),
+                ("update_w", NewEvent("lead.updated", "t", {"id": w.id, "changes": {
+                    "status": "won"}}))):
+            e = led.append_many([new, NewEvent("note.added", "t", {"after": name})])
+            ids[name] = e[0].id
+            acked |= {ev.id: ev.hash for ev in e}
+        done = led.append("touch.done", "t", {"id": ids["touch_x"], "status": "done"})
+        ids["touch_done"] = done.id
+        acked[done.id] = done.hash
+    return acked, x.id, ids
+
+
+def test_events_that_depend_on_a_lost_event_are_recorded_not_applied(
+        scenario: Any, cli: Any, tmp_path: Path) -> None:
+    """The journal record of lead X is damaged and the database deleted: X is lost.
+    The events that name X (its lead.updated, a touch.created for it) cannot be applied;
+    they are recorded (ledger == journal), not applied, and named in the receipt. The
+    workspace goes on: every command works, a rebuild from the journal reproduces the
+    same tables, and so does the next open after leads.db is deleted again."""
+    ws, acked, _ = scenario
+    more, x, ids = lose_a_lead_with_dependents(ws)
+    acked |= more
+    damage_journal_record(ws, x)
+    ws.db_path.unlink()
+    r = run(ws)
+    five_parts(r)
+    assert r["exit_code"] == 3 and r["loss"]["lost_event_ranges"] == [[x, x]]
+    assert assert_exact(r, acked, ws.db_path) == {x}
+    unapplied = {u["id"]: u for u in r["loss"]["unapplied"]}
+    assert set(unapplied) == {ids["update_x"], ids["touch_x"]}
+    assert all(u["refers_to"] == [x] for u in unapplied.values())
+    assert f"refer to lost event(s) {x} and were recorded but not applied" in r["loss"][
+        "statement"]
+    # the tables, read with plain sqlite3: X and its touch are absent, W was updated
+    tables = read_tables(ws.db_path)
+    leads = {row[0]: row for row in tables["leads"]}
+    assert x not in leads and leads[x + 1][8] == "won"
+    assert [row for row in tables["touches"] if row[1] == x] == []
+    # the workspace is usable, and replaying the journal gives the same tables
+    from atlasops.integrity import replay_differences
+
+    assert replay_differences(ws)[1] == []
+    rebuilt = cli("ledger", "rebuild", "--into", str(tmp_path / "a.db"), "--json")
+    assert [u["id"] for u in rebuilt.json()["unapplied"]] == sorted(unapplied)
+    rebuilt = cli("ledger", "rebuild", "--into", str(tmp_path / "b.db"))
+    assert f"after a declared gap: event(s) {ids['update_x']} (lead.updated)" in rebuilt.stderr
+    assert read_tables(tmp_path / "a.db") == read_tables(tmp_path / "b.db")
+    with Ledger.for_workspace(ws) as led:
+        led.append("note.added", "t", {"after": "recovery"})
+    before = read_tables(ws.db_path)
+    ws.db_path.unlink()
+    with Ledger.for_workspace(ws) as led:
+        notice = led.events(kind="ledger.rebuilt")[-1]
+    assert notice.payload["unapplied"] == sorted(unapplied)
+    assert read_tables(ws.db_path) == before
+
+
+def test_a_dependent_event_fails_the_replay_when_no_gap_explains_it(ws: Workspace) -> None:
+    """Without a declared gap before it, an event the journal holds that cannot be
+    applied is not skipped: opening the ledger says so (exit 5 in the CLI)."""
+    from atlasops.errors import JournalCorrupt
+    from atlasops.ledger.journal import encode_record
+
+    with Ledger.for_workspace(ws) as led:
+        lead = led.append("lead.created", "t", {"email": "a@b.example"})
+        tail = led.journal.tail()
+    bogus = sealed("lead.updated", {"id": 999, "changes": {"status": "won"}},
+                       lead.id + 1, lead.hash)
+    with open(tail.segment or "", "ab") as fh:
+        fh.write(encode_record(bogus))
+    ws.db_path.unlink()
+    with pytest.raises(JournalCorrupt, match="cannot be applied"):
+        Ledger.for_workspace(ws).open()
+
+
+def sealed(kind: str, payload: dict[str, Any], event_id: int, prev: str) -> Any:
+    from atlasops.ledger import Event
+
+    return Event.seal(NewEvent(kind, "t", payload), event_id, "2026-01-01T00:00:00Z", prev)
+
+
+def lose_event_800(ws: Workspace) -> None:
+    """A first, lossy recovery: event 800's journal record is damaged and the database
+    deleted, so 800 is declared lost (a gap)."""
+    damage_journal_record(ws, 800)
+    ws.db_path.unlink()
+    assert run(ws)["loss"]["lost_event_ranges"] == [[800, 800]]
+
+
+def gaps_in_file(db: Path) -> list[tuple[int, int]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [(int(a), int(b)) for a, b in conn.execute(
+            "SELECT first, last FROM ledger_gaps ORDER BY first")]
+    finally:
+        conn.close()
+
+
+def verifies(ws: Workspace) -> bool:
+    from atlasops.ledger import Journal, verify
+
+    return verify(ws.db_path, Journal(ws.journal_dir, 1 << 26)).ok
+
+
+def test_journal_missing_after_an_earlier_lossy_recovery_loses_nothing_more(
+        scenario: Any) -> None:
+    """The gap an earlier recovery declared is kept in the ledger, so with data/journal/
+    gone the events after it, salvaged from the healthy file, link through the gap's
+    recorded hashes and are merged: nothing more is lost (and nothing goes to review)."""
+    ws, _acked, _ = scenario
+    lose_event_800(ws)
+    assert gaps_in_file(ws.db_path) == [(800, 800)]
+    append(ws, 50, start=5000)
+    drop_wal(ws)
+    truth = ledger_rows(ws.db_path)  # plain sqlite3, before the damage
+    shutil.rmtree(ws.journal_dir)
+    r = run(ws)
+    five_parts(r)
+    assert assert_exact(r, truth, ws.db_path) == set()
+    assert r["loss"]["lost_event_ranges"] == [] and r["loss"]["earlier_gaps"] == [[800, 800]]
+    assert r["loss"]["salvaged_unmerged"]["count"] == 0
+    assert r["loss"]["unknown_after"]["id"] == max(truth) and r["exit_code"] == 3
+    assert verifies(ws)
+
+
+def test_a_backup_taken_after_a_declared_gap_restores_without_the_journal(
+        scenario: Any) -> None:
+    """A backup holds the gaps declared before it (in its own file): with the journal
+    gone and the database damaged, recovery restores it and the chain still verifies."""
+    ws, _acked, _ = scenario
+    lose_event_800(ws)
+    append(ws, 50, start=5000)
+    daily, _ = backup(ws, "daily")
+    assert gaps_in_file(ws.backups_dir / daily / "leads.db") == [(800, 800)]
+    append(ws, 20, start=6000)
+    drop_wal(ws)
+    truth = ledger_rows(ws.db_path)
+    shutil.rmtree(ws.journal_dir)
+    damage_middle(ws.db_path, 2)
+    r = run(ws)
+    five_parts(r)
+    assert r["backup"]["name"] == daily
+    assert assert_exact(r, truth, ws.db_path) == set()
+    assert r["loss"]["lost_event_ranges"] == [] and r["loss"]["earlier_gaps"] == [[800, 800]]
+    assert verifies(ws)
+
+
+def test_a_later_recovery_names_an_earlier_gap_apart_from_its_own_loss(
+        scenario: Any) -> None:
+    """A recovery from a backup taken before an earlier declared gap crosses that gap
+    again: it is named in ``earlier_gaps``, not as this recovery's loss (exit 0 when
+    nothing new was lost); a loss of its own is named on its own."""
+    ws, _acked, _ = scenario
+    lose_event_800(ws)
+    append(ws, 50, start=5000)
+    drop_wal(ws)
+    truth = ledger_rows(ws.db_path)
+    damage_middle(ws.db_path)
+    r = run(ws)
+    five_parts(r)
+    assert assert_exact(r, truth, ws.db_path) == set()
+    assert r["exit_code"] == 0 and r["outcome"] == "recovered" and r["loss"]["none"]
+    assert r["loss"]["lost_event_ranges"] == [] and r["loss"]["earlier_gaps"] == [[800, 800]]
+    assert r["loss"]["statement"].startswith("Nothing new was lost")
+    truth = ledger_rows(ws.db_path)
+    damage_journal_record(ws, 900)
+    ws.db_path.unlink()
+    r = run(ws)
+    assert assert_exact(r, truth, ws.db_path) == {900}
+    assert r["exit_code"] == 3 and r["loss"]["lost_event_ranges"] == [[900, 900]]
+    assert r["loss"]["earlier_gaps"] == [[800, 800]] and verifies(ws)
+
+
+def cut_journal_records(ws: Workspace, count: int) -> None:
+    """Cut the newest segment's last ``count`` records at a record boundary: the
+    journal then looks as if it simply ended there."""
+    newest = sorted(ws.journal_dir.glob("*.journal"))[-1]
+    lines = newest.read_bytes().split(b"\n")
+    newest.write_bytes(b"\n".join(lines[:-1 - count]) + b"\n")
+
+
+@pytest.mark.parametrize("where", ["their pages", "the schema page"])
+def test_a_file_unreadable_beyond_the_journals_end_is_unknown_not_none(
+        scenario: Any, where: str) -> None:
+    """The journal lost its last 30 records at a record boundary, and the database file,
+    the one witness of them, cannot be read there: "nothing lost" is never claimed."""
+    ws, acked, _ = scenario
+    cut_journal_records(ws, 30)
+    end = max(acked) - 30
+    if where == "their pages":
+        pages = {event_page(ws.db_path, acked[i]) for i in range(end + 1, max(acked) + 1)}
+        for page in pages:
+            zero_pages(ws.db_path, page, 1)
+    else:
+        zero_pages(ws.db_path, 0, 1)  # page 1: the header and the schema's root
+    r = run(ws)
+    assert assert_exact(r, acked, ws.db_path) == set(range(end + 1, max(acked) + 1))
+    assert r["loss"]["unknown_after"]["id"] == end and r["exit_code"] == 3
+    assert "cannot be read" in r["loss"]["unknown_after"]["why"]
+
+
+def test_a_damaged_last_journal_record_is_described_as_it_is(scenario: Any) -> None:
+    """Only the journal's last record is damaged; the database is healthy and holds it.
+    The statement says so (not "a journal segment is missing")."""
+    ws, acked, _ = scenario
+    damage_journal_record(ws, max(acked))
+    r = run(ws)
+    assert assert_exact(r, acked, ws.db_path) == set()
+    why = r["loss"]["unknown_after"]["why"]
+    assert why.startswith(f"the journal's tail is damaged after event {max(acked) - 1}, "
+                          f"and the database file holds events up to {max(acked)}")
+    assert "segment" not in why and "damaged database" not in why

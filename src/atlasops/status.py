@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
+from .durability.backup import list_backups
 from .errors import Conflict, StorageError
 from .ledger import Ledger
 from .ledger.lock import WriterLock
@@ -48,18 +47,11 @@ def journal_health(ledger: Ledger) -> dict[str, Any]:
 
 def latest_backup(ws: Workspace) -> dict[str, Any] | None:
     """The newest backup directory with a readable manifest, if any."""
-    best: dict[str, Any] | None = None
-    for manifest in sorted(Path(ws.backups_dir).glob("*/manifest.json")):
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        entry = {"name": manifest.parent.name, "created_at": data.get("created_at"),
-                 "validated": bool(data.get("validated")),
-                 "hwm_event_id": data.get("hwm_event_id")}
-        if best is None or str(entry["created_at"]) > str(best["created_at"]):
-            best = entry
-    return best
+    for b in list_backups(ws):
+        if b.created_at is not None:
+            return {"name": b.name, "created_at": b.created_at, "validated": b.validated,
+                    "hwm_event_id": b.hwm_event_id}
+    return None
 
 
 def status(ws: Workspace, ledger: Ledger) -> dict[str, Any]:

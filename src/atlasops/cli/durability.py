@@ -328,5 +328,9 @@ def print_recovery(r: dict[str, Any]) -> None:
     out.print(styled(("5. Loss", "bold"), ": ", (loss["statement"], color)))
     if loss["lost_event_ranges"]:
         out.print(f"   lost event ids: {loss['lost_event_ranges']}")
+    if loss.get("earlier_gaps"):
+        out.print(f"   lost before this recovery (declared then): {loss['earlier_gaps']}")
+    if loss.get("unapplied"):
+        out.print(f"   recorded, not applied: {[u['id'] for u in loss['unapplied']]}")
     if r.get("receipt_id"):
         out.print(f"Receipt #{r['receipt_id']} is in the recovered ledger.", style="dim")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..integrity import rebuild_as_of_now, verify_workspace
+from ..ledger.chain import Unapplied, describe_unapplied
 from .common import (
     HomeOpt,
     JsonOpt,
@@ -83,6 +84,8 @@ def rebuild(
         return
     out.print(styled(f"Replayed {result.events} events into ", (str(result.path), "bold"),
                      f" (last id {result.last_id})."))
+    for phrase in describe_unapplied(map(Unapplied.from_dict, result.unapplied)):
+        err.print(f"after a declared gap: {phrase}", style="yellow")
     if torn is not None:
         err.print(f"not replayed: a torn write after event {result.last_id} ({torn}); the "
                   "next command that writes sets it aside.", style="yellow")

@@ -21,11 +21,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
 from ..config import BackupSettings
 from ..errors import DatabaseCorrupt, InputError, NotFound, StorageError
 from ..fsutil import fsync_dir, fsync_file, replace_durably
 from ..ledger import Ledger, utc_now
-from ..ledger.chain import read_gaps
+from ..ledger.chain import Gap, gaps_in, merge_gaps, read_gaps
 from ..receipts import Action, Check, Receipt, record
 from ..workspace import Workspace
 from . import checks as ck
@@ -36,6 +38,7 @@ MANIFEST = "manifest.json"
 DB_NAME = "leads.db"
 TMP_PREFIX = ".tmp-"
 STAMP = "%Y%m%dT%H%M%SZ"
+CREATED_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 @dataclass
@@ -63,7 +66,7 @@ class BackupInfo:
     def created(self) -> datetime | None:
         if not self.created_at:
             return None
-        return datetime.strptime(self.created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return datetime.strptime(self.created_at, CREATED_FORMAT).replace(tzinfo=UTC)
 
     def to_dict(self) -> dict[str, Any]:
         created = self.created()
@@ -80,8 +83,11 @@ def write_json_durably(path: Path, data: dict[str, Any]) -> None:
 
 
 def validate_copy(db: Path, journal_dir: Path) -> tuple[list[Check], ck.Facts | None, str | None]:
-    """Run every check on a database copy, in parallel. Returns (checks, facts, sha256)."""
-    gaps = read_gaps(journal_dir)
+    """Run every check on a database copy, in parallel. Returns (checks, facts, sha256).
+
+    The hash chain is checked with the gaps the copy itself holds (``ledger_gaps``),
+    and those in the journal's ``gaps.jsonl`` (declared before the table existed)."""
+    gaps = merge_gaps(_gaps_of(db), read_gaps(journal_dir))
     quick, integrity, fk, sha, facts_o, chain = ck.run_parallel([
         lambda: ck.sqlite_check(db, "quick_check", immutable=True),
         lambda: ck.sqlite_check(db, "integrity_check", immutable=True),
@@ -95,6 +101,18 @@ def validate_copy(db: Path, journal_dir: Path) -> tuple[list[Check], ck.Facts | 
     digest = sha.value if sha.check.passed else None
     checks = [quick.check, integrity.check, fk.check, sha.check, facts_o.check, chain.check]
     return checks, facts, digest
+
+
+def _gaps_of(db: Path) -> list[Gap]:
+    """The gaps a database copy holds; none when it cannot be read (its checks say why)."""
+    try:
+        conn = ck.open_ro(db, immutable=True)
+        try:
+            return gaps_in(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
 
 
 # What a manifest claims about its file that the file itself can show: (key, label).
@@ -157,7 +175,7 @@ def take_backup(ws: Workspace, ledger: Ledger, *, actor: str, label: str = "manu
         checks, facts, digest = [], None, None
     checks = [snap, *checks]
     validated = all(c.passed for c in checks)
-    created_at = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    created_at = now.strftime(CREATED_FORMAT)
     manifest: dict[str, Any] = {
         "name": name, "label": label, "created_at": created_at, "source": str(ws.db_path),
         "file": DB_NAME, "validated": validated,
@@ -224,6 +242,43 @@ def _refuse_if_live_damaged(ws: Workspace, name: str, checks: list[Check]) -> No
         path=str(ws.db_path), event_id=event.id if event else None, not_recorded=why)
 
 
+class _ManifestCheck(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    name: str
+    passed: bool
+
+
+class Manifest(BaseModel):
+    """The shape a ``manifest.json`` must have (what :func:`take_backup` writes). A
+    manifest without it (a JSON list, ``"created_at": 5``) makes its backup ``failed``."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    created_at: str
+    validated: bool
+    checks: list[_ManifestCheck]
+    sha256: str | None = None
+    size: int | None = None
+    page_size: int | None = None
+    page_count: int | None = None
+    schema_version: int | None = None
+    row_counts: dict[str, int] | None = None
+    hwm_event_id: int | None = None
+    hwm_ts: str | None = None
+    hwm_hash: str | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc_time(cls, value: str) -> str:
+        datetime.strptime(value, CREATED_FORMAT)  # ValueError: not the time Atlas writes
+        return value
+
+
+def _malformed(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the top level"
+    return f"manifest.json is malformed ({where}: {first['msg']})"
+
+
 def read_backup(path: Path) -> BackupInfo:
     name = path.name
     if name.startswith(TMP_PREFIX):
@@ -236,26 +291,45 @@ def read_backup(path: Path) -> BackupInfo:
     except (OSError, ValueError) as exc:
         return BackupInfo(name=name, path=path, status="incomplete",
                           problem=f"manifest.json unreadable: {exc}")
-    all_passed = bool(manifest.get("checks")) and all(
-        c.get("passed") for c in manifest.get("checks", []))
-    status = "validated" if manifest.get("validated") is True and all_passed else "failed"
+    try:
+        m = Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        return BackupInfo(name=name, path=path, status="failed", problem=_malformed(exc))
+    all_passed = bool(m.checks) and all(c.passed for c in m.checks)
+    status = "validated" if m.validated and all_passed else "failed"
     problem = None if status == "validated" else "manifest says validation failed"
     if status == "validated" and not (path / DB_NAME).is_file():
         status, problem = "failed", f"{DB_NAME} is missing"
     return BackupInfo(
-        name=name, path=path, status=status, created_at=manifest.get("created_at"),
-        hwm_event_id=manifest.get("hwm_event_id"), hwm_ts=manifest.get("hwm_ts"),
-        hwm_hash=manifest.get("hwm_hash"), sha256=manifest.get("sha256"),
-        size=manifest.get("size"), manifest=manifest, problem=problem,
+        name=name, path=path, status=status, created_at=m.created_at,
+        hwm_event_id=m.hwm_event_id, hwm_ts=m.hwm_ts, hwm_hash=m.hwm_hash, sha256=m.sha256,
+        size=m.size, manifest=manifest, problem=problem,
     )
 
 
+NAME_STAMP_RE = re.compile(r"-(\d{8}T\d{6}Z)(?:-(\d+))?$")
+
+
+def _newest_first(b: BackupInfo) -> tuple[str, int, str, str]:
+    """Order by the UTC stamp Atlas puts in every backup's directory name, so that a
+    backup whose manifest cannot be read, or one interrupted, sorts by when it was
+    taken too; within one second, by the manifest's time. A name without a stamp sorts
+    by its manifest's time."""
+    created = b.created_at or ""
+    found = NAME_STAMP_RE.search(b.name)
+    if found is not None:
+        when = datetime.strptime(found[1], STAMP).strftime("%Y-%m-%dT%H:%M:%S")
+        return when, int(found[2] or 1), created, b.name
+    return created[:19], 0, created, b.name
+
+
 def list_backups(ws: Workspace) -> list[BackupInfo]:
-    """Every backup directory, newest first (incomplete ones included, flagged)."""
+    """Every backup directory, newest first (incomplete and failed ones included,
+    flagged)."""
     if not ws.backups_dir.is_dir():
         return []
     infos = [read_backup(p) for p in ws.backups_dir.iterdir() if p.is_dir()]
-    return sorted(infos, key=lambda b: (b.created_at or "", b.name), reverse=True)
+    return sorted(infos, key=_newest_first, reverse=True)
 
 
 def find_backup(ws: Workspace, name: str) -> BackupInfo:
@@ -377,6 +451,6 @@ def prune(ws: Workspace, ledger: Ledger | None, *, actor: str, dry_run: bool) ->
     return plan
 
 
-__all__ = ["BackupInfo", "BackupVerification", "PrunePlan", "find_backup", "list_backups",
-           "manifest_drift", "plan_prune", "prune", "read_backup", "take_backup",
+__all__ = ["BackupInfo", "BackupVerification", "Manifest", "PrunePlan", "find_backup",
+           "list_backups", "manifest_drift", "plan_prune", "prune", "read_backup", "take_backup",
            "validate_copy", "verify_backup", "write_json_durably"]

@@ -184,8 +184,13 @@ def facts_check(path: Path, *, immutable: bool = False, counts: bool = True) -> 
             f.page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
             row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
             f.schema_version = int(row[0] or 0)
+            # the tables the file has: one taken before a migration lacks the newer ones
+            present = {str(r[0]) for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
             for t in PROJECTED_TABLES if counts else ():
-                f.row_counts[t] = int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                if t in present:
+                    f.row_counts[t] = int(conn.execute(f"SELECT count(*) FROM {t}"
+                                                       ).fetchone()[0])
             last = conn.execute("SELECT id, ts, hash FROM events ORDER BY id DESC LIMIT 1"
                                 ).fetchone()
             if last is not None:

@@ -93,7 +93,7 @@ def try_in_place(ws: Workspace, found: Inspection, unclosed: list[int], steps: S
     loss: dict[str, Any] = {
         "none": True, "lost_event_ranges": [], "unknown_after": None,
         "salvaged_unmerged": {"count": 0, "path": None},
-        "recovery_point": {"event_id": end, "ts": ts},
+        "recovery_point": {"event_id": end, "ts": ts}, "earlier_gaps": [], "unapplied": [],
         "statement": _statement(end, others, closes)}
     outcome: Outcome = "recovered" if others else "not_broken"
     # the ledger lost committed events: keep the WAL (which the next write reuses) first
@@ -139,7 +139,7 @@ def _journal_after(ws: Workspace, steps: Steps, head: int, end: int
     place with "nothing lost" proven (the same rules as a full recovery), if so."""
     t0 = time.perf_counter()
     jr = read_window(Journal(ws.journal_dir, ws.config.journal.segment_bytes), head)
-    why = why_unknown(jr, marks(ws), Salvage(max_id_seen=head, readable=True))
+    why = why_unknown(jr, marks(ws), Salvage(max_id_seen=head, readable=True), head)
     steps.actions.append(Action(
         name="read journal after the ledger", ms=elapsed_ms(t0),
         command=f"read journal records after event {head}",

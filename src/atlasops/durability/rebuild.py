@@ -16,12 +16,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..ledger import Event, Journal, projections
-from ..ledger.chain import Chain, Gap, read_gaps, write_gaps
+from ..ledger import Event, Journal, NewEvent, projections, utc_now
+from ..ledger.chain import (
+    GAP_DECLARED,
+    Chain,
+    Gap,
+    Replayer,
+    Unapplied,
+    describe_unapplied,
+    gaps_declared_by,
+    gaps_in,
+    merge_gaps,
+    read_gaps,
+    write_gaps,
+)
 from ..ledger.events import GENESIS_HASH
 from ..ledger.journal import LocatedStored
 from ..ledger.migrations import migrate
-from ..ledger.store import connect, event_from_row
+from ..ledger.store import SYSTEM_ACTOR, connect, event_from_row
 from ..receipts import Action
 from ..workspace import Workspace
 from . import checks as ck
@@ -117,7 +129,8 @@ class Merged:
     accepted: list[Event] = field(default_factory=list)
     replayed: int = 0
     salvaged: list[int] = field(default_factory=list)
-    gaps: list[Gap] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)  # declared by this merge: new loss
+    earlier: list[Gap] = field(default_factory=list)  # declared before, crossed again
     unmerged: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -125,29 +138,45 @@ LOST = "lost in recovery: in no backup, journal record or verifiable row"
 
 
 def merge(hwm: int, hwm_hash: str, journal: dict[int, Event], salvaged: dict[int, Event],
-          max_known: int) -> Merged:
+          max_known: int, known: list[Gap] | None = None) -> Merged:
     """Put the journal's records and the salvaged rows after the backup in id order,
     accepting only what the hash chain ties to trusted history.
 
     A journal record is trusted on its own (its CRC and its hash): it is accepted where
     it links to the event before it, and after a gap too (the gap is declared). A
     salvaged row (its own hash verifies) is accepted only when the chain ties it to
-    trusted history: its ``prev_hash`` is the hash of the accepted event just before it,
-    or, for a run of rows after a gap, the rows link to each other and the journal
-    record right after the run names the run's last hash as its ``prev_hash``. A run
-    after a gap that nothing anchors stays out (kept for review) and its ids are lost.
-    Every id in ``hwm+1..max_known`` that is not accepted falls in a declared gap."""
+    trusted history: its ``prev_hash`` is the hash of the accepted event just before it;
+    or it follows a gap an earlier recovery declared (``known``) exactly: the gap's
+    recorded hashes link the event before the gap to this row; or, for a run of rows
+    after a new gap, the rows link to each other and the journal record right after the
+    run names the run's last hash as its ``prev_hash``. A run after a gap that nothing
+    anchors stays out (kept for review) and its ids are lost. Every id in
+    ``hwm+1..max_known`` that is not accepted falls in a declared gap: an earlier one
+    crossed again (``earlier``), or a new one (``gaps``)."""
     out = Merged()
     chain = Chain().start_after(hwm, hwm_hash)
+    declared = {g.first: g for g in known or ()}
     run: list[Event] = []  # salvaged rows after a gap, linked to each other, not anchored
 
     def keep_for_review(events: list[Event], reason: str) -> None:
         out.unmerged.extend({"id": e.id, "reason": reason, "event": e.to_dict()}
                             for e in events)
 
+    def earlier_gap(e: Event) -> Gap | None:
+        """The gap declared before that links the accepted history to ``e``, if any."""
+        g = declared.get(chain.expected)
+        if g is not None and g.last == e.id - 1 and g.prev_hash == chain.prev and (
+                e.prev_hash == g.next_prev_hash):
+            return g
+        return None
+
     def accept(e: Event, *, from_journal: bool) -> None:
         if e.id != chain.expected:
-            out.gaps.append(Gap(chain.expected, e.id - 1, chain.prev, e.prev_hash, LOST))
+            g = earlier_gap(e)
+            if g is not None:
+                out.earlier.append(g)
+            else:
+                out.gaps.append(Gap(chain.expected, e.id - 1, chain.prev, e.prev_hash, LOST))
         chain.advance(e)
         out.accepted.append(e)
         if from_journal:
@@ -182,14 +211,20 @@ def merge(hwm: int, hwm_hash: str, journal: dict[int, Event], salvaged: dict[int
                                 f"does not link to event {i - 1} in the hash chain")
         elif j is not None:
             accept(j, from_journal=True)
+        elif s is not None and earlier_gap(s) is not None:
+            accept(s, from_journal=False)
         elif s is not None:
             run = [s]
     if run:
         keep_for_review(run, "after a gap: no journal record links to it, so the hash "
                         "chain cannot verify it")
     if max_known >= chain.expected:
-        out.gaps.append(Gap(chain.expected, max_known, chain.prev, chain.prev,
-                            "lost in recovery: the newest events could not be recovered"))
+        g = declared.get(chain.expected)
+        if g is not None and g.last == max_known and g.prev_hash == chain.prev:
+            out.earlier.append(g)
+        else:
+            out.gaps.append(Gap(chain.expected, max_known, chain.prev, chain.prev,
+                                "lost in recovery: the newest events could not be recovered"))
     return out
 
 
@@ -202,7 +237,10 @@ class Built:
     last_ts: str | None
     replayed: int
     merged_from_salvage: list[int]
-    gaps: list[Gap]
+    gaps: list[Gap]  # every gap the recovered ledger's chain crosses
+    new_gaps: list[Gap]  # declared by this recovery: its loss
+    earlier_gaps: list[Gap]  # declared by earlier recoveries
+    unapplied: list[Unapplied]
     unmerged: list[dict[str, Any]]
     max_known: int
     unknown_after: dict[str, Any] | None
@@ -218,7 +256,12 @@ def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: St
     ``salvage_source`` returns the damaged file to read (None when there is none); it
     is called only after the restore and REINDEX, so a quarantine copy can still be
     under way while they run. ``marks`` are the backups whose high-water marks show how
-    far history reached (the chosen one, and any other whose manifest states one)."""
+    far history reached (the chosen one, and any other whose manifest states one).
+
+    The gaps earlier recoveries declared are taken from every source that holds them:
+    the backup's ``ledger_gaps`` table, the journal's ``gaps.jsonl``, the
+    ``ledger.gap_declared`` events in the journal window and in the damaged file, and
+    the damaged file's own table (so a missing journal directory loses none of them)."""
     target = work / "leads.db"
     hwm = backup.hwm_event_id or 0 if backup is not None else 0
     hwm_hash = (backup.hwm_hash if backup is not None else None) or GENESIS_HASH
@@ -239,35 +282,91 @@ def build_ledger(ws: Workspace, backup: BackupInfo | None, work: Path, steps: St
         steps.run("reindex", lambda: (conn.execute("REINDEX"), "rebuilt every index")[1],
                   command="REINDEX")
         migrate(conn)
-        existing_gaps = ([g for g in read_gaps(ws.journal_dir) if g.last <= hwm]
-                         if not jr.missing_dir else [])
+        in_backup = gaps_in(conn)
         salvage = _salvage(backup, work, steps, jr, hwm, salvage_source())
+        known = merge_gaps(in_backup, [] if jr.missing_dir else read_gaps(ws.journal_dir),
+                           gaps_declared_by(jr.events.values()), salvage.gaps,
+                           gaps_declared_by(salvage.events.values()))
         max_known = max(hwm, jr.last_id, salvage.max_id_seen,
                         max((e.id for e in salvage.events.values()), default=0))
-        m = merge(hwm, hwm_hash, jr.events, salvage.events, max_known)
+        m = merge(hwm, hwm_hash, jr.events, salvage.events, max_known, known)
         m.unmerged += [{**r, "event": r.get("row")} for r in salvage.bad_rows if r["id"] > hwm]
+        earlier = merge_gaps([g for g in known if g.last <= hwm], m.earlier)
+        gaps = merge_gaps(earlier, m.gaps)
+        replayer = Replayer(gaps)
 
         def replay() -> str:
-            projections.apply_all(conn, m.accepted)
+            apply_all(conn, replayer.apply, m.accepted)
             a = m.accepted
             return (f"applied {len(a)} events after the backup's high-water mark {hwm}"
                     + (f" ({a[0].id}..{a[-1].id}; {m.replayed} from the journal, "
-                       f"{len(m.salvaged)} salvaged)" if a else ""))
+                       f"{len(m.salvaged)} salvaged)" if a else "")
+                    + "".join(f"; {p}" for p in describe_unapplied(replayer.unapplied)))
 
         steps.run("replay", replay)
+        last = conn.execute("SELECT id, ts, hash FROM events ORDER BY id DESC LIMIT 1"
+                            ).fetchone()
+        declared = _declare_gaps(conn, gaps, steps)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("PRAGMA journal_mode=DELETE")
-        last = conn.execute("SELECT id, ts FROM events ORDER BY id DESC LIMIT 1").fetchone()
     finally:
         conn.close()
     last_id = int(last[0]) if last else 0
     last_ts = str(last[1]) if last else None
-    why = why_unknown(jr, marks, salvage)
+    why = why_unknown(jr, marks, salvage, hwm)
     unknown_after = None if why is None else {
         "id": max_known, "ts": last_ts if last_id == max_known else None, "why": why}
-    rewrite = bool(m.gaps) or bool(m.salvaged) or not jr.intact or last_id > jr.last_id
-    return Built(target, last_id, last_ts, m.replayed, m.salvaged, existing_gaps + m.gaps,
-                 m.unmerged, max_known, unknown_after, rewrite, salvage.notes)
+    rewrite = (bool(m.gaps) or bool(m.salvaged) or declared or not jr.intact
+               or last_id > jr.last_id)
+    return Built(target, last_id, last_ts, m.replayed, m.salvaged, gaps, m.gaps,
+                 [g for g in known if g in earlier or any(_overlap(g, n) for n in m.gaps)],
+                 replayer.unapplied, m.unmerged, max_known, unknown_after, rewrite,
+                 salvage.notes)
+
+
+def apply_all(conn: sqlite3.Connection, apply: Callable[[sqlite3.Connection, Event], None],
+              events: list[Event]) -> None:
+    """Apply ``events`` in one write transaction: all of them, or none."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for e in events:
+            apply(conn, e)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _overlap(a: Gap, b: Gap) -> bool:
+    return a.first <= b.last and b.first <= a.last
+
+
+def _declare_gaps(conn: sqlite3.Connection, gaps: list[Gap], steps: Steps) -> bool:
+    """Record a ``ledger.gap_declared`` event for each gap of the recovered chain that its
+    ``ledger_gaps`` table lacks (this recovery's, and any an older Atlas kept only in
+    ``gaps.jsonl``), after its last event. Returns whether any was recorded."""
+    have = set(gaps_in(conn))
+    todo = [g for g in gaps if g not in have]
+    if not todo:
+        return False
+
+    def declare() -> str:
+        row = conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        chain = Chain(gaps).start_after(int(row[0]) if row else 0, row[1] if row else None)
+        next_id, prev, ts = chain.next_id, chain.prev, utc_now()
+        events = []
+        for g in todo:
+            events.append(Event.seal(NewEvent(GAP_DECLARED, SYSTEM_ACTOR, g.to_dict(),
+                                              subject="ledger"), next_id, ts, prev))
+            next_id, prev = next_id + 1, events[-1].hash
+        apply_all(conn, projections.apply, events)
+        return (f"recorded {len(events)} {GAP_DECLARED} event(s) ({events[0].id}.."
+                f"{events[-1].id}) for the gap(s) " + ", ".join(
+                    f"{g.first}..{g.last}" for g in todo) + ": the ledger keeps its gaps, "
+                "so every backup holds them")
+
+    steps.run("declare gaps", declare)
+    return True
 
 
 def _salvage(backup: BackupInfo | None, work: Path, steps: Steps, jr: JournalWindow,
@@ -337,12 +436,13 @@ def probe_max_id(path: Path) -> int | None:
     return 0 if row is None or row[0] is None else int(row[0])
 
 
-def why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage
-                 ) -> str | None:
+def why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage, hwm: int = 0
+                ) -> str | None:
     """Why nothing after the last known event can be known, or None when the journal
     proves where history ends."""
     reasons: list[str] = []
     mark = max(marks, key=lambda b: b.hwm_event_id or 0, default=None)
+    end = max(hwm, jr.last_id)
     if jr.missing_dir:
         reasons.append("the journal directory was missing")
     elif mark is not None and jr.last_id <= (mark.hwm_event_id or 0):
@@ -356,16 +456,45 @@ def why_unknown(jr: JournalWindow, marks: list[BackupInfo], salvage: Salvage
             f"segment after a full one: either nothing was written after event "
             f"{jr.last_id}, or a newer segment is missing")
     if salvage.max_id_seen > jr.last_id and not jr.missing_dir:
-        reasons.append(f"the damaged database holds events up to {salvage.max_id_seen}, "
-                       f"beyond the journal's end ({jr.last_id}): a journal segment is "
-                       "missing")
-    if not jr.tail_clean and not (salvage.readable and not salvage.unreadable):
+        reasons.append(_beyond_the_journal(jr, salvage.max_id_seen))
+    elif not jr.tail_clean and not (salvage.readable and not salvage.unreadable):
         reasons.append("the journal's tail is damaged")
+    unread = _unreadable_beyond(salvage, end)
+    if unread is not None and not jr.missing_dir:
+        reasons.append(unread)
     if not reasons:
         return None
     return "; ".join([*reasons, *jr.missing_segments,
                       *([f"{len(jr.problems)} damaged journal record(s)"] if jr.problems
                         else [])])
+
+
+def _beyond_the_journal(jr: JournalWindow, max_seen: int) -> str:
+    """What is true when the database file holds events the journal does not."""
+    held = f"the database file holds events up to {max_seen}"
+    if not jr.tail_clean:
+        return (f"the journal's tail is damaged after event {jr.last_id}, and {held}: "
+                "the damaged tail may have held more")
+    if jr.last_segment_full:
+        return (f"{held}, beyond the journal's end ({jr.last_id}) in a full segment: a "
+                "newer journal segment is missing")
+    return (f"{held}, beyond the journal's end ({jr.last_id}): the journal lost its newest "
+            "records")
+
+
+def _unreadable_beyond(salvage: Salvage, end: int) -> str | None:
+    """The damaged file is the one witness of events the journal may have lost at its
+    end (records cut at a record boundary leave no trace in the journal): when it is
+    there but cannot be read after ``end``, nothing proves where history ended."""
+    if salvage.tried and not salvage.readable:
+        return (f"the database file's events cannot be read at all, so events after "
+                f"the journal's end ({end}) may be there")
+    beyond = [(max(a, end + 1), b) for a, b in salvage.unreadable if b > end]
+    if not beyond:
+        return None
+    return (f"the database file cannot be read beyond the journal's end ({end}): "
+            f"{sum(b - a + 1 for a, b in beyond)} ids from {beyond[0][0]} on are unreadable, "
+            "so events the journal lost may be there")
 
 
 def _as_ranges(ids: list[int]) -> list[tuple[int, int | None]]:

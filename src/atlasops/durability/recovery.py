@@ -33,7 +33,7 @@ from typing import Any
 from ..errors import AtlasError, Conflict
 from ..fsutil import fsync_dir
 from ..ledger import Journal, Ledger, NewEvent, utc_now, verify
-from ..ledger.chain import read_gaps
+from ..ledger.chain import describe_unapplied, read_gaps
 from ..ledger.lock import WriterLock
 from ..ledger.verify import VerifyReport
 from ..receipts import Action, Check, Outcome, Receipt
@@ -228,10 +228,15 @@ def _statement(loss: dict[str, Any], backup: BackupInfo | None, built: Built) ->
         s = loss["salvaged_unmerged"]
         parts.append(f"{s['count']} salvaged row(s) could not be verified and wait for review "
                      f"in {s['path']}")
+    parts += describe_unapplied(built.unapplied)
+    if loss["earlier_gaps"]:
+        spans = ", ".join(f"{a}..{b}" for a, b in loss["earlier_gaps"])
+        parts.append(f"events {spans} were lost before this recovery (an earlier recovery "
+                     "declared them), not by it")
     if loss["none"]:
-        return (f"Nothing was lost: restored from {base}, replayed the journal to event "
-                f"{built.last_id}, and verified ledger == journal"
-                + "".join(f"; {p}" for p in parts) + ".")
+        return (f"Nothing {'new ' if loss['earlier_gaps'] else ''}was lost: restored from "
+                f"{base}, replayed the journal to event {built.last_id}, and verified "
+                "ledger == journal" + "".join(f"; {p}" for p in parts) + ".")
     return f"Restored from {base} up to event {built.last_id}; " + "; ".join(parts) + "."
 
 
@@ -509,19 +514,39 @@ def _verify(ws: Workspace, work: Path, steps: Steps, built: Built, jr: JournalWi
 
 
 def _loss(built: Built, src: _Sources, review_path: Path) -> dict[str, Any]:
-    lost = [[g.first, g.last] for g in built.gaps if g.first > src.hwm or g.last > src.hwm]
+    earlier = sorted((g.first, g.last) for g in built.earlier_gaps)
+    lost = _without([(g.first, g.last) for g in built.new_gaps], earlier)
     loss: dict[str, Any] = {
-        "lost_event_ranges": lost,
+        "lost_event_ranges": [[a, b] for a, b in lost],
         "unknown_after": built.unknown_after,
         "salvaged_unmerged": {"count": len(built.unmerged),
                               "path": str(review_path) if built.unmerged else None},
         "recovery_point": {"event_id": built.last_id, "ts": built.last_ts},
+        # lost before this recovery: named, but not this recovery's loss
+        "earlier_gaps": [[a, b] for a, b in earlier],
+        "unapplied": [u.to_dict() for u in built.unapplied],
     }
     # Rows kept for review whose ids are not lost (a salvaged row that differs from the
     # journal record of its id) are named in the statement but are no loss.
     loss["none"] = not lost and built.unknown_after is None
     loss["statement"] = _statement(loss, src.backup, built)
     return loss
+
+
+def _without(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]
+             ) -> list[tuple[int, int]]:
+    """The inclusive id ranges ``ranges`` minus the ids of ``holes`` (both sorted)."""
+    out: list[tuple[int, int]] = []
+    for a, b in ranges:
+        for h0, h1 in holes:
+            if h1 < a or h0 > b:
+                continue
+            if h0 > a:
+                out.append((a, h0 - 1))
+            a = h1 + 1
+        if a <= b:
+            out.append((a, b))
+    return out
 
 
 def _stage_swap(ws: Workspace, state: dict[str, Any], staging: Path | None,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..ledger.chain import Gap, gaps_in
 from ..ledger.events import Event
 
 HEADER = b"SQLite format 3\x00"
@@ -46,8 +47,10 @@ class Salvage:
     bad_rows: list[dict[str, Any]] = field(default_factory=list)
     unreadable: list[tuple[int, int]] = field(default_factory=list)
     max_id_seen: int = 0
+    tried: bool = False  # a damaged file was there to read
     readable: bool = False
     notes: list[str] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)  # the file's ledger_gaps, when readable
 
     def _unreadable(self, a: int, b: int) -> None:
         if self.unreadable and self.unreadable[-1][1] == a - 1:
@@ -185,6 +188,7 @@ def salvage_events(damaged: Path, scratch_dir: Path, ranges: list[tuple[int, int
     if not damaged.exists():
         out.notes.append(f"{damaged.name} does not exist: nothing to salvage")
         return out
+    out.tried = True
     scratch = scratch_dir / "salvage-scratch.db"
     out.notes += prepare_copy(damaged, scratch, header_donor=header_donor)
     try:
@@ -200,6 +204,10 @@ def salvage_events(damaged: Path, scratch_dir: Path, ranges: list[tuple[int, int
             out.notes.append(f"the events table cannot be found in the damaged file: {exc}")
             return out
         out.readable = True
+        try:  # the gaps earlier recoveries declared: they link runs across those gaps
+            out.gaps = gaps_in(conn)
+        except sqlite3.DatabaseError as exc:
+            out.notes.append(f"the declared gaps (ledger_gaps) cannot be read: {exc}")
         reader = _Reader(conn, out)
         for a, b in ranges:
             if b is not None:

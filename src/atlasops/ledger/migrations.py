@@ -239,6 +239,19 @@ def _m5(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX events_kind_ts ON events(kind, ts)")
 
 
+@migration(6, "the gaps recoveries declared in the hash chain (ledger.gap_declared)")
+def _m6(conn: sqlite3.Connection) -> None:
+    conn.execute("""
+        CREATE TABLE ledger_gaps (
+            first INTEGER PRIMARY KEY,
+            last INTEGER NOT NULL,
+            prev_hash TEXT NOT NULL,
+            next_prev_hash TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            event_id INTEGER NOT NULL REFERENCES events(id)
+        )""")
+
+
 def current_version(conn: sqlite3.Connection) -> int:
     row = conn.execute(
         "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'"

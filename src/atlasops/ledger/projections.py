@@ -39,24 +39,17 @@ def insert_event(conn: sqlite3.Connection, event: Event) -> None:
     )
 
 
-def apply_all(conn: sqlite3.Connection, events: list[Event]) -> None:
-    """Apply events in one write transaction of their own (catch-up, replay)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for event in events:
-            apply(conn, event)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 def apply(conn: sqlite3.Connection, event: Event) -> None:
     """Insert the event row and apply it to the tables (inside the caller's transaction).
 
     A payload its projection cannot apply (a missing key, a wrong type) is bad input: it
     raises :class:`InputError` before anything reaches the journal."""
     insert_event(conn, event)
+    project(conn, event)
+
+
+def project(conn: sqlite3.Connection, event: Event) -> None:
+    """Apply an event whose row is inserted to the tables (see :func:`apply`)."""
     fn = PROJECTIONS.get(event.kind)
     if fn is not None:
         try:
@@ -343,9 +336,23 @@ def _job_started(conn: sqlite3.Connection, e: Event) -> None:
                  " VALUES (?,?,?,?)", (e.payload["run_id"], e.payload["name"], e.id, e.ts))
 
 
+@projection("ledger.gap_declared")
+def _gap_declared(conn: sqlite3.Connection, e: Event) -> None:
+    """A recovery declared events first..last lost (see ``chain.Gap``). Kept in the
+    ledger, so every backup holds the gaps declared before it."""
+    p = e.payload
+    conn.execute(
+        "INSERT INTO ledger_gaps(first, last, prev_hash, next_prev_hash, reason, event_id)"
+        " VALUES (?,?,?,?,?,?) ON CONFLICT(first) DO UPDATE SET last=excluded.last,"
+        " prev_hash=excluded.prev_hash, next_prev_hash=excluded.next_prev_hash,"
+        " reason=excluded.reason, event_id=excluded.event_id",
+        (int(p["first"]), int(p["last"]), str(p["prev_hash"]), str(p["next_prev_hash"]),
+         str(p.get("reason", "")), e.id))
+
+
 PROJECTED_TABLES = ("events", "businesses", "leads", "receipts", "tokens", "lane_state",
                     "lane_posture", "suppressions", "drafts", "touches", "packets",
-                    "snapshots", "content", "deploys", "job_runs")
+                    "snapshots", "content", "deploys", "job_runs", "ledger_gaps")
 
-__all__ = ["LEAD_FIELDS", "PROJECTED_TABLES", "PROJECTIONS", "apply", "apply_all", "insert_event",
-           "projection"]
+__all__ = ["LEAD_FIELDS", "PROJECTED_TABLES", "PROJECTIONS", "apply", "insert_event",
+           "project", "projection"]

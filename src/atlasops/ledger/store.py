@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import Conflict, DatabaseCorrupt, InputError, JournalCorrupt, StorageError
 from ..workspace import RECOVERY_PENDING
 from . import projections
-from .chain import Chain, read_gaps
+from .chain import Chain, Gap, Replayer, gaps_in, merge_gaps, read_gaps
 from .events import GENESIS_HASH, Event, NewEvent, StoredEvent, utc_now
 from .journal import Journal, Located, Tail
 from .lock import WriterLock
@@ -116,6 +116,8 @@ class OpenReport:
     caught_up: int = 0
     set_aside: list[str] = field(default_factory=list)
     migrations_applied: list[int] = field(default_factory=list)
+    # events after a declared gap the catch-up recorded but could not apply
+    unapplied: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Ledger:
@@ -166,12 +168,14 @@ class Ledger:
         created on connecting (it was missing or empty) and filled from the journal is
         recorded by a ``ledger.rebuilt`` notice, whether that happened on open or in a
         long-lived process that found the file gone."""
-        before = self.report.caught_up
+        before, skipped = self.report.caught_up, len(self.report.unapplied)
         self._sync()
         if self._fresh is not None and self.report.caught_up > before:
+            unapplied = [u["id"] for u in self.report.unapplied[skipped:]]
             self._notices.append(NewEvent(REBUILT, SYSTEM_ACTOR, {
                 "reason": f"{self.db_path.name} was {self._fresh}",
-                "replayed": self.report.caught_up - before, "source": "journal"}))
+                "replayed": self.report.caught_up - before, "source": "journal",
+                **({"unapplied": unapplied} if unapplied else {})}))
         self._fresh = None
         if self._notices:  # recorded at once, in a transaction of their own: a write
             self._append_locked(lambda _c: [])  # refused next cannot take them along
@@ -392,19 +396,28 @@ class Ledger:
                 raise JournalCorrupt(
                     f"event {head_id} differs between the ledger and the journal")
         self._tail = tail
-        chain = Chain(read_gaps(self.journal.directory)).start_after(tail.last_id,
-                                                                      tail.last_hash)
+        chain = Chain(self._gaps()).start_after(tail.last_id, tail.last_hash)
         self._next_id = chain.next_id
+
+    def _gaps(self) -> list[Gap]:
+        """The declared gaps: the journal's file and the ledger's own table."""
+        try:
+            return merge_gaps(read_gaps(self.journal.directory), gaps_in(self.conn))
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.db_path) from exc
 
     def _catch_up(self, head_id: int, head_hash: str | None) -> None:
         """Apply the journal records after the ledger's head, in one transaction: all of
-        them or none. A ``db.corruption.detected`` among them that no later recovery
-        receipt closes means this database was found damaged and not yet recovered:
-        nothing is written to it, unless this is `atlas recover` applying it in place (the
-        file passed every check). A detection a recovery closed (a rebuild from the journal
-        after the database file was deleted replays both) is history, not a block."""
+        them or none (after a declared gap, an event that depends on a lost one is
+        recorded without being applied: :class:`~atlasops.ledger.chain.Replayer`). A
+        ``db.corruption.detected`` among them that no later recovery receipt closes means
+        this database was found damaged and not yet recovered: nothing is written to it,
+        unless this is `atlas recover` applying it in place (the file passed every check).
+        A detection a recovery closed (a rebuild from the journal after the database file
+        was deleted replays both) is history, not a block."""
         conn = self.conn
-        chain = Chain(read_gaps(self.journal.directory)).start_after(head_id, head_hash)
+        gaps = self._gaps()
+        chain, replayer = Chain(gaps).start_after(head_id, head_hash), Replayer(gaps)
         count = 0
         pending: Event | None = None  # a detection not (yet) closed by a recovery receipt
         try:
@@ -424,7 +437,7 @@ class Ledger:
                             f"journal record for event {event.id} at {item.segment} line "
                             f"{item.line} does not continue the hash chain: {problem}")
                     try:
-                        projections.apply(conn, event)
+                        replayer.apply(conn, event)
                     except InputError as exc:  # the journal holds what Atlas would refuse
                         raise JournalCorrupt(
                             f"journal record for event {event.id} at {item.segment} line "
@@ -446,6 +459,7 @@ class Ledger:
         except sqlite3.Error as exc:
             raise storage_error(exc, self.db_path) from exc
         self.report.caught_up += count
+        self.report.unapplied += [u.to_dict() for u in replayer.unapplied]
 
     # -- reading -----------------------------------------------------------
 

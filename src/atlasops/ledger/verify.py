@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import Conflict, InputError, JournalCorrupt
 from . import projections
-from .chain import Chain, Gap, read_gaps
+from .chain import Chain, Gap, Replayer, read_gaps
 from .events import Event, StoredEvent
 from .journal import Journal, Problem, RecordError, Tail, decode_stored
 from .lock import WriterLock
@@ -224,6 +224,8 @@ class RebuildReport:
     events: int
     last_id: int
     last_hash: str | None
+    # events after a declared gap recorded but not applied (see chain.Replayer)
+    unapplied: list[dict[str, Any]] = field(default_factory=list)
 
 
 def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None,
@@ -240,7 +242,8 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None,
                          hint="Create the directory first, or choose another path.")
     conn = connect(into)
     count = 0
-    chain = Chain(read_gaps(journal.directory))
+    gaps = read_gaps(journal.directory)
+    chain, replayer = Chain(gaps), Replayer(gaps)
     last: Event | None = None
     try:
         migrate(conn)
@@ -258,7 +261,7 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None,
                 raise JournalCorrupt(
                     f"journal record for event {event.id} at {item.segment} line {item.line} "
                     f"breaks the hash chain: {problem}")
-            projections.apply(conn, event)
+            replayer.apply(conn, event)
             last = event
             count += 1
             if upto is not None and event.id >= upto:
@@ -270,7 +273,8 @@ def rebuild(journal: Journal, into: Path, *, after_db: Path | None = None,
             Path(str(into) + suffix).unlink(missing_ok=True)
         raise
     conn.close()
-    return RebuildReport(str(into), count, last.id if last else 0, last.hash if last else None)
+    return RebuildReport(str(into), count, last.id if last else 0, last.hash if last else None,
+                         [u.to_dict() for u in replayer.unapplied])
 
 
 def compare_tables(a_path: Path | sqlite3.Connection, b_path: Path, *,
